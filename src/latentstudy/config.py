@@ -1,0 +1,351 @@
+"""Validated configuration: one dataclass per params.yaml section, and the one user-facing error.
+
+Every stage loads only its own sections. Unknown keys, wrong types and out-of-range values
+become a StudyError whose message names the file, the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+
+class StudyError(Exception):
+    """A problem the user can fix (bad params, bad data, missing files). Printed as one line."""
+
+
+def _bounds(**kw: float) -> dict:
+    return {"bounds": kw}
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Split:
+    train: float = field(default=0.7, metadata=_bounds(gt=0, lt=1))
+    val: float = field(default=0.15, metadata=_bounds(gt=0, lt=1))
+    test: float = field(default=0.15, metadata=_bounds(gt=0, lt=1))
+
+    def check(self, where: str) -> None:
+        total = self.train + self.val + self.test
+        if abs(total - 1.0) > 1e-6:
+            raise StudyError(
+                f"{where}: train + val + test = {total:g}; the three fractions must sum to 1"
+            )
+
+
+@dataclass(frozen=True)
+class Manifold:
+    intrinsic_dim: int = field(default=3, metadata=_bounds(ge=1))
+    ambient_dim: int = field(default=24, metadata=_bounds(ge=2))
+    n: int = field(default=3000, metadata=_bounds(ge=10))
+    noise: float = field(default=0.0, metadata=_bounds(ge=0))
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        if self.ambient_dim < self.intrinsic_dim:
+            raise StudyError(
+                f"{where}: ambient_dim = {self.ambient_dim} is below intrinsic_dim = "
+                f"{self.intrinsic_dim}; allowed: ambient_dim >= intrinsic_dim"
+            )
+
+
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "file", "manifold"]
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    name: DatasetName = "digits"
+    path: str | None = None
+    subset: Literal["all", "train", "test"] = "all"
+    array_key: str | None = None
+    labels_key: str | None = None
+    image_shape: list[int] | None = None
+    scaling: Literal["auto", "none", "minmax"] = "auto"
+    limit: int | None = field(default=None, metadata=_bounds(ge=3))
+    seed: int = 0
+    split: Split = field(default_factory=Split)
+    manifold: Manifold = field(default_factory=Manifold)
+    intrinsic_max_points: int = field(default=5000, metadata=_bounds(ge=10))
+
+    def check(self, where: str) -> None:
+        if self.name == "file" and not self.path:
+            raise StudyError(f"{where}.path is empty; data.name 'file' needs a .npz, .npy or .csv path")
+        if self.image_shape is not None:
+            if len(self.image_shape) not in (2, 3) or min(self.image_shape) < 1:
+                raise StudyError(
+                    f"{where}.image_shape = {self.image_shape}; allowed: [height, width] or "
+                    "[channels, height, width] with positive sizes"
+                )
+
+
+# --- study grid -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    latent_dims: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32, 96])
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        dims = self.latent_dims
+        if not dims or min(dims) < 1:
+            raise StudyError(f"{where}.latent_dims = {dims}; allowed: a non-empty list of integers >= 1")
+        if len(set(dims)) != len(dims) or sorted(dims) != dims:
+            raise StudyError(f"{where}.latent_dims = {dims}; allowed: strictly increasing, no repeats")
+
+
+# --- pca --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PCAConfig:
+    variance_targets: list[float] = field(default_factory=lambda: [0.9, 0.95, 0.99])
+
+    def check(self, where: str) -> None:
+        bad = [v for v in self.variance_targets if not 0 < v <= 1]
+        if bad or not self.variance_targets:
+            raise StudyError(
+                f"{where}.variance_targets = {self.variance_targets}; allowed: fractions in (0, 1]"
+            )
+
+
+# --- search -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LogRange:
+    low: float = field(default=0.1, metadata=_bounds(gt=0))
+    high: float = field(default=1.0, metadata=_bounds(gt=0))
+
+    def check(self, where: str) -> None:
+        if self.high < self.low:
+            raise StudyError(f"{where}: high = {self.high:g} is below low = {self.low:g}; allowed: low <= high")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    arch: Literal["auto", "mlp", "conv"] = "auto"
+    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    hidden: list[int] = field(default_factory=lambda: [256, 128])
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+
+    def check(self, where: str) -> None:
+        for key in ("hidden", "channels"):
+            widths = getattr(self, key)
+            if not widths or min(widths) < 1:
+                raise StudyError(f"{where}.{key} = {widths}; allowed: a non-empty list of integers >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = field(default=60, metadata=_bounds(ge=1))
+    batch_size: int = field(default=128, metadata=_bounds(ge=1))
+    patience: int = field(default=8, metadata=_bounds(ge=1))
+    grad_clip: float = field(default=5.0, metadata=_bounds(ge=0))
+    kl_warmup_epochs: int = field(default=0, metadata=_bounds(ge=0))
+    free_bits: float = field(default=0.0, metadata=_bounds(ge=0))
+    bf16: bool = False
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    trials_per_dim: int = field(default=4, metadata=_bounds(ge=1))
+    ae_trials_per_dim: int = field(default=2, metadata=_bounds(ge=1))
+    max_trials_per_dim: int = field(default=16, metadata=_bounds(ge=1))
+    objective: Literal["neg_elbo", "distortion", "sse"] = "neg_elbo"
+    beta: LogRange = field(default_factory=lambda: LogRange(0.25, 4.0))
+    lr: LogRange = field(default_factory=lambda: LogRange(3e-4, 3e-3))
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    workers_per_device: int = field(default=1, metadata=_bounds(ge=1))
+    cpu_workers: int = field(default=1, metadata=_bounds(ge=1))
+    storage: str | None = None
+    heartbeat_seconds: int = field(default=20, metadata=_bounds(ge=1))
+
+    def check(self, where: str) -> None:
+        budget = max(self.trials_per_dim, self.ae_trials_per_dim)
+        if self.max_trials_per_dim < budget:
+            raise StudyError(
+                f"{where}.max_trials_per_dim = {self.max_trials_per_dim} is below the finished-trial "
+                f"budget {budget}; allowed: >= max(trials_per_dim, ae_trials_per_dim)"
+            )
+
+
+# --- evaluate and report ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluateConfig:
+    iwae_samples: int = field(default=100, metadata=_bounds(ge=1))
+    probe_max_train: int = field(default=10000, metadata=_bounds(ge=10))
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    tolerance: float = field(default=0.05, metadata=_bounds(ge=0, lt=1))
+    title: str = "How big should the latent space be?"
+    recon_examples: int = field(default=8, metadata=_bounds(ge=1, le=32))
+    sample_dims: int = field(default=3, metadata=_bounds(ge=1, le=12))
+
+
+SECTIONS: dict[str, type] = {
+    "data": DataConfig,
+    "study": StudyConfig,
+    "pca": PCAConfig,
+    "search": SearchConfig,
+    "evaluate": EvaluateConfig,
+    "report": ReportConfig,
+}
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+
+def load_params(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise StudyError(f"{path}: file not found; run from the project root or pass --params") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise StudyError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise StudyError(f"{path}: top level must be a mapping of sections {sorted(SECTIONS)}")
+    unknown = sorted(set(raw) - set(SECTIONS))
+    if unknown:
+        raise StudyError(f"{path}: unknown section '{unknown[0]}'; allowed: {', '.join(SECTIONS)}")
+    return raw
+
+
+def load_section(path: str | Path, name: str) -> Any:
+    """Load and validate one section of params.yaml; missing sections take the defaults."""
+    raw = load_params(path).get(name) or {}
+    return build(SECTIONS[name], raw, f"{Path(path).name}: {name}")
+
+
+def build(cls: type, raw: Any, where: str) -> Any:
+    if not isinstance(raw, dict):
+        raise StudyError(f"{where} = {raw!r}; allowed: a mapping with keys {_keys(cls)}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise StudyError(f"{where}.{unknown[0]} is not a known key; allowed: {_keys(cls)}")
+    values = {}
+    for f in dataclasses.fields(cls):
+        if f.name in raw:
+            key = f"{where}.{f.name}"
+            values[f.name] = _coerce(hints[f.name], raw[f.name], key)
+            _check_bounds(f, values[f.name], key)
+    obj = cls(**values)
+    if hasattr(obj, "check"):
+        obj.check(where)
+    return obj
+
+
+def _keys(cls: type) -> str:
+    return ", ".join(f.name for f in dataclasses.fields(cls))
+
+
+def _describe(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + " | ".join(str(a) for a in typing.get_args(tp))
+    if origin in (types.UnionType, typing.Union):
+        return " or ".join(_describe(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_describe(typing.get_args(tp)[0])}"
+    if tp is type(None):
+        return "null"
+    if dataclasses.is_dataclass(tp):
+        return f"a mapping with keys {_keys(tp)}"
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(tp)
+    bad = StudyError(f"{key} = {value!r} is not allowed; expected {_describe(tp)}")
+    if origin in (types.UnionType, typing.Union):
+        if value is None and type(None) in typing.get_args(tp):
+            return None
+        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(inner, value, key)
+    if origin is Literal:
+        if value not in typing.get_args(tp):
+            raise bad
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise bad
+        return [_coerce(typing.get_args(tp)[0], v, key) for v in value]
+    if dataclasses.is_dataclass(tp):
+        return build(tp, value, key)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise bad
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise bad
+        return value
+    if tp is float:
+        # YAML 1.1 reads 3e-4 (no dot) as a string; accept it as the number the user meant.
+        if isinstance(value, str):
+            try:
+                value = float(value)
+            except ValueError:
+                raise bad from None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise bad
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str) or not value:
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp}")
+
+
+_OPS = {"gt": (">", lambda v, b: v > b), "ge": (">=", lambda v, b: v >= b),
+        "lt": ("<", lambda v, b: v < b), "le": ("<=", lambda v, b: v <= b)}
+
+
+def _check_bounds(f: dataclasses.Field, value: Any, key: str) -> None:
+    bounds = f.metadata.get("bounds", {})
+    if value is None or not bounds:
+        return
+    if not all(_OPS[op][1](value, b) for op, b in bounds.items()):
+        allowed = " and ".join(f"{_OPS[op][0]} {b:g}" for op, b in bounds.items())
+        raise StudyError(f"{key} = {value!r} is out of range; allowed: {allowed}")
+
+
+def as_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def project_root(cwd: Path) -> Path:
+    """The repository that owns the persistent stores (MLflow db, Optuna journal).
+
+    `dvc exp run --temp` and queued experiments run in a copy under .dvc/tmp/exps/; their
+    trials and runs still belong to the user's repository, not to the throwaway copy.
+    """
+    cwd = cwd.resolve()
+    parts = cwd.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return cwd

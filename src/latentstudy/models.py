@@ -1,0 +1,241 @@
+"""Encoders, decoders, the VAE and the plain autoencoder, and their loss terms (all in nats).
+
+Read top to bottom: the spec that rebuilds a model, the MLP and conv bodies, the model,
+the per-example loss terms, and checkpoints. The decoder output always has the input's
+dimension D; the latent size k is free (k > D is allowed).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from latentstudy.config import StudyError
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+@dataclass(frozen=True)
+class NetSpec:
+    """Everything needed to rebuild a model; stored next to its weights."""
+
+    input_dim: int
+    latent_dim: int
+    arch: Literal["mlp", "conv"]
+    likelihood: Literal["bernoulli", "gaussian"]
+    variational: bool  # VAE (True) or deterministic autoencoder (False)
+    hidden: tuple[int, ...] = (256, 128)
+    channels: tuple[int, ...] = (32, 64)
+    image_shape: tuple[int, ...] | None = None  # (channels, height, width) for conv
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hidden", tuple(self.hidden))
+        object.__setattr__(self, "channels", tuple(self.channels))
+        if self.image_shape is not None:
+            object.__setattr__(self, "image_shape", tuple(self.image_shape))
+
+
+def chw(image_shape: list[int] | tuple[int, ...] | None) -> tuple[int, int, int] | None:
+    """[h, w] or [c, h, w] as (c, h, w)."""
+    if image_shape is None:
+        return None
+    return (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+
+
+def choose_arch(arch: str, image_shape: list[int] | None) -> Literal["mlp", "conv"]:
+    if arch == "auto":
+        return "conv" if image_shape is not None else "mlp"
+    if arch == "conv" and image_shape is None:
+        raise StudyError("search.model.arch = conv but the data has no image shape; allowed: mlp or auto "
+                         "(or set data.image_shape)")
+    return arch
+
+
+# --- bodies -----------------------------------------------------------------------------------
+
+
+def mlp(sizes: list[int]) -> nn.Sequential:
+    """Linear layers with ReLU between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2:
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+def conv_sizes(image_shape: tuple[int, int, int], layers: int) -> list[tuple[int, int]]:
+    """Spatial size before each stride-2 conv and after the last: 28 -> 14 -> 7, 8 -> 4 -> 2."""
+    _, h, w = image_shape
+    sizes = [(h, w)]
+    for _ in range(layers):
+        h, w = h // 2, w // 2
+        if h < 1 or w < 1:
+            raise StudyError(
+                f"search.model.channels has {layers} conv layers but a {image_shape[1]}x{image_shape[2]} "
+                f"image halves to nothing; allowed: at most {len(sizes) - 1} layers for this image size"
+            )
+        sizes.append((h, w))
+    return sizes
+
+
+class ConvEncoder(nn.Module):
+    def __init__(self, image_shape: tuple[int, int, int], channels: tuple[int, ...], out_dim: int):
+        super().__init__()
+        self.image_shape = image_shape
+        sizes = conv_sizes(image_shape, len(channels))
+        ins = (image_shape[0], *channels[:-1])
+        self.convs = nn.ModuleList(nn.Conv2d(a, b, 4, stride=2, padding=1) for a, b in zip(ins, channels))
+        self.head = nn.Linear(channels[-1] * sizes[-1][0] * sizes[-1][1], out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.view(len(x), *self.image_shape)
+        for conv in self.convs:
+            h = F.relu(conv(h))
+        return self.head(h.flatten(1))
+
+
+class ConvDecoder(nn.Module):
+    def __init__(self, image_shape: tuple[int, int, int], channels: tuple[int, ...], latent_dim: int):
+        super().__init__()
+        self.sizes = conv_sizes(image_shape, len(channels))
+        self.start = (channels[-1], *self.sizes[-1])
+        self.head = nn.Linear(latent_dim, channels[-1] * self.sizes[-1][0] * self.sizes[-1][1])
+        outs = (image_shape[0], *channels[:-1])
+        self.deconvs = nn.ModuleList()
+        # Walk back up the encoder's sizes; output_padding restores odd sizes (7 -> 14 -> 28, 3 -> 7).
+        for i in reversed(range(len(channels))):
+            (th, tw), (sh, sw) = self.sizes[i], self.sizes[i + 1]
+            self.deconvs.append(nn.ConvTranspose2d(channels[i], outs[i], 4, stride=2, padding=1,
+                                                   output_padding=(th - 2 * sh, tw - 2 * sw)))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.head(z)).view(len(z), *self.start)
+        for i, deconv in enumerate(self.deconvs):
+            h = deconv(h)
+            if i < len(self.deconvs) - 1:
+                h = F.relu(h)
+        return h.flatten(1)
+
+
+# --- the model --------------------------------------------------------------------------------
+
+
+class AutoEncoder(nn.Module):
+    """A VAE (diagonal-Gaussian q(z|x)) when spec.variational, else a deterministic autoencoder.
+
+    The encoder emits mu and log sigma^2 (VAE) or z itself (AE). The decoder emits Bernoulli
+    logits or Gaussian means; the Gaussian's scale is one learned scalar (log sigma).
+    """
+
+    def __init__(self, spec: NetSpec):
+        super().__init__()
+        self.spec = spec
+        enc_out = 2 * spec.latent_dim if spec.variational else spec.latent_dim
+        if spec.arch == "conv":
+            shape = chw(spec.image_shape)
+            self.encoder = ConvEncoder(shape, spec.channels, enc_out)
+            self.decoder = ConvDecoder(shape, spec.channels, spec.latent_dim)
+        else:
+            self.encoder = mlp([spec.input_dim, *spec.hidden, enc_out])
+            self.decoder = nn.Sequential(nn.Linear(spec.latent_dim, spec.hidden[-1]), nn.ReLU(),
+                                         mlp([*reversed(spec.hidden), spec.input_dim]))
+        if spec.likelihood == "gaussian":
+            self.log_sigma = nn.Parameter(torch.zeros(()))
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(mu, log sigma^2) of q(z|x); for the autoencoder (z, None)."""
+        h = self.encoder(x)
+        if not self.spec.variational:
+            return h, None
+        mu, logvar = h.chunk(2, dim=1)
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Decoder output: Bernoulli logits or Gaussian means, shape (n, D)."""
+        return self.decoder(z)
+
+    def mean(self, out: torch.Tensor) -> torch.Tensor:
+        """The reconstruction in data space: E[x|z]."""
+        return torch.sigmoid(out) if self.spec.likelihood == "bernoulli" else out
+
+    def distortion(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """-log p(x|z) per example, in nats, summed over the D outputs."""
+        if self.spec.likelihood == "bernoulli":
+            return F.binary_cross_entropy_with_logits(out.float(), x, reduction="none").sum(1)
+        log_sigma = self.log_sigma
+        sq = (x - out.float()) ** 2
+        return 0.5 * (sq * torch.exp(-2 * log_sigma)).sum(1) + x.shape[1] * (log_sigma + 0.5 * LOG_2PI)
+
+
+def n_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def kl_per_dim(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, sigma^2) || N(0, 1)) for each example and latent unit, closed form (nats)."""
+    return 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1)
+
+
+def reparameterise(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+    return mu + torch.exp(0.5 * logvar) * eps
+
+
+@dataclass
+class Terms:
+    """Per-example loss terms of one forward pass."""
+
+    distortion: torch.Tensor  # (n,) nats
+    kl: torch.Tensor | None  # (n, k) nats per unit, None for the autoencoder
+    mu: torch.Tensor  # (n, k) the latent code: mu(x), or z for the autoencoder
+
+    @property
+    def rate(self) -> torch.Tensor:
+        return self.kl.sum(1) if self.kl is not None else torch.zeros_like(self.distortion)
+
+
+def forward(model: AutoEncoder, x: torch.Tensor, generator: torch.Generator | None) -> Terms:
+    """Encode, sample z = mu + sigma * eps (VAE only) and decode: the terms of the loss."""
+    mu, logvar = model.encode(x)
+    if logvar is None:
+        return Terms(model.distortion(x, model.decode(mu)), None, mu)
+    z = reparameterise(mu, logvar, generator)
+    return Terms(model.distortion(x, model.decode(z)), kl_per_dim(mu, logvar), mu)
+
+
+def reconstruct(model: AutoEncoder, x: torch.Tensor) -> torch.Tensor:
+    """The reconstruction used for squared errors: decode z = mu(x), no sampling."""
+    mu, _ = model.encode(x)
+    return model.mean(model.decode(mu))
+
+
+# --- checkpoints ------------------------------------------------------------------------------
+
+
+def build(spec: NetSpec) -> AutoEncoder:
+    return AutoEncoder(spec)
+
+
+def save_checkpoint(path: Path, model: AutoEncoder, meta: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save({"spec": asdict(model.spec), "state_dict": state, "meta": meta}, tmp)
+    tmp.replace(path)
+
+
+def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[AutoEncoder, dict]:
+    try:
+        blob = torch.load(path, map_location=device, weights_only=True)
+    except FileNotFoundError:
+        raise StudyError(f"{path}: checkpoint not found; run the search stage first (dvc repro)") from None
+    model = AutoEncoder(NetSpec(**blob["spec"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.to(device).eval(), blob["meta"]

@@ -1,0 +1,72 @@
+"""One function per DVC stage: load the stage's params sections, read its declared inputs,
+call the logic, write its declared outputs (removed again if anything fails).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from latentstudy import config
+from latentstudy.cli import outputs
+
+
+def write_json(path: Path, obj: object) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2) + "\n")
+
+
+def prepare(params: Path, out_dir: Path, root: Path) -> dict:
+    from latentstudy import data
+
+    cfg = config.load_section(params, "data")
+    with outputs(out_dir):
+        splits, summary = data.prepare(cfg, root)
+        data.write_prepared(out_dir, splits, summary)
+    counts = summary["counts"]
+    print(f"[prepare] {summary['source']}: {summary['n_examples']} examples x {summary['input_dim']} features "
+          f"-> train {counts['train']} / val {counts['val']} / test {counts['test']}; "
+          f"intrinsic dimension TwoNN {summary['intrinsic_dim']['twonn']}, MLE {summary['intrinsic_dim']['mle']}")
+    return summary
+
+
+def pca(params: Path, prepared: Path, metrics_json: Path, curve_csv: Path, basis_path: Path) -> dict:
+    import pandas as pd
+
+    from latentstudy import data
+    from latentstudy import pca as pca_mod
+
+    study = config.load_section(params, "study")
+    cfg = config.load_section(params, "pca")
+    x_train, _ = data.load_split(prepared, "train")
+    x_test, _ = data.load_split(prepared, "test")
+    with outputs(metrics_json, curve_csv, basis_path):
+        basis = pca_mod.fit(x_train)
+        metrics = {
+            "input_dim": basis.input_dim,
+            "n_components": basis.n_components,
+            "components_for_variance": {f"{t:g}": pca_mod.components_for(basis, t) for t in cfg.variance_targets},
+            "latent_dims": {f"k{k}": pca_mod.metrics_at(basis, x_test, k) for k in study.latent_dims},
+        }
+        basis_path.parent.mkdir(parents=True, exist_ok=True)
+        pca_mod.save(basis, basis_path)
+        write_json(metrics_json, metrics)
+        curve_csv.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame(pca_mod.curve(basis, x_test)).to_csv(curve_csv, index=False)
+    needed = ", ".join(f"{int(float(t) * 100)}%: {k}" for t, k in metrics["components_for_variance"].items())
+    print(f"[pca] {basis.n_components} components; components for explained variance {needed}")
+    for k in study.latent_dims:
+        m = metrics["latent_dims"][f"k{k}"]
+        print(f"[pca] k={k:<4} test squared error per image {m['sse_per_image']:.3f}  "
+              f"explained variance {m['explained_variance_ratio']:.3f}")
+    return metrics
+
+
+def search(params: Path, prepared: Path, root: Path, models_dir: Path, trials_csv: Path, metrics_json: Path,
+           study_json: Path, tracking: str | None) -> None:
+    from latentstudy import search as search_mod
+
+    study = config.load_section(params, "study")
+    cfg = config.load_section(params, "search")
+    with outputs(models_dir, trials_csv, metrics_json, study_json):
+        search_mod.run(study, cfg, prepared, root, models_dir, trials_csv, metrics_json, study_json, tracking)

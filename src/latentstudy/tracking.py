@@ -1,0 +1,163 @@
+"""MLflow: a side channel for people. Called by the stages, never calling back; no stage reads
+its inputs from here. mlflow is imported on first use (it takes over a second).
+
+Layout: one experiment per dataset, one parent run per study, one nested run per Optuna
+trial (tagged with the study and trial number), and one report run nested under the parent.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+STUDY_TAG = "latentstudy.study"
+KIND_TAG = "latentstudy.kind"  # study | trial | report
+TRIAL_TAG = "optuna.trial_number"
+OPTUNA_STUDY_TAG = "optuna.study"
+PARENT_TAG = "mlflow.parentRunId"
+FLUSH_SECONDS = 3.0
+
+
+def tracking_uri(root: Path) -> str:
+    """MLFLOW_TRACKING_URI if set, else an absolute sqlite store at the project root."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def experiment_name(summary: dict) -> str:
+    source = summary["dataset"]
+    if source == "file":
+        source += "-" + Path(summary["source"].removeprefix("file ")).stem
+    return f"latentstudy-{source}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    # A local sqlite store keeps artifacts beside it (mlartifacts/), never in the working dir.
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
+    return None
+
+
+def _flat(params: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in params.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = str(value)[:500]
+    return out
+
+
+class Tracker:
+    """A thin MlflowClient wrapper; run ids are passed explicitly, so workers share no state."""
+
+    def __init__(self, uri: str):
+        from mlflow.tracking import MlflowClient
+
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        self._pending: dict[str, list] = {}
+        self._last_flush: dict[str, float] = {}
+
+    # --- experiment and study --------------------------------------------------------------
+
+    def experiment(self, name: str) -> str:
+        """The experiment's id, created (with its artifact location) when missing."""
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri))
+
+    def study_run(self, experiment_id: str, study: str, params: dict) -> str:
+        """The study's parent run: found again on resume, created once."""
+        found = self.client.search_runs(
+            [experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = 'study'", max_results=1
+        )
+        if found:
+            run_id = found[0].info.run_id
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(experiment_id, run_name=study, tags={STUDY_TAG: study, KIND_TAG: "study"})
+        self._log_params(run.info.run_id, _flat(params))
+        return run.info.run_id
+
+    def _log_params(self, run_id: str, params: dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            self.client.log_batch(run_id, params=items[i : i + 100])
+
+    # --- trials ----------------------------------------------------------------------------
+
+    def start_trial(self, experiment_id: str, parent: str, study: str, name: str, trial: int, params: dict) -> str:
+        run = self.client.create_run(
+            experiment_id, run_name=name,
+            tags={PARENT_TAG: parent, STUDY_TAG: study.rsplit("-k", 1)[0], KIND_TAG: "trial",
+                  OPTUNA_STUDY_TAG: study, TRIAL_TAG: str(trial)},
+        )
+        self._log_params(run.info.run_id, _flat(params))
+        return run.info.run_id
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int | None = None, flush: bool = False) -> None:
+        """Buffered: one database write every few seconds, not one per epoch."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self._pending.setdefault(run_id, []).extend(
+            Metric(k, float(v), now, step or 0) for k, v in metrics.items() if v is not None and v == v
+        )
+        if flush or time.monotonic() - self._last_flush.get(run_id, 0.0) > FLUSH_SECONDS:
+            self.flush(run_id)
+
+    def flush(self, run_id: str) -> None:
+        pending = self._pending.pop(run_id, [])
+        for i in range(0, len(pending), 900):
+            self.client.log_batch(run_id, metrics=pending[i : i + 900])
+        self._last_flush[run_id] = time.monotonic()
+
+    def end(self, run_id: str, status: str, tags: dict[str, Any] | None = None) -> None:
+        self.flush(run_id)
+        for key, value in (tags or {}).items():
+            self.client.set_tag(run_id, key, str(value)[:5000])
+        self.client.set_terminated(run_id, status=status)
+
+    def set_status(self, run_id: str, status: str) -> None:
+        self.client.set_terminated(run_id, status=status)
+
+    def runs(self, experiment_id: str, study: str, kind: str) -> list:
+        flt = f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = '{kind}'"
+        out, token = [], None
+        while True:
+            page = self.client.search_runs([experiment_id], flt, max_results=1000, page_token=token)
+            out.extend(page)
+            token = page.token
+            if not token:
+                return out
+
+    # --- artifacts -------------------------------------------------------------------------
+
+    def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
+        self.client.log_artifact(run_id, str(path), folder)
+
+    def download(self, run_id: str, artifact: str, dest: Path) -> Path:
+        dest.mkdir(parents=True, exist_ok=True)
+        return Path(self.client.download_artifacts(run_id, artifact, str(dest)))
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, str(value))
+
+    # --- the report run --------------------------------------------------------------------
+
+    def report_run(self, experiment_id: str, parent: str | None, study: str, params: dict) -> str:
+        tags = {STUDY_TAG: study, KIND_TAG: "report"}
+        if parent:
+            tags[PARENT_TAG] = parent
+        run = self.client.create_run(experiment_id, run_name=f"{study}-report", tags=tags)
+        self._log_params(run.info.run_id, _flat(params))
+        return run.info.run_id
+
+    def log_table(self, run_id: str, frame, name: str) -> None:
+        self.client.log_table(run_id, data=frame, artifact_file=name)
