@@ -269,7 +269,8 @@ def _describe(tp: Any) -> str:
     if origin in (types.UnionType, typing.Union):
         return " or ".join(_describe(a) for a in typing.get_args(tp))
     if origin is list:
-        return f"a list of {_describe(typing.get_args(tp)[0])}"
+        inner = typing.get_args(tp)[0]
+        return "a list of " + {int: "integers", float: "numbers", str: "strings"}.get(inner, _describe(inner))
     if tp is type(None):
         return "null"
     if dataclasses.is_dataclass(tp):

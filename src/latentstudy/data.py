@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 import json
 import urllib.error
 import urllib.request
@@ -71,7 +72,7 @@ def read_idx(path: Path) -> np.ndarray:
             blob = gzip.decompress(blob)
     except FileNotFoundError:
         raise StudyError(f"{path}: file not found") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise StudyError(f"{path}: cannot read ({exc}); expected an IDX file, gzipped or not") from None
     if len(blob) < 4 or blob[0] != 0 or blob[1] != 0 or blob[2] not in IDX_DTYPES:
         raise StudyError(f"{path}: not an IDX file (bad magic number {blob[:4].hex()})")
@@ -243,9 +244,9 @@ def validate(raw: Raw) -> tuple[np.ndarray, np.ndarray | None]:
         raise StudyError(f"{raw.source}: data has dtype {x.dtype}; allowed: numeric arrays")
     if x.ndim == 1 or x.ndim == 0:
         raise StudyError(f"{raw.source}: data has shape {x.shape}; allowed: (n, features) or (n, h, w[, c])")
-    x = x.reshape(len(x), -1).astype(np.float64)
-    if x.shape[0] == 0 or x.shape[1] == 0:
+    if x.size == 0:
         raise StudyError(f"{raw.source}: data is empty (shape {x.shape}); allowed: at least 3 examples and 1 feature")
+    x = x.reshape(len(x), -1).astype(np.float64)
     bad = ~np.isfinite(x)
     if bad.any():
         row, col = np.argwhere(bad)[0]
@@ -310,17 +311,21 @@ def split_indices(n: int, y: np.ndarray | None, split: Split, seed: int) -> dict
 
 
 def subsample(n: int, y: np.ndarray | None, limit: int | None, seed: int) -> np.ndarray:
+    """Exactly `limit` indices (all when None), seeded; with labels each class keeps its share.
+
+    Every class is shuffled and its j-th member gets the key (j + u) / class size; taking the
+    smallest keys interleaves the classes in proportion to their sizes.
+    """
     if limit is None or limit >= n:
         return np.arange(n)
     rng = np.random.default_rng(seed + 7919)
     if y is None:
         return np.sort(rng.choice(n, size=limit, replace=False))
-    # Stratified: keep each class's share of the limit.
-    keep = []
+    key = np.empty(n)
     for c in np.unique(y):
-        idx = np.flatnonzero(y == c)
-        keep.append(rng.choice(idx, size=max(1, round(limit * len(idx) / n)), replace=False))
-    return np.sort(np.concatenate(keep))
+        idx = rng.permutation(np.flatnonzero(y == c))
+        key[idx] = (np.arange(len(idx)) + rng.uniform(size=len(idx))) / len(idx)
+    return np.sort(np.argsort(key, kind="stable")[:limit])
 
 
 # --- prepared files ---------------------------------------------------------------------------

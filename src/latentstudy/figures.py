@@ -68,3 +68,153 @@ def reconstruction_strip(model, x: np.ndarray, image_shape: list[int] | None, pa
     spec = model.spec
     image_grid([x, recon], ["input", f"k={spec.latent_dim}"], image_shape, path,
                f"{'VAE' if spec.variational else 'autoencoder'}, k={spec.latent_dim}: reconstructions from mu(x)")
+
+
+def _save(fig, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+
+
+def _mark(ax, k: int | None) -> None:
+    if k is not None:
+        ax.axvline(k, color="0.35", ls="--", lw=1)
+        ax.text(k, ax.get_ylim()[1], f" recommended k={k}", va="top", ha="left", fontsize=8, color="0.25")
+
+
+def _log_k_axis(ax, ks: list[int]) -> None:
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks)
+    ax.set_xticklabels([str(k) for k in ks])
+    ax.minorticks_off()
+    ax.set_xlabel("latent size k")
+    ax.grid(alpha=0.3)
+
+
+def distortion_curves(table, recommended: int | None, path: Path) -> None:
+    """Left: squared error per image for PCA, AE and VAE. Right: the VAE's D, R, D + R and IWAE bound."""
+    plt = _plt()
+    ks = table["latent_dim"].tolist()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    for col, label, style in (("pca_sse_per_image", "PCA", "s-"), ("ae_sse_per_image", "autoencoder", "^-"),
+                              ("vae_sse_per_image", "VAE (z = mu)", "o-")):
+        left.plot(ks, table[col], style, label=label)
+    left.set_ylabel("squared error per test image")
+    left.set_title("Reconstruction against compression")
+    _log_k_axis(left, ks)
+    left.legend()
+    _mark(left, recommended)
+    for col, label, style in (("vae_distortion_nats", "distortion D", "o-"), ("vae_rate_nats", "rate R", "v-"),
+                              ("vae_neg_elbo_nats", "D + R (negative ELBO)", "D-"),
+                              ("vae_iwae_nll_nats", "IWAE bound", "x--")):
+        right.plot(ks, table[col], style, label=label)
+    right.set_ylabel("nats per test example")
+    right.set_title("VAE: distortion, rate and bounds")
+    _log_k_axis(right, ks)
+    right.legend(fontsize=8)
+    _mark(right, recommended)
+    _save(fig, path)
+
+
+def pareto_front(points: np.ndarray) -> np.ndarray:
+    """Points (rate, distortion) not dominated by another with lower-or-equal rate and distortion."""
+    order = np.lexsort((points[:, 1], points[:, 0]))
+    front, best = [], np.inf
+    for i in order:
+        if points[i, 1] < best:
+            front.append(points[i])
+            best = points[i, 1]
+    return np.array(front)
+
+
+def rate_distortion(trials, path: Path) -> None:
+    """Every finished VAE trial in the rate-distortion plane (validation split), coloured by k."""
+    plt = _plt()
+    done = trials[(trials["arm"] == "vae") & (trials["state"] == "COMPLETE")]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ks = sorted(done["latent_dim"].unique())
+    cmap = plt.get_cmap("viridis", max(len(ks), 2))
+    for i, k in enumerate(ks):
+        sub = done[done["latent_dim"] == k]
+        ax.scatter(sub["val_rate_nats"], sub["val_distortion_nats"], color=cmap(i), label=f"k={k}", s=28,
+                   edgecolor="white", lw=0.5)
+    if len(done):
+        front = pareto_front(done[["val_rate_nats", "val_distortion_nats"]].to_numpy(float))
+        ax.step(front[:, 0], front[:, 1], where="post", color="crimson", lw=1.2, label="Pareto front")
+    ax.set_xlabel("rate R (nats)")
+    ax.set_ylabel("distortion D (nats)")
+    ax.set_title("Rate-distortion plane: every finished VAE trial")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)
+
+
+def active_units(table, path: Path) -> None:
+    plt = _plt()
+    ks = table["latent_dim"].tolist()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(ks, ks, color="0.6", ls=":", label="all units active (AU = k)")
+    ax.plot(ks, table["vae_active_units"], "o-", label="active units of the best VAE")
+    ax.set_yscale("log", base=2)
+    ax.set_ylabel("active units")
+    ax.set_title("Active units against latent size")
+    _log_k_axis(ax, ks)
+    ax.legend()
+    _save(fig, path)
+
+
+def latent_scatter(codes: dict[str, np.ndarray], labels: np.ndarray | None, path: Path) -> None:
+    """2-D codes side by side (e.g. autoencoder and VAE), coloured by label."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(codes), figsize=(5 * len(codes), 4.6), squeeze=False)
+    for ax, (name, z) in zip(axes[0], codes.items()):
+        points = ax.scatter(z[:, 0], z[:, 1], c=labels if labels is not None else "tab:blue", cmap="tab10", s=6)
+        if name.lower().startswith("vae"):
+            ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.4", ls="--", lw=1))
+        ax.set_title(name)
+        ax.set_aspect("equal", adjustable="datalim")
+        ax.grid(alpha=0.3)
+    if labels is not None:
+        fig.colorbar(points, ax=axes[0].tolist(), label="label", shrink=0.8)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def optimisation_history(trials, path: Path) -> None:
+    """Objective of each finished VAE trial in order, per latent size, with the best so far."""
+    plt = _plt()
+    done = trials[(trials["arm"] == "vae") & (trials["state"] == "COMPLETE")].sort_values("number")
+    ks = sorted(done["latent_dim"].unique())
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    cmap = plt.get_cmap("viridis", max(len(ks), 2))
+    for i, k in enumerate(ks):
+        sub = done[done["latent_dim"] == k]
+        ax.plot(sub["number"], sub["objective_value"], "o", color=cmap(i), ms=4, alpha=0.6)
+        ax.step(sub["number"], sub["objective_value"].cummin(), where="post", color=cmap(i), label=f"k={k}")
+    ax.set_xlabel("trial number (within its latent size)")
+    ax.set_ylabel("validation objective")
+    ax.set_title("Optuna optimisation history (line: best so far)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, ncol=2)
+    _save(fig, path)
+
+
+def param_importances(importances: dict[int, dict[str, float]], path: Path) -> None:
+    """fANOVA importances of beta and lr per latent size (grouped bars)."""
+    plt = _plt()
+    ks = sorted(importances)
+    names = sorted({n for imp in importances.values() for n in imp})
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    width = 0.8 / max(len(names), 1)
+    for j, name in enumerate(names):
+        ax.bar([i + j * width for i in range(len(ks))], [importances[k].get(name, 0.0) for k in ks], width,
+               label=name)
+    ax.set_xticks([i + width * (len(names) - 1) / 2 for i in range(len(ks))])
+    ax.set_xticklabels([f"k={k}" for k in ks])
+    ax.set_ylabel("importance (fANOVA)")
+    ax.set_ylim(0, 1)
+    ax.set_title("Which hyperparameter mattered, per latent size")
+    ax.legend()
+    ax.grid(alpha=0.3, axis="y")
+    _save(fig, path)

@@ -50,7 +50,10 @@ def estimates(x: np.ndarray, max_points: int, seed: int) -> dict:
     if k_high < 3:
         return {"twonn": None, "mle": None, "n_points": int(len(x)), "mle_k": None}
     k_low = min(10, k_high)
-    dist = neighbour_distances(x, k_high)
+    # Centring keeps the |a|^2 + |b|^2 - 2ab distances accurate; pairs that still come out at 0
+    # are duplicates in float precision and have no distance ratio.
+    dist = neighbour_distances(x - x.mean(axis=0), k_high)
+    dist = dist[dist[:, 0] > 0]
     return {
         "twonn": round(twonn(dist), 3),
         "mle": round(levina_bickel(dist, k_low, k_high), 3),

@@ -684,6 +684,7 @@ def write_outputs(plan: Plan, storage, url: str, tracker, experiment_id: str | N
         "prefix": plan.prefix, "storage": url if url.startswith("journal:") else _redact(url),
         "experiment": plan.experiment, "experiment_id": experiment_id, "parent_run_id": plan.parent_run_id,
         "studies": [u.study_name for u in plan.units], "objective": plan.config.objective,
+        "latent_dims": sorted({u.latent_dim for u in plan.units}), "seed": plan.seed, "search": plan.search,
     }, indent=2) + "\n")
 
 

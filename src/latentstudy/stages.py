@@ -70,3 +70,53 @@ def search(params: Path, prepared: Path, root: Path, models_dir: Path, trials_cs
     cfg = config.load_section(params, "search")
     with outputs(models_dir, trials_csv, metrics_json, study_json):
         search_mod.run(study, cfg, prepared, root, models_dir, trials_csv, metrics_json, study_json, tracking)
+
+
+def evaluate(params: Path, prepared: Path, models_dir: Path, basis_path: Path, out_json: Path) -> dict:
+    from latentstudy import data
+    from latentstudy import evaluate as evaluate_mod
+    from latentstudy import pca as pca_mod
+
+    study = config.load_section(params, "study")
+    cfg = config.load_section(params, "evaluate")
+    x_train, y_train = data.load_split(prepared, "train")
+    x_test, y_test = data.load_split(prepared, "test")
+    basis = pca_mod.load(basis_path)
+    with outputs(out_json):
+        result = evaluate_mod.run(study.latent_dims, models_dir, basis, x_train, y_train, x_test, y_test,
+                                  cfg.iwae_samples, cfg.probe_max_train, cfg.seed)
+        write_json(out_json, result)
+    return result
+
+
+def report(params: Path, prepared: Path, evaluation_json: Path, trials_csv: Path, pca_metrics: Path,
+           study_json: Path, models_dir: Path, basis_path: Path, out_dir: Path, tracking: str | None) -> None:
+    import pandas as pd
+
+    from latentstudy import data, report as rep
+    from latentstudy import pca as pca_mod
+
+    cfg = config.load_section(params, "report")
+    x_test, y_test = data.load_split(prepared, "test")
+    study = _read_json(study_json)
+    inp = rep.Inputs(_read_json(evaluation_json), pd.read_csv(trials_csv), data.load_summary(prepared),
+                     _read_json(pca_metrics), study, x_test, y_test, models_dir, pca_mod.load(basis_path))
+    table = rep.build_table(inp.evaluation)
+    rec = rep.pick_recommendation(table, cfg.tolerance, inp.summary, inp.pca_metrics)
+    paths = rep.output_paths(out_dir)
+    with outputs(*paths.values()):
+        rep.write(cfg, inp, table, rec, paths)
+    print(f"[report] {rec.text}")
+    print(f"[report] wrote {paths['html']}, {paths['table']}, {paths['metrics']}")
+    if tracking:
+        rep.log_to_mlflow(tracking, inp, table, rec, paths, config.as_dict(cfg))
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    from latentstudy.config import StudyError
+
+    if not path.is_file():
+        raise StudyError(f"{path}: not found; run the stages before the report (dvc repro)")
+    return json.loads(path.read_text())

@@ -1,0 +1,22 @@
+"""DVC stage evaluate: test-split metrics of the best VAE and autoencoder per latent size, and PCA."""
+
+import argparse
+from pathlib import Path
+
+from latentstudy import stages
+from latentstudy.cli import run_stage
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.add_argument("--data", type=Path, default=Path("data/prepared"))
+    p.add_argument("--models", type=Path, default=Path("models/search"))
+    p.add_argument("--basis", type=Path, default=Path("models/pca.npz"))
+    p.add_argument("--out", type=Path, default=Path("reports/evaluate/evaluation.json"))
+    args = p.parse_args()
+    stages.evaluate(args.params, args.data, args.models, args.basis, args.out)
+
+
+if __name__ == "__main__":
+    run_stage(main)

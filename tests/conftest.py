@@ -1,0 +1,84 @@
+"""Shared fixtures: the real MNIST test files, tiny prepared datasets, and isolated stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MNIST = ROOT.parent / "shared" / "data" / "mnist"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_env(monkeypatch):
+    """No test writes to the user's stores through environment variables."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("OPTUNA_STORAGE", raising=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    if not (MNIST / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.skip(f"the MNIST test files are not at {MNIST}")
+    return MNIST
+
+
+@pytest.fixture(scope="session")
+def mnist_test(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
+    from latentstudy.data import read_idx
+
+    images = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz").reshape(10000, -1) / 255.0
+    labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")
+    return images, labels
+
+
+@pytest.fixture(scope="session")
+def tracking_uri(tmp_path_factory) -> str:
+    """One MLflow sqlite store per session: creating its schema costs seconds."""
+    db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
+    from latentstudy.tracking import Tracker
+
+    Tracker(f"sqlite:///{db}").experiment("warm-up")
+    return f"sqlite:///{db}"
+
+
+def write_params(path: Path, **sections) -> Path:
+    """A params.yaml with the given sections (dicts), YAML-dumped."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(sections, sort_keys=False))
+    return path
+
+
+TINY_SEARCH = {
+    "trials_per_dim": 2,
+    "ae_trials_per_dim": 1,
+    "max_trials_per_dim": 6,
+    "beta": {"low": 0.5, "high": 2.0},
+    "lr": {"low": 1.0e-3, "high": 3.0e-3},
+    "pruner": "none",
+    "model": {"arch": "mlp", "hidden": [32], "channels": [8]},
+    "train": {"epochs": 6, "batch_size": 64, "patience": 3},
+    "device": "cpu",
+    "cpu_workers": 1,
+}
+
+TINY_DATA = {"name": "digits", "limit": 300, "intrinsic_max_points": 300}
+
+
+@pytest.fixture
+def cpu_threads():
+    """Keep torch to one thread in-process so tests do not fight the worker processes."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def pytest_report_header(config):
+    return f"latentstudy tests; cpu cores: {os.cpu_count()}"

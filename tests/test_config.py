@@ -1,0 +1,77 @@
+from pathlib import Path
+
+import pytest
+
+from latentstudy import config
+from latentstudy.config import StudyError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_repository_params_are_valid():
+    for name in config.SECTIONS:
+        config.load_section(ROOT / "params.yaml", name)
+
+
+def load(tmp_path, text: str, section: str):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    return config.load_section(path, section)
+
+
+@pytest.mark.parametrize(
+    "text, section, fragment",
+    [
+        ("search:\n  trials_per_dimm: 3\n", "search", "search.trials_per_dimm is not a known key"),
+        ("search:\n  trials_per_dim: three\n", "search", "search.trials_per_dim = 'three' is not allowed; expected an integer"),
+        ("search:\n  trials_per_dim: 0\n", "search", "search.trials_per_dim = 0 is out of range; allowed: >= 1"),
+        ("search:\n  beta: {low: -1, high: 2}\n", "search", "search.beta.low = -1.0 is out of range; allowed: > 0"),
+        ("search:\n  beta: {low: 3, high: 2}\n", "search", "high = 2 is below low = 3"),
+        ("search:\n  device: tpu\n", "search", "search.device = 'tpu' is not allowed; expected one of auto | cpu | cuda"),
+        ("search:\n  train: {bf16: 1}\n", "search", "search.train.bf16 = 1 is not allowed; expected true or false"),
+        ("search:\n  max_trials_per_dim: 2\n  trials_per_dim: 4\n", "search", "max_trials_per_dim = 2 is below"),
+        ("data:\n  split: {train: 0.5, val: 0.2, test: 0.2}\n", "data", "must sum to 1"),
+        ("data:\n  name: cifar\n", "data", "data.name = 'cifar' is not allowed; expected one of digits | mnist"),
+        ("data:\n  name: file\n", "data", "data.path is empty"),
+        ("data:\n  image_shape: [28]\n", "data", "data.image_shape = [28]"),
+        ("study:\n  latent_dims: [4, 2]\n", "study", "strictly increasing"),
+        ("study:\n  latent_dims: []\n", "study", "non-empty list"),
+        ("study:\n  latent_dims: 8\n", "study", "expected a list of integers"),
+        ("pca:\n  variance_targets: [1.5]\n", "pca", "fractions in (0, 1]"),
+        ("report:\n  tolerance: 2\n", "report", "report.tolerance = 2.0 is out of range"),
+        ("serach:\n  trials_per_dim: 3\n", "search", "unknown section 'serach'"),
+        ("search: [1, 2]\n", "search", "params.yaml: search = [1, 2]; allowed: a mapping"),
+        ("search:\n  lr: {low: 1e-3\n", "search", "not valid YAML"),
+    ],
+)
+def test_bad_params_name_key_value_and_what_is_allowed(tmp_path, text, section, fragment):
+    with pytest.raises(StudyError) as err:
+        load(tmp_path, text, section)
+    message = str(err.value)
+    assert fragment in message
+    assert "\n" not in message
+    if "unknown section" not in fragment and "YAML" not in fragment:
+        assert message.startswith("params.yaml")
+
+
+def test_yaml_exponent_without_dot_is_a_number(tmp_path):
+    # YAML 1.1 reads 3e-4 as a string; users mean the number.
+    cfg = load(tmp_path, "search:\n  lr: {low: 3e-4, high: 1e-2}\n", "search")
+    assert cfg.lr.low == pytest.approx(3e-4) and cfg.lr.high == pytest.approx(1e-2)
+
+
+def test_missing_section_takes_defaults(tmp_path):
+    cfg = load(tmp_path, "data:\n  name: digits\n", "search")
+    assert cfg == config.SearchConfig()
+
+
+def test_missing_file_is_one_line(tmp_path):
+    with pytest.raises(StudyError, match="file not found"):
+        config.load_section(tmp_path / "nope.yaml", "data")
+
+
+def test_project_root_of_a_dvc_temp_experiment(tmp_path):
+    inside = tmp_path / "repo" / ".dvc" / "tmp" / "exps" / "tmpabc123"
+    inside.mkdir(parents=True)
+    assert config.project_root(inside) == (tmp_path / "repo").resolve()
+    assert config.project_root(tmp_path) == tmp_path.resolve()

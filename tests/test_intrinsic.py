@@ -1,0 +1,37 @@
+import numpy as np
+import pytest
+
+from latentstudy import intrinsic
+
+
+@pytest.mark.parametrize("d", [1, 3, 6])
+def test_linear_subspace_recovers_its_dimension(d):
+    rng = np.random.default_rng(d)
+    latent = rng.uniform(size=(3000, d))
+    x = latent @ rng.normal(size=(d, 20))  # a flat d-dimensional set in 20 dimensions
+    est = intrinsic.estimates(x, 3000, 0)
+    assert est["twonn"] == pytest.approx(d, rel=0.15)
+    assert est["mle"] == pytest.approx(d, rel=0.15)
+
+
+def test_duplicates_do_not_break_the_ratios():
+    x = np.random.default_rng(0).uniform(size=(500, 2))
+    est = intrinsic.estimates(np.concatenate([x, x[:100]]), 1000, 0)
+    assert est["n_points"] == 500 and np.isfinite(est["twonn"])
+
+
+def test_too_few_points_give_no_estimate():
+    assert intrinsic.estimates(np.eye(3), 10, 0)["twonn"] is None
+
+
+def test_mnist_test_set_twonn_matches_the_study(mnist_test):
+    # STUDY.md: TwoNN on the MNIST test set is about 13.6.
+    est = intrinsic.estimates(mnist_test[0], 10000, 0)
+    assert est["twonn"] == pytest.approx(13.6, abs=0.5)
+
+
+def test_digits_twonn_matches_the_study():
+    from sklearn.datasets import load_digits
+
+    est = intrinsic.estimates(load_digits().data / 16.0, 5000, 0)
+    assert est["twonn"] == pytest.approx(8.9, abs=0.4)

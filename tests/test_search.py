@@ -1,0 +1,209 @@
+"""The search stage for real: Optuna journal storage, worker processes, MLflow in sqlite."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from conftest import ROOT, TINY_DATA, TINY_SEARCH, write_params
+
+from latentstudy import config, data, search, stages
+from latentstudy.tracking import Tracker
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("prepared")
+    params = write_params(root / "params.yaml", data=TINY_DATA)
+    stages.prepare(params, root / "data", root)
+    return root / "data"
+
+
+def search_params(tmp_path: Path, dims=(2, 4), **overrides) -> Path:
+    s = copy.deepcopy(TINY_SEARCH)
+    for key, value in overrides.items():
+        target = s
+        *path, last = key.split(".")
+        for p in path:
+            target = target[p]
+        target[last] = value
+    return write_params(tmp_path / "params.yaml", study={"latent_dims": list(dims), "seed": 0}, search=s)
+
+
+def run_stage(tmp_path: Path, params: Path, prepared: Path, tracking: str | None):
+    out = tmp_path / "out"
+    stages.search(params, prepared, tmp_path, out / "models", out / "trials.csv", out / "metrics.json",
+                  out / "study.json", tracking)
+    return out
+
+
+def studies_of(tmp_path: Path, params: Path, prepared: Path):
+    study = config.load_section(params, "study")
+    cfg = config.load_section(params, "search")
+    plan = search.make_plan(study, cfg, data.load_summary(prepared), "latentstudy-digits")
+    storage = search.open_storage(search.storage_url(cfg, tmp_path / ".latentstudy"), 20)
+    return plan, storage
+
+
+def test_study_name_hashes_what_changes_results(prepared, tmp_path):
+    summary = data.load_summary(prepared)
+    base = config.SearchConfig()
+    prefix = search.study_prefix("digits", base, 0, summary["fingerprint"])
+    same = [config.build(config.SearchConfig, {"trials_per_dim": 9, "device": "cpu", "cpu_workers": 3,
+                                               "storage": "postgresql://h/db"}, "x")]
+    different = [config.build(config.SearchConfig, {"beta": {"low": 0.1, "high": 4.0}}, "x"),
+                 config.build(config.SearchConfig, {"train": {"epochs": 7}}, "x")]
+    assert all(search.study_prefix("digits", s, 0, summary["fingerprint"]) == prefix for s in same)
+    assert all(search.study_prefix("digits", s, 0, summary["fingerprint"]) != prefix for s in different)
+    assert search.study_prefix("digits", base, 1, summary["fingerprint"]) != prefix
+    assert search.study_prefix("digits", base, 0, "otherdata") != prefix
+
+
+def test_next_unit_spreads_work_and_respects_budgets():
+    units = (search.Unit(2, "vae", "s-k2-vae", 2, 4), search.Unit(2, "ae", "s-k2-ae", 1, 4))
+    c = {"COMPLETE": 0, "RUNNING": 0, "WAITING": 0, "FAIL": 0, "PRUNED": 0}
+    assert search.needs_work(units[0], c)
+    assert not search.needs_work(units[0], {**c, "COMPLETE": 1, "RUNNING": 1})
+    assert not search.needs_work(units[0], {**c, "FAIL": 4})  # the attempt limit
+    assert search.needs_work(units[1], {**c, "FAIL": 3})
+
+
+def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_uri, cpu_threads):
+    params = search_params(tmp_path, cpu_workers=2, trials_per_dim=3)
+    out = run_stage(tmp_path, params, prepared, tracking_uri)
+    plan, storage = studies_of(tmp_path, params, prepared)
+    trials = pd.read_csv(out / "trials.csv")
+    all_trials = []
+    for unit in plan.units:
+        got = optuna.load_study(study_name=unit.study_name, storage=storage).get_trials()
+        all_trials += got
+        assert sorted(t.number for t in got) == list(range(len(got)))  # none lost, none duplicated
+        assert sum(t.state.name == "COMPLETE" for t in got) >= unit.budget
+        assert not [t for t in got if t.state.name in ("RUNNING", "WAITING")]
+        assert (out / "models" / f"k{unit.latent_dim}-{unit.arm}.pt").is_file()
+    assert len(trials) == len(all_trials)
+    assert set(trials["worker"]) == {"w0", "w1"}  # both processes did work
+    assert trials.duplicated(["study", "number"]).sum() == 0
+
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment("latentstudy-digits")
+    parents = tracker.runs(exp, plan.prefix, "study")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    runs = tracker.runs(exp, plan.prefix, "trial")
+    assert len(runs) == len(all_trials)
+    keys = {(r.data.tags["optuna.study"], int(r.data.tags["optuna.trial_number"])) for r in runs}
+    assert len(keys) == len(runs)
+    assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs)
+    assert {r.info.run_id for r in runs} == set(trials["mlflow_run_id"])
+    finished = [r for r in runs if r.data.tags.get("optuna.state") == "COMPLETE"]
+    assert len(finished) == sum(t.state.name == "COMPLETE" for t in all_trials)
+    one = finished[0]
+    history = tracker.client.get_metric_history(one.info.run_id, "val_neg_elbo")
+    assert [m.step for m in history] == list(range(1, int(one.data.metrics["epochs_run"]) + 1))
+    assert {"train_distortion", "train_rate", "val_distortion", "val_rate", "best_val_sse"} <= set(one.data.metrics)
+    best = [r for r in runs if r.data.tags.get("latentstudy.best_of_size") == "true"]
+    assert len(best) == len(plan.units)
+    paths = {a.path for a in tracker.client.list_artifacts(best[0].info.run_id, "model")}
+    assert any(p.endswith(".pt") for p in paths)
+    assert tracker.client.list_artifacts(best[0].info.run_id, "figures")
+
+
+def test_nan_trial_is_recorded_as_failed_and_the_study_goes_on(prepared, tmp_path, tracking_uri, cpu_threads):
+    params = search_params(tmp_path, dims=(2,), **{"lr.high": 1e30, "train.grad_clip": 0.0, "trials_per_dim": 1})
+    plan, storage = studies_of(tmp_path, params, prepared)
+    search.create_studies(plan, storage)
+    vae = optuna.load_study(study_name=plan.units[0].study_name, storage=storage)
+    vae.enqueue_trial({"beta": 1.0, "lr": 1e30})
+    vae.enqueue_trial({"beta": 1.0, "lr": 2e-3})
+    out = run_stage(tmp_path, params, prepared, tracking_uri)
+    trials = pd.read_csv(out / "trials.csv").set_index(["arm", "number"])
+    assert trials.loc[("vae", 0), "state"] == "FAIL"
+    assert "non-finite" in trials.loc[("vae", 0), "fail_reason"]
+    assert trials.loc[("vae", 1), "state"] == "COMPLETE"
+    assert (out / "models" / "k2-vae.pt").is_file()
+    tracker = Tracker(tracking_uri)
+    run = tracker.client.get_run(trials.loc[("vae", 0), "mlflow_run_id"])
+    assert run.info.status == "FAILED" and "non-finite" in run.data.tags["fail_reason"]
+
+
+def test_one_worker_on_cpu_is_deterministic(prepared, tmp_path, cpu_threads):
+    runs = []
+    for name in ("a", "b"):
+        root = tmp_path / name
+        root.mkdir()
+        params = search_params(root, dims=(3,))
+        out = run_stage(root, params, prepared, None)
+        runs.append(pd.read_csv(out / "trials.csv").drop(columns=["seconds", "mlflow_run_id"]))
+    pd.testing.assert_frame_equal(runs[0], runs[1])
+
+
+def stage_command(tmp_path: Path) -> list[str]:
+    return [sys.executable, str(ROOT / "pipeline" / "search.py"), "--params", "params.yaml", "--data", "data",
+            "--models", "models/search", "--trials", "trials.csv", "--metrics", "metrics.json",
+            "--study", "study.json"]
+
+
+def test_kill_9_mid_search_then_resume(prepared, tmp_path, tracking_uri):
+    import shutil
+
+    shutil.copytree(prepared, tmp_path / "data")
+    params = search_params(tmp_path, dims=(2, 3), trials_per_dim=3, **{"train.epochs": 40, "train.patience": 40})
+    plan, storage = studies_of(tmp_path, params, tmp_path / "data")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
+    proc = subprocess.Popen(stage_command(tmp_path), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        try:
+            snap = search.snapshot(plan, storage)
+        except KeyError:  # studies not created yet
+            continue
+        states = [t.state.name for _, trials in snap for t in trials]
+        running = [t for _, trials in snap for t in trials if t.state.name == "RUNNING" and "pid" in t.user_attrs]
+        if states.count("COMPLETE") >= 2 and running:
+            break
+    else:
+        proc.kill()
+        pytest.fail("the search never had finished and running trials at once")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    before = {(u.study_name, t.number): t.value for u, trials in search.snapshot(plan, storage) for t in trials
+              if t.state.name == "COMPLETE"}
+    killed = {(u.study_name, t.number) for u, trials in search.snapshot(plan, storage) for t in trials
+              if t.state.name == "RUNNING"}
+    assert killed
+    # The workers die with their coordinator: their trials stay RUNNING until the next start reaps them.
+    time.sleep(2.5)
+
+    rerun = subprocess.run(stage_command(tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    after = {(u.study_name, t.number): t for u, trials in search.snapshot(plan, storage) for t in trials}
+    for key, value in before.items():
+        assert after[key].state.name == "COMPLETE" and after[key].value == value  # kept, not re-run
+    for key in killed:
+        assert after[key].state.name == "FAIL"
+        retries = [t for (study, _), t in after.items() if study == key[0] and t.user_attrs.get("retry_of") == key[1]]
+        assert len(retries) == 1 and retries[0].state.name == "COMPLETE"
+        assert retries[0].params == after[key].params
+    assert not [t for t in after.values() if t.state.name in ("RUNNING", "WAITING")]
+
+    tracker = Tracker(tracking_uri)
+    exp = tracker.experiment("latentstudy-digits")
+    assert len(tracker.runs(exp, plan.prefix, "study")) == 1
+    runs = tracker.runs(exp, plan.prefix, "trial")
+    by_trial = {(r.data.tags["optuna.study"], int(r.data.tags["optuna.trial_number"])): r for r in runs}
+    assert len(by_trial) == len(runs)  # one run per trial, no duplicates
+    assert not [r for r in runs if r.info.status == "RUNNING"]
+    for key in killed:
+        assert by_trial[key].info.status == "KILLED"
+    complete = [t for t in after.values() if t.state.name == "COMPLETE"]
+    assert sum(r.info.status == "FINISHED" and r.data.tags.get("optuna.state") == "COMPLETE" for r in runs) == len(complete)
