@@ -42,7 +42,7 @@ SCENARIO_PARAMS = {
         "trials_per_dim": 3, "ae_trials_per_dim": 2, "max_trials_per_dim": 8, "pruner": "none",
         "beta": {"low": 0.5, "high": 2.0}, "lr": {"low": 1.0e-3, "high": 5.0e-3},
         "model": {"arch": "mlp", "likelihood": "bernoulli", "hidden": [32]},
-        "train": {"epochs": 40, "batch_size": 32, "patience": 40},
+        "train": {"epochs": 30, "batch_size": 32, "patience": 30},
         "device": "cpu", "cpu_workers": 1, "heartbeat_seconds": 2,
     },
     "evaluate": {"iwae_samples": 8, "probe_max_train": 100},
@@ -219,6 +219,7 @@ def _running_trial(study, attrs: dict, beta: float = 1.5):
     return trial
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # trials made by hand
 def test_stale_heartbeat_fails_and_retries_a_trial_from_another_host(rdb_url):
     import optuna
     from optuna.trial import TrialState
@@ -249,6 +250,7 @@ def test_stale_heartbeat_fails_and_retries_a_trial_from_another_host(rdb_url):
     assert sum(t.state == TrialState.WAITING for t in study.get_trials()) == 1
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage:UserWarning")  # trials made by hand
 @pytest.mark.parametrize("kind", ["journal", "sqlite"])
 def test_a_lost_trial_reaped_by_two_processes_is_retried_once(kind, tmp_path):
     """Every worker and the coordinator reap; the one that loses the race must neither crash nor retry."""
@@ -332,8 +334,9 @@ def distributed(postgres, mlflow_server):
     proj = base / "project"
     proj.mkdir()
     (proj / "params.yaml").write_text(yaml.safe_dump(SCENARIO_PARAMS, sort_keys=False))
+    # Four processes train on this host: one thread each (two per process would oversubscribe).
     env = {**os.environ, "OPTUNA_STORAGE": storage_url, "MLFLOW_TRACKING_URI": mlflow_server.uri,
-           "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+           "CUDA_VISIBLE_DEVICES": "", "LATENTSTUDY_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     procs: dict[str, subprocess.Popen] = {}
     run = Run(proj, {}, storage_url, mlflow_server.uri, "", ("", -1), "")
     try:
@@ -377,10 +380,16 @@ def distributed(postgres, mlflow_server):
                         return pids[t.user_attrs["pid"]], sname, t.number
             return None
 
-        run.victim, sname, number = _wait_for("an extra worker to hold a RUNNING trial", victim_trial, 120,
+        while True:
+            victim, sname, number = _wait_for("an extra worker to hold a RUNNING trial", victim_trial, 120,
                                               run.all_logs)
-        os.killpg(procs[run.victim].pid, signal.SIGKILL)  # the machine dies: worker and its children
-        run.killed = (sname, number)
+            os.killpg(procs[victim].pid, signal.SIGSTOP)  # freeze it, then make sure the trial still runs
+            still = optuna.load_study(study_name=sname, storage=observer).get_trials(deepcopy=False)[number]
+            if still.state == optuna.trial.TrialState.RUNNING:
+                break
+            os.killpg(procs[victim].pid, signal.SIGCONT)  # it finished in between: pick again
+        os.killpg(procs[victim].pid, signal.SIGKILL)  # the machine dies: worker and its children
+        run.victim, run.killed = victim, (sname, number)
 
         for name, proc in procs.items():
             try:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentstudy import intrinsic
+from latentstudy import intrinsic, npz
 from latentstudy.config import DataConfig, Manifold, Split, StudyError
 
 SPLITS = ("train", "val", "test")
@@ -172,8 +172,8 @@ def _load(fn, path: Path):
 
 
 def _read_npz(path: Path, array_key: str | None, labels_key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-    with _load(lambda: np.load(path, allow_pickle=False), path) as npz:
-        keys = list(npz.keys())
+    with _load(lambda: np.load(path, allow_pickle=False), path) as archive:
+        keys = list(archive.keys())
         if array_key is None:
             candidates = [k for k in keys if k != labels_key]
             if len(candidates) != 1:
@@ -182,8 +182,8 @@ def _read_npz(path: Path, array_key: str | None, labels_key: str | None) -> tupl
         for key, what in ((array_key, "array_key"), (labels_key, "labels_key")):
             if key is not None and key not in keys:
                 raise StudyError(f"data.{what} = {key!r} is not in {path}; allowed: {', '.join(keys)}")
-        x = _load(lambda: npz[array_key], path)
-        y = _load(lambda: npz[labels_key], path) if labels_key else None
+        x = _load(lambda: archive[array_key], path)
+        y = _load(lambda: archive[labels_key], path) if labels_key else None
     return x, y
 
 
@@ -361,7 +361,7 @@ def prepare(cfg: DataConfig, root: Path) -> tuple[dict[str, dict[str, np.ndarray
 def write_prepared(out_dir: Path, splits: dict[str, dict[str, np.ndarray]], summary: dict) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     for name, arrays in splits.items():
-        np.savez(out_dir / f"{name}.npz", **arrays)
+        npz.save(out_dir / f"{name}.npz", **arrays)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
@@ -369,8 +369,8 @@ def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray | Non
     path = Path(prepared) / f"{split}.npz"
     if not path.is_file():
         raise StudyError(f"{path}: not found; run the prepare stage first (dvc repro)")
-    with np.load(path) as npz:
-        return npz["x"], (npz["y"] if "y" in npz else None)
+    with np.load(path) as archive:
+        return archive["x"], (archive["y"] if "y" in archive else None)
 
 
 def load_summary(prepared: Path) -> dict:

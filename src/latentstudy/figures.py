@@ -70,6 +70,19 @@ def reconstruction_strip(model, x: np.ndarray, image_shape: list[int] | None, pa
                f"{'VAE' if spec.variational else 'autoencoder'}, k={spec.latent_dim}: reconstructions from mu(x)")
 
 
+def finished_vae(trials):
+    """The finished (COMPLETE) VAE trials of trials.csv."""
+    return trials[(trials["arm"] == "vae") & (trials["state"] == "COMPLETE")]
+
+
+def _by_size(done, draw) -> None:
+    """Call draw(sub, colour, label) once per latent size, colours along viridis."""
+    ks = sorted(done["latent_dim"].unique())
+    cmap = _plt().get_cmap("viridis", max(len(ks), 2))
+    for i, k in enumerate(ks):
+        draw(done[done["latent_dim"] == k], cmap(i), f"k={k}")
+
+
 def _save(fig, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
@@ -131,14 +144,10 @@ def pareto_front(points: np.ndarray) -> np.ndarray:
 def rate_distortion(trials, path: Path) -> None:
     """Every finished VAE trial in the rate-distortion plane (validation split), coloured by k."""
     plt = _plt()
-    done = trials[(trials["arm"] == "vae") & (trials["state"] == "COMPLETE")]
+    done = finished_vae(trials)
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ks = sorted(done["latent_dim"].unique())
-    cmap = plt.get_cmap("viridis", max(len(ks), 2))
-    for i, k in enumerate(ks):
-        sub = done[done["latent_dim"] == k]
-        ax.scatter(sub["val_rate_nats"], sub["val_distortion_nats"], color=cmap(i), label=f"k={k}", s=28,
-                   edgecolor="white", lw=0.5)
+    _by_size(done, lambda sub, colour, label: ax.scatter(
+        sub["val_rate_nats"], sub["val_distortion_nats"], color=colour, label=label, s=28, edgecolor="white", lw=0.5))
     if len(done):
         front = pareto_front(done[["val_rate_nats", "val_distortion_nats"]].to_numpy(float))
         ax.step(front[:, 0], front[:, 1], where="post", color="crimson", lw=1.2, label="Pareto front")
@@ -169,7 +178,8 @@ def latent_scatter(codes: dict[str, np.ndarray], labels: np.ndarray | None, path
     plt = _plt()
     fig, axes = plt.subplots(1, len(codes), figsize=(5 * len(codes), 4.6), squeeze=False)
     for ax, (name, z) in zip(axes[0], codes.items()):
-        points = ax.scatter(z[:, 0], z[:, 1], c=labels if labels is not None else "tab:blue", cmap="tab10", s=6)
+        colour = {"c": labels, "cmap": "tab10"} if labels is not None else {"color": "tab:blue"}
+        points = ax.scatter(z[:, 0], z[:, 1], s=6, **colour)
         if name.lower().startswith("vae"):
             ax.add_patch(plt.Circle((0, 0), 1.0, fill=False, color="0.4", ls="--", lw=1))
         ax.set_title(name)
@@ -184,14 +194,13 @@ def latent_scatter(codes: dict[str, np.ndarray], labels: np.ndarray | None, path
 def optimisation_history(trials, path: Path) -> None:
     """Objective of each finished VAE trial in order, per latent size, with the best so far."""
     plt = _plt()
-    done = trials[(trials["arm"] == "vae") & (trials["state"] == "COMPLETE")].sort_values("number")
-    ks = sorted(done["latent_dim"].unique())
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    cmap = plt.get_cmap("viridis", max(len(ks), 2))
-    for i, k in enumerate(ks):
-        sub = done[done["latent_dim"] == k]
-        ax.plot(sub["number"], sub["objective_value"], "o", color=cmap(i), ms=4, alpha=0.6)
-        ax.step(sub["number"], sub["objective_value"].cummin(), where="post", color=cmap(i), label=f"k={k}")
+
+    def draw(sub, colour, label):
+        ax.plot(sub["number"], sub["objective_value"], "o", color=colour, ms=4, alpha=0.6)
+        ax.step(sub["number"], sub["objective_value"].cummin(), where="post", color=colour, label=label)
+
+    _by_size(finished_vae(trials).sort_values("number"), draw)
     ax.set_xlabel("trial number (within its latent size)")
     ax.set_ylabel("validation objective")
     ax.set_title("Optuna optimisation history (line: best so far)")

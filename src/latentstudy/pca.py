@@ -108,8 +108,10 @@ def curve(basis: PCABasis, x: np.ndarray) -> list[dict]:
 
 
 def save(basis: PCABasis, path: Path) -> None:
-    np.savez(path, mean=basis.mean, components=basis.components,
-             explained_variance=basis.explained_variance, total_variance=basis.total_variance)
+    from latentstudy import npz
+
+    npz.save(path, mean=basis.mean, components=basis.components,
+             explained_variance=basis.explained_variance, total_variance=np.float64(basis.total_variance))
 
 
 def load(path: Path) -> PCABasis:

@@ -127,8 +127,7 @@ def importances(trials: pd.DataFrame) -> dict[int, dict[str, float]]:
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out = {}
-    done = trials[(trials["arm"] == "vae") & (trials["state"] == "COMPLETE")]
-    for k, sub in done.groupby("latent_dim"):
+    for k, sub in figures.finished_vae(trials).groupby("latent_dim"):
         if len(sub) < 2:
             continue
         dists = {p: FloatDistribution(float(sub[p].min()) * 0.999, float(sub[p].max()) * 1.001, log=True)
@@ -182,7 +181,7 @@ def draw_figures(inp: Inputs, table: pd.DataFrame, rec: Recommendation, cfg, fig
     add("distortion.png", "Distortion against latent size",
         "Look for where the curves flatten: past that k, more latent dimensions buy little reconstruction. "
         "PCA is the best linear code; the gap to the autoencoder and VAE is what nonlinearity buys.")
-    if (inp.trials["arm"] == "vae").any():
+    if len(figures.finished_vae(inp.trials)):
         figures.rate_distortion(inp.trials, fig_dir / "rate_distortion.png")
         add("rate_distortion.png", "Rate-distortion plane",
             "Each point is a finished VAE trial (validation split). Along the front, lower distortion costs "
@@ -238,8 +237,7 @@ def draw_figures(inp: Inputs, table: pd.DataFrame, rec: Recommendation, cfg, fig
         add("latent_2d.png", "The 2-D latent space",
             "Test set codes coloured by label. The autoencoder spreads out freely; the VAE's KL term packs the "
             "codes into the unit ball (dashed) around the prior.")
-    done_vae = inp.trials[(inp.trials["arm"] == "vae") & (inp.trials["state"] == "COMPLETE")]
-    if len(done_vae):
+    if len(figures.finished_vae(inp.trials)):
         figures.optimisation_history(inp.trials, fig_dir / "optuna_history.png")
         add("optuna_history.png", "Optuna optimisation history",
             "Validation objective of each finished VAE trial, per latent size; the line is the best so far. "
@@ -392,9 +390,8 @@ def explorer_section(vae: dict[int, AutoEncoder], rec: Recommendation, inp: Inpu
     model = vae.get(2) or vae.get(rec.latent_dim)
     if model is None:
         return ""
-    return ('<h2>Explore the latent space</h2>'
-            + explorer.explorer_html(model, inp.x_test, inp.y_test, inp.summary["image_shape"],
-                                     f"VAE, k = {model.spec.latent_dim}"))
+    return explorer.explorer_html(model, inp.x_test, inp.y_test, inp.summary["image_shape"],
+                                  f"Explore the latent space (VAE, k = {model.spec.latent_dim})")
 
 
 def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dict[str, Path]) -> None:

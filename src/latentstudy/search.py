@@ -125,6 +125,8 @@ def open_storage(url: str, heartbeat_seconds: int, tracking: str | None = None):
     journal:/path is a JournalStorage on a local file (one host, many processes); anything else
     is an RDB URL (postgresql://..., mysql://..., sqlite:///...).
     """
+    import warnings
+
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
@@ -133,13 +135,15 @@ def open_storage(url: str, heartbeat_seconds: int, tracking: str | None = None):
         path.parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(str(path)))
     try:
-        return optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
-            heartbeat_stale_trial_callback=lambda study, trial: retry_lost(study, trial, tracking),
-            engine_kwargs={"pool_pre_ping": True},
-        )
+        with warnings.catch_warnings():  # heartbeats are "experimental": one warning per process
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat_seconds, grace_period=3 * heartbeat_seconds,
+                heartbeat_stale_trial_callback=lambda study, trial: retry_lost(study, trial, tracking),
+                engine_kwargs={"pool_pre_ping": True},
+            )
     except Exception as exc:  # sqlalchemy raises many types for bad URLs and refused connections
-        raise StudyError(f"search.storage / OPTUNA_STORAGE = {url!r}: cannot open ({type(exc).__name__}: "
+        raise StudyError(f"search.storage / OPTUNA_STORAGE = {_redact(url)!r}: cannot open ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0]}); allowed: an Optuna RDB URL or journal:/path") from None
 
 
@@ -245,7 +249,11 @@ def reap_lost(study, tracking: str | None, assume_single_host: bool) -> int:
         alive = _alive_here(trial.user_attrs)
         if alive is False or (alive is None and assume_single_host and "pid" not in trial.user_attrs
                               and time.time() - trial.datetime_start.timestamp() > 60):
-            if study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
+            try:
+                failed = study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                failed = False  # another reaper (worker, coordinator) failed and retried it first
+            if failed:
                 retry_lost(study, trial, tracking)
                 lost += 1
     return lost
@@ -262,8 +270,10 @@ def counts(trials) -> dict[str, int]:
 
 
 def needs_work(unit: Unit, c: dict[str, int]) -> bool:
+    """Below budget, or a retry of a lost trial is waiting (it runs even if a racing worker already
+    filled the budget: a retry that never runs would be reported as retried), within the limit."""
     started = c["COMPLETE"] + c["RUNNING"] + c["FAIL"] + c["PRUNED"]
-    return c["COMPLETE"] + c["RUNNING"] < unit.budget and started < unit.limit
+    return (c["COMPLETE"] + c["RUNNING"] < unit.budget or c["WAITING"] > 0) and started < unit.limit
 
 
 def next_unit(plan: Plan, studies: dict) -> Unit | None:
@@ -466,7 +476,11 @@ def worker_slots(device: str, workers_per_device: int, cpu_workers: int) -> list
         ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
         return [("cuda:0", {"CUDA_VISIBLE_DEVICES": gpu_id}) for gpu_id in ids[:gpus]
                 for _ in range(workers_per_device)]
-    threads = max(1, (os.cpu_count() or 1) // cpu_workers)
+    # LATENTSTUDY_THREADS set by the user wins: several workers sharing a host must not each take
+    # every core (oversubscribed OpenMP threads spin and train ~10x slower). Else split the cores
+    # this process may run on (a Slurm or taskset allocation, not the whole node).
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = int(os.environ.get("LATENTSTUDY_THREADS") or 0) or max(1, cores // cpu_workers)
     return [("cpu", {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads),
                      "LATENTSTUDY_THREADS": str(threads)}) for _ in range(cpu_workers)]
 
@@ -692,7 +706,7 @@ def _redact(url: str) -> str:
     """Storage URLs may carry passwords; keep them out of files that land in git or DVC."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"  # the last @: a password may hold one
     return url
 
 

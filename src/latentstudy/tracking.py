@@ -55,6 +55,10 @@ class Tracker:
     def __init__(self, uri: str):
         from mlflow.tracking import MlflowClient
 
+        # With an `mlflow server` URI, MLflow prints a "View run" link per run and a progress bar
+        # per artifact download: hundreds of lines between the search's progress lines.
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = uri
         self.client = MlflowClient(tracking_uri=uri)
         self._pending: dict[str, list] = {}
