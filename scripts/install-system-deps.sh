@@ -4,7 +4,8 @@
 set -u
 case "${1:-}" in
   chromium)   need=/usr/bin/chromedriver; pkgs="chromium chromium-driver" ;;
-  postgresql) need=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -n 1); pkgs="postgresql" ;;
+  postgresql) need=$(ls /usr/lib/postgresql/*/bin/initdb 2>/dev/null | head -n 1)
+              [ -n "$need" ] || need=$(command -v initdb || true); pkgs="postgresql" ;;  # Debian's path, else PATH
   *) echo "usage: $0 chromium|postgresql" >&2; exit 2 ;;
 esac
 [ -n "$need" ] && [ -x "$need" ] && exit 0

@@ -33,7 +33,8 @@ from latentstudy import search
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "pipeline"
 
-# The scenario's study: 2 latent sizes x (VAE, AE) = 4 Optuna studies, 3 + 2 finished trials each.
+# The scenario's study: 2 latent sizes x (VAE, AE) = 4 Optuna studies; 3 finished VAE and 2 AE
+# trials per latent size.
 SCENARIO_PARAMS = {
     "data": {"name": "manifold", "manifold": {"intrinsic_dim": 2, "ambient_dim": 12, "n": 600, "seed": 0},
              "intrinsic_max_points": 600},
@@ -138,8 +139,9 @@ def postgres():
                             "-w", "-t", "60", "-o", opts, "start", check=False)
         started = start.returncode == 0
         if not started:
-            last = tail(base / "server.log", 1) or start.stderr.strip()
-            pytest.skip(f"PostgreSQL did not start on 127.0.0.1:{cluster.port}: {last}")
+            lines = tail(base / "server.log").splitlines() or start.stderr.strip().splitlines() or ["?"]
+            why = next((ln for ln in lines if "FATAL" in ln or "ERROR" in ln), lines[-1])
+            pytest.skip(f"PostgreSQL did not start on 127.0.0.1:{cluster.port}: {why.strip()}")
         yield cluster
     finally:
         if started:
@@ -273,6 +275,15 @@ def test_a_lost_trial_reaped_by_two_processes_is_retried_once(kind, tmp_path):
     assert [t.user_attrs.get("retry_of") for t in trials if t.state == TrialState.WAITING] == [lost.number]
 
 
+def test_a_half_written_process_tag_is_undecided_not_an_error():
+    """Workers set host, pid_started and pid one by one; a reaper may read the trial in between."""
+    tag = search.process_tag()
+    assert list(tag) == ["host", "pid_started", "pid"]  # pid last: a trial with a pid has them all
+    assert search._alive_here(tag) is True
+    assert search._alive_here({"host": search.HOST, "pid": os.getpid()}) is None
+    assert search._alive_here({**tag, "pid_started": tag["pid_started"] - 5}) is False  # pid reused
+
+
 def test_a_waiting_retry_is_work_even_when_the_budget_is_met():
     unit = search.Unit(2, "vae", "s-k2-vae", budget=2, limit=5)
     base = {"COMPLETE": 2, "RUNNING": 0, "WAITING": 0, "FAIL": 1, "PRUNED": 0}
@@ -294,6 +305,7 @@ class Run:
     killed: tuple[str, int]  # (study name, trial number)
     victim: str
     logs: dict[str, Path] = field(default_factory=dict)
+    cmdlines: list[str] = field(default_factory=list)  # of every worker process, seen mid-run
     codes: dict[str, int] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -371,8 +383,10 @@ def distributed(postgres, mlflow_server):
 
         def victim_trial():
             """A RUNNING trial of an extra worker that is training (has reported an epoch)."""
-            pids = {c.pid: name for name in run.machines if procs[name].poll() is None
-                    for c in psutil.Process(procs[name].pid).children(recursive=True)}
+            pids = {}
+            for name in run.machines:
+                with contextlib.suppress(psutil.Error):  # it may have exited meanwhile
+                    pids.update({c.pid: name for c in psutil.Process(procs[name].pid).children(recursive=True)})
             for sname in optuna.study.get_all_study_names(observer):
                 for t in optuna.load_study(study_name=sname, storage=observer).get_trials(
                         deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
@@ -388,6 +402,10 @@ def distributed(postgres, mlflow_server):
             if still.state == optuna.trial.TrialState.RUNNING:
                 break
             os.killpg(procs[victim].pid, signal.SIGCONT)  # it finished in between: pick again
+        for proc in procs.values():
+            with contextlib.suppress(psutil.Error):
+                for p in [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]:
+                    run.cmdlines.append(" ".join(p.cmdline()))
         os.killpg(procs[victim].pid, signal.SIGKILL)  # the machine dies: worker and its children
         run.victim, run.killed = victim, (sname, number)
 
@@ -425,9 +443,17 @@ def _mlflow_trial_runs(run: Run) -> list:
 def test_processes_exit_as_expected(distributed):
     run = distributed
     assert run.codes["coordinator"] == 0, run.all_logs()
-    assert run.codes[run.victim] == -signal.SIGKILL
+    assert run.codes[run.victim] == -signal.SIGKILL, run.all_logs()
     survivor = next(name for name in run.machines if name != run.victim)
     assert run.codes[survivor] == 0, run.all_logs()
+
+
+@pytest.mark.postgres
+def test_no_command_line_shows_the_storage_url(distributed):
+    """`ps` shows command lines to every user of a host; the URLs carry passwords."""
+    workers = [c for c in distributed.cmdlines if "latentstudy.cli worker" in c]
+    assert len(workers) >= 5, distributed.cmdlines  # 2 `latentstudy worker` + their 2 + the coordinator's 1
+    assert not [c for c in distributed.cmdlines if "postgresql://" in c or distributed.tracking_uri in c]
 
 
 @pytest.mark.postgres

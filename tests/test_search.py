@@ -176,13 +176,14 @@ def test_kill_9_mid_search_then_resume(prepared, tmp_path, tracking_uri):
         pytest.fail("the search never had finished and running trials at once")
     proc.send_signal(signal.SIGKILL)
     proc.wait()
+    # The workers notice within a second that their coordinator is gone and die; their trials stay
+    # RUNNING until the next start reaps them. Look only after they are gone.
+    time.sleep(2.5)
     before = {(u.study_name, t.number): t.value for u, trials in search.snapshot(plan, storage) for t in trials
               if t.state.name == "COMPLETE"}
     killed = {(u.study_name, t.number) for u, trials in search.snapshot(plan, storage) for t in trials
               if t.state.name == "RUNNING"}
     assert killed
-    # The workers die with their coordinator: their trials stay RUNNING until the next start reaps them.
-    time.sleep(2.5)
 
     rerun = subprocess.run(stage_command(tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]

@@ -77,12 +77,11 @@ def worker(args: argparse.Namespace) -> None:
         return
     search.join(args.storage, args.study, tracking)  # fail here, once, if the study does not exist
     slots = search.worker_slots(args.device, args.workers_per_device, args.cpu_workers)
-    fwd = ["--storage", args.storage, "--study", args.study, "--data", str(args.data),
-           "--checkpoints", str(args.checkpoints), "--exit-with-parent"] + (
-        ["--tracking-uri", tracking] if tracking else ["--no-tracking"])
+    fwd = ["--study", args.study, "--data", str(args.data), "--checkpoints", str(args.checkpoints),
+           "--exit-with-parent"]
     # Names seed each worker's sampler: with the pid, two `latentstudy worker` on one host (Slurm
     # tasks sharing a node) neither propose the same parameters nor share a name.
-    procs = search.launch_workers(slots, fwd, f"{search.HOST}-{os.getpid()}-")
+    procs = search.launch_workers(slots, fwd, f"{search.HOST}-{os.getpid()}-", args.storage, tracking)
     codes = [p.wait() for p in procs]
     if any(codes):
         raise StudyError(f"worker processes exited with {codes}")

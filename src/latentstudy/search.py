@@ -205,14 +205,15 @@ def process_tag() -> dict:
     import psutil
 
     pid = os.getpid()
-    return {"host": HOST, "pid": pid, "pid_started": psutil.Process(pid).create_time()}
+    # Set one by one and read by reapers at any moment: "pid" last, so a trial with a pid has all three.
+    return {"host": HOST, "pid_started": psutil.Process(pid).create_time(), "pid": pid}
 
 
 def _alive_here(attrs: dict) -> bool | None:
     """True/False for a trial started on this host; None when it ran elsewhere (heartbeats decide)."""
     import psutil
 
-    if attrs.get("host") != HOST or "pid" not in attrs:
+    if attrs.get("host") != HOST or "pid" not in attrs or "pid_started" not in attrs:
         return None
     try:
         return abs(psutil.Process(attrs["pid"]).create_time() - attrs["pid_started"]) < 1e-3
@@ -355,6 +356,8 @@ def objective(ctx: WorkerContext, unit: Unit, trial) -> float:
         if tracker:
             tracker.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch"}, step=epoch)
         progress(epoch, record)
+        if cfg.pruner == "none":  # no pruner: skip one storage write per epoch
+            return
         trial.report(record[f"val_{cfg.objective}"], epoch)
         if trial.should_prune():
             raise optuna.TrialPruned(f"pruned at epoch {epoch}")
@@ -485,12 +488,16 @@ def worker_slots(device: str, workers_per_device: int, cpu_workers: int) -> list
                      "LATENTSTUDY_THREADS": str(threads)}) for _ in range(cpu_workers)]
 
 
-def launch_workers(slots: list[tuple[str, dict]], args: list[str], tag: str) -> list[subprocess.Popen]:
+def launch_workers(slots: list[tuple[str, dict]], args: list[str], tag: str, url: str,
+                   tracking: str | None) -> list[subprocess.Popen]:
+    """One `latentstudy worker --one` per slot. The storage URL and tracking URI go through the
+    environment: on the command line `ps` would show their passwords to every user of the host."""
+    stores = {"OPTUNA_STORAGE": url, **({"MLFLOW_TRACKING_URI": tracking} if tracking else {})}
     procs = []
     for i, (device, env) in enumerate(slots):
         cmd = [sys.executable, "-m", "latentstudy.cli", "worker", "--one", "--device", device,
-               "--name", f"{tag}{i}", *args]
-        procs.append(subprocess.Popen(cmd, env={**os.environ, **env, "PYTHONUNBUFFERED": "1"}))
+               "--name", f"{tag}{i}", *args, *([] if tracking else ["--no-tracking"])]
+        procs.append(subprocess.Popen(cmd, env={**os.environ, **env, **stores, "PYTHONUNBUFFERED": "1"}))
     return procs
 
 
@@ -548,8 +555,7 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
     """
     single_host = url.startswith("journal:")
     reap_all(plan, storage, tracking, single_host)
-    args = ["--storage", url, "--study", plan.prefix, "--data", str(prepared), "--checkpoints", str(checkpoints),
-            "--exit-with-parent"] + (["--tracking-uri", tracking] if tracking else ["--no-tracking"])
+    args = ["--study", plan.prefix, "--data", str(prepared), "--checkpoints", str(checkpoints), "--exit-with-parent"]
     started = time.monotonic()
     done_before = sum(counts(t)["COMPLETE"] for _, t in snapshot(plan, storage))
     devices = sorted({e["CUDA_VISIBLE_DEVICES"] and f"cuda:{e['CUDA_VISIBLE_DEVICES']}" or d for d, e in slots})
@@ -569,7 +575,7 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
                 if all(unit_done(u, t) for u, t in snap):
                     break
                 if any(needs_work(u, counts(t)) for u, t in snap):
-                    procs = launch_workers(slots, args, "w")
+                    procs = launch_workers(slots, args, "w", url, tracking)
             line = progress_line(plan, snap, started, done_before)
             key = line.split(" finished")[0] + line.split("|")[1]  # finished count and bests, not pruned ticks
             if key != last or time.monotonic() - last_time > 30:
