@@ -382,7 +382,7 @@ def distributed(postgres, mlflow_server):
                                    "--cpu-workers", "1", "--checkpoints", "checkpoints"], home, env, run.logs[name])
 
         def victim_trial():
-            """A RUNNING trial of an extra worker that is training (has reported an epoch)."""
+            """A RUNNING trial of an extra worker that is training (its MLflow run exists)."""
             pids = {}
             for name in run.machines:
                 with contextlib.suppress(psutil.Error):  # it may have exited meanwhile
@@ -390,7 +390,7 @@ def distributed(postgres, mlflow_server):
             for sname in optuna.study.get_all_study_names(observer):
                 for t in optuna.load_study(study_name=sname, storage=observer).get_trials(
                         deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-                    if t.user_attrs.get("pid") in pids and t.intermediate_values and "mlflow_run_id" in t.user_attrs:
+                    if t.user_attrs.get("pid") in pids and "mlflow_run_id" in t.user_attrs:
                         return pids[t.user_attrs["pid"]], sname, t.number
             return None
 
