@@ -117,8 +117,8 @@ def search_overhead(root: Path) -> dict:
     params.write_text(yaml.safe_dump({
         "data": {"name": "digits", "intrinsic_max_points": 10},
         "study": {"latent_dims": [2, 8], "seed": 0},
-        "search": {"trials_per_dim": 3, "ae_trials_per_dim": 1, "pruner": "none", "device": "cpu",
-                   "cpu_workers": 1, "model": {"arch": "mlp"}, "train": {"epochs": 15, "patience": 15}},
+        "search": {"trials_per_dim": 4, "ae_trials_per_dim": 2, "pruner": "none", "device": "cpu",
+                   "cpu_workers": 1, "model": {"arch": "mlp"}, "train": {"epochs": 60, "patience": 60}},
     }))
     stages.prepare(params, root / "data", root)
     out = root / "out"
