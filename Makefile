@@ -25,7 +25,6 @@ study: $(STAMP) ## Set up and run the default study (dvc repro); open reports/in
 	@test -d .git || git init --quiet
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	$(RUN) $(BIN)/dvc repro
-	@$(RUN) $(BIN)/dvc metrics show reports/metrics.json
 	@$(RUN) $(BIN)/dvc plots show -o reports/dvc_plots >/dev/null && echo "DVC plots: reports/dvc_plots/index.html"
 	@echo "Report: reports/index.html   Trials: make ui (MLflow)   Rerun: edit params.yaml, then make study"
 
