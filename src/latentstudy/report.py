@@ -181,7 +181,8 @@ def draw_figures(inp: Inputs, table: pd.DataFrame, rec: Recommendation, cfg, fig
     add("distortion.png", "Distortion against latent size",
         "Look for where the curves flatten: past that k, more latent dimensions buy little reconstruction. "
         "PCA is the best linear code; the gap to the autoencoder and VAE is what nonlinearity buys.")
-    if len(figures.finished_vae(inp.trials)):
+    have_trials = len(figures.finished_vae(inp.trials)) > 0
+    if have_trials:
         figures.rate_distortion(inp.trials, fig_dir / "rate_distortion.png")
         add("rate_distortion.png", "Rate-distortion plane",
             "Each point is a finished VAE trial (validation split). Along the front, lower distortion costs "
@@ -237,7 +238,7 @@ def draw_figures(inp: Inputs, table: pd.DataFrame, rec: Recommendation, cfg, fig
         add("latent_2d.png", "The 2-D latent space",
             "Test set codes coloured by label. The autoencoder spreads out freely; the VAE's KL term packs the "
             "codes into the unit ball (dashed) around the prior.")
-    if len(figures.finished_vae(inp.trials)):
+    if have_trials:
         figures.optimisation_history(inp.trials, fig_dir / "optuna_history.png")
         add("optuna_history.png", "Optuna optimisation history",
             "Validation objective of each finished VAE trial, per latent size; the line is the best so far. "
