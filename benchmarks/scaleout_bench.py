@@ -26,99 +26,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
-import glob
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
-from latentstudy import config, data, search
+from latentstudy import config, data, search, servers
 from latentstudy.config import DataConfig, SearchConfig, StudyConfig
 
 ONE_THREAD = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "LATENTSTUDY_THREADS": "1"}
-
-
-# --- throwaway servers ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def postgres(base: Path):
-    """A PostgreSQL cluster on 127.0.0.1 (as the postgres user when run as root); yields a URL maker."""
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[4]))
-    initdb = found[-1] if found else shutil.which("initdb")
-    if not initdb:
-        sys.exit("PostgreSQL is not installed (no initdb): sh scripts/install-system-deps.sh postgresql, "
-                 "or pass --storage postgresql://...")
-    bindir = Path(initdb).parent
-    runas = []
-    if os.geteuid() == 0:
-        import pwd
-
-        owner = pwd.getpwnam("postgres")
-        os.chown(base, owner.pw_uid, owner.pw_gid)
-        runas = ["runuser", "-u", "postgres", "--"]
-    port = free_port()
-
-    def run(*args: str) -> None:
-        subprocess.run([*runas, *args], check=True, capture_output=True, timeout=120)
-
-    run(str(bindir / "initdb"), "-D", str(base / "data"), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-        "--locale=C", "--no-sync")
-    opts = (f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={base} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
-    run(str(bindir / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "server.log"), "-w", "-o", opts, "start")
-    try:
-        def createdb(name: str) -> str:
-            run(str(bindir / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", name)
-            return f"postgresql://postgres@127.0.0.1:{port}/{name}"
-
-        yield createdb
-    finally:
-        subprocess.run([*runas, str(bindir / "pg_ctl"), "-D", str(base / "data"), "-m", "immediate", "stop"],
-                       capture_output=True, timeout=60)
-
-
-@contextlib.contextmanager
-def mlflow_server(backend: str, base: Path):
-    port = free_port()
-    log = open(base / "mlflow.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend, "--artifacts-destination",
-         str(base / "artifacts"), "--serve-artifacts", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        cwd=base, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            with contextlib.suppress(OSError):
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                    break
-            if proc.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"mlflow server did not come up; see {base / 'mlflow.log'}")
-            time.sleep(0.3)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
 
 
 # --- the workload -----------------------------------------------------------------------------------
@@ -315,9 +234,13 @@ def main() -> None:
                 if not args.no_mlflow:
                     sys.exit("with --storage, pass --no-mlflow (the throwaway mlflow server needs the throwaway cluster)")
             else:
-                createdb = stack.enter_context(postgres(base))
-                url = createdb("optuna")
-                tracking = None if args.no_mlflow else stack.enter_context(mlflow_server(createdb("mlflow"), base))
+                try:
+                    cluster = stack.enter_context(servers.postgres())
+                except servers.Unavailable as exc:
+                    sys.exit(f"{exc}; or pass --storage postgresql://...")
+                url = cluster.createdb("optuna")
+                tracking = None if args.no_mlflow else stack.enter_context(
+                    servers.mlflow_server(cluster.createdb("mlflow"))).uri
             prepared = prepare(base)
             print(f"cpu cores: {len(os.sched_getaffinity(0))}; storage {search._redact(url)}; "
                   f"mlflow {tracking or 'off'}; {args.epochs} epochs per trial", flush=True)
