@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from latentstudy import pca as pca_mod
-from latentstudy.models import AutoEncoder, kl_per_dim, load_checkpoint, n_params, reconstruct
+from latentstudy.models import AutoEncoder, best_path, kl_per_dim, load_checkpoint, n_params, reconstruct
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u | x]) > 0.01
 CHUNK = 256
@@ -66,9 +66,14 @@ def vae_bounds(model: AutoEncoder, x: np.ndarray, samples: int, seed: int) -> di
             "iwae_samples": samples}
 
 
+def unit_variance(mu: np.ndarray) -> np.ndarray:
+    """Var_x of each unit's mean code over the rows of mu (zeros for a single row)."""
+    return mu.var(axis=0, ddof=1) if len(mu) > 1 else np.zeros(mu.shape[1])
+
+
 def active_units(mu: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> tuple[int, list[float]]:
     """Units whose mean code varies across inputs by more than the threshold."""
-    var = mu.var(axis=0, ddof=1) if len(mu) > 1 else np.zeros(mu.shape[1])
+    var = unit_variance(mu)
     return int((var > threshold).sum()), var.tolist()
 
 
@@ -131,7 +136,7 @@ def run(latent_dims: list[int], models_dir: Path, basis: pca_mod.PCABasis, x_tra
         row = {"latent_dim": k, "compression_ratio": x_test.shape[1] / k,
                "pca": evaluate_pca(basis, x_test, k, probe, seed)}
         for arm in ("ae", "vae"):
-            path = models_dir / f"k{k}-{arm}.pt"
+            path = best_path(models_dir, k, arm)
             row[arm] = evaluate_model(path, x_test, probe, samples, seed) if path.is_file() else None
         rows.append(row)
         vae = row["vae"] or {}

@@ -16,11 +16,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from latentstudy.evaluate import ACTIVE_THRESHOLD, unit_variance
 from latentstudy.models import AutoEncoder, ConvDecoder, chw, kl_per_dim
 
 MAX_POINTS = 2000  # dots on the latent map: enough to show its shape, small enough for the page
 N_EXAMPLES = 10  # thumbnails to start from and to interpolate between
-ACTIVE_VARIANCE = 0.01  # Burda et al. 2016: unit u is active if Var_x(mu_u(x)) > 0.01
 ENCODE_CHUNK = 1000  # bounds memory when encoding a large test set
 
 
@@ -94,8 +94,9 @@ def _codes(model: AutoEncoder, x: np.ndarray) -> tuple[np.ndarray, np.ndarray | 
 
 def _units(mu: np.ndarray, kl: np.ndarray | None) -> dict:
     """Per-unit facts for the sliders: display order, activity, slider range and sampling prior."""
-    variance = mu.astype(np.float64).var(axis=0)
-    active = variance > ACTIVE_VARIANCE
+    # The table's definition, so the page counts the same active units as the report.
+    variance = unit_variance(mu.astype(np.float64))
+    active = variance > ACTIVE_THRESHOLD
     # Active units first, most informative first: by KL for a VAE; an autoencoder has no KL, so by
     # how much its code varies. lexsort is stable, so ties keep the unit order.
     order = np.lexsort((-(kl if kl is not None else variance), ~active))
@@ -131,7 +132,7 @@ def _summary(model: AutoEncoder, units: dict, n: int) -> str:
     kind = "VAE" if spec.variational else "Autoencoder"
     return (f"{kind} with k = {spec.latent_dim} ({spec.arch} decoder, {spec.likelihood} likelihood): "
             f"{sum(units['active'])} of {spec.latent_dim} latent units active "
-            f"(variance of mu(x) over {n} test examples &gt; {ACTIVE_VARIANCE}).")
+            f"(variance of mu(x) over {n} test examples &gt; {ACTIVE_THRESHOLD}).")
 
 
 def explorer_html(model: AutoEncoder, x_test: np.ndarray, y_test: np.ndarray | None,

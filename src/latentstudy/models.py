@@ -223,6 +223,11 @@ def build(spec: NetSpec) -> AutoEncoder:
     return AutoEncoder(spec)
 
 
+def best_path(models_dir: Path, latent_dim: int, arm: str) -> Path:
+    """Where the search stage keeps its best model of one latent size and arm ("vae" or "ae")."""
+    return Path(models_dir) / f"k{latent_dim}-{arm}.pt"
+
+
 def save_checkpoint(path: Path, model: AutoEncoder, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -16,7 +16,8 @@ import pandas as pd
 import torch
 
 from latentstudy import figures
-from latentstudy.models import AutoEncoder, load_checkpoint
+from latentstudy.evaluate import latents, reconstructions
+from latentstudy.models import AutoEncoder, best_path, load_checkpoint
 from latentstudy.recommend import Recommendation, recommend
 
 # (table column, evaluation arm, evaluation key)
@@ -99,19 +100,14 @@ def decode(model: AutoEncoder, z: np.ndarray) -> np.ndarray:
     return model.mean(model.decode(torch.as_tensor(z, dtype=torch.float32))).numpy()
 
 
-@torch.no_grad()
-def encode(model: AutoEncoder, x: np.ndarray) -> np.ndarray:
-    return model.encode(torch.as_tensor(x))[0].numpy()
-
-
 def interpolation_rows(model: AutoEncoder, x: np.ndarray, pairs: list[tuple[int, int]], steps: int = 10) -> list:
-    mu = encode(model, x)
+    mu = latents(model, x)
     t = np.linspace(0, 1, steps)[:, None]
     return [decode(model, (1 - t) * mu[a] + t * mu[b]) for a, b in pairs]
 
 
 def traversal_rows(model: AutoEncoder, x0: np.ndarray, units: list[int], steps: int = 9) -> list:
-    base = encode(model, x0[None])[0]
+    base = latents(model, x0[None])[0]
     rows = []
     for u in units:
         z = np.repeat(base[None], steps, axis=0)
@@ -164,10 +160,7 @@ def draw_figures(inp: Inputs, table: pd.DataFrame, rec: Recommendation, cfg, fig
 
     shape = inp.summary["image_shape"]
     ks = table["latent_dim"].tolist()
-    vae = {k: load_checkpoint(inp.models_dir / f"k{k}-vae.pt")[0] for k in ks
-           if (inp.models_dir / f"k{k}-vae.pt").is_file()}
-    ae = {k: load_checkpoint(inp.models_dir / f"k{k}-ae.pt")[0] for k in ks
-          if (inp.models_dir / f"k{k}-ae.pt").is_file()}
+    vae, ae = best_models(inp.models_dir, ks, "vae"), best_models(inp.models_dir, ks, "ae")
     rng = np.random.default_rng(0)
     n = min(cfg.recon_examples, len(inp.x_test))
     pick = rng.choice(len(inp.x_test), size=n, replace=False)
@@ -195,10 +188,10 @@ def draw_figures(inp: Inputs, table: pd.DataFrame, rec: Recommendation, cfg, fig
     rows, labels = [x], ["input"]
     for k in ks:
         if k in vae:
-            rows.append(decode(vae[k], encode(vae[k], x)))
+            rows.append(reconstructions(vae[k], x))
             labels.append(f"VAE k={k}")
         if k in ae:
-            rows.append(decode(ae[k], encode(ae[k], x)))
+            rows.append(reconstructions(ae[k], x))
             labels.append(f"AE k={k}")
         rows.append(pca_mod.reconstruct(inp.pca_basis, x, k))
         labels.append(f"PCA k={k}")
@@ -231,9 +224,9 @@ def draw_figures(inp: Inputs, table: pd.DataFrame, rec: Recommendation, cfg, fig
     if 2 in ks and (2 in vae or 2 in ae):
         codes = {}
         if 2 in ae:
-            codes["autoencoder, k=2"] = encode(ae[2], inp.x_test)
+            codes["autoencoder, k=2"] = latents(ae[2], inp.x_test)
         if 2 in vae:
-            codes["VAE, k=2 (mu)"] = encode(vae[2], inp.x_test)
+            codes["VAE, k=2 (mu)"] = latents(vae[2], inp.x_test)
         figures.latent_scatter(codes, inp.y_test, fig_dir / "latent_2d.png")
         add("latent_2d.png", "The 2-D latent space",
             "Test set codes coloured by label. The autoencoder spreads out freely; the VAE's KL term packs the "
@@ -250,6 +243,12 @@ def draw_figures(inp: Inputs, table: pd.DataFrame, rec: Recommendation, cfg, fig
                 "fANOVA importance of beta and the learning rate for the validation objective at each size "
                 "(few trials make this rough).")
     return out, vae
+
+
+def best_models(models_dir: Path, ks: list[int], arm: str) -> dict[int, AutoEncoder]:
+    """The search's best model of the arm ("vae" or "ae") for every size that has one."""
+    paths = {k: best_path(models_dir, k, arm) for k in ks}
+    return {k: load_checkpoint(path)[0] for k, path in paths.items() if path.is_file()}
 
 
 def sample_dims(available: list[int], recommended: int, count: int) -> list[int]:
@@ -344,6 +343,7 @@ def page(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, figs: list,
     warn = (f'<p class="warn">No finished trial at k = {", ".join(map(str, missing))} for at least one arm; '
             "see reports/search/trials.csv for the failure reasons.</p>") if missing else ""
     settings = html.escape(json.dumps(params, indent=2))
+    iwae_k = next((r["vae"]["iwae_samples"] for r in inp.evaluation["rows"] if r["vae"]), "K")
     figs_html = "".join(figure_html(p, t, c) for p, t, c in figs)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
@@ -360,7 +360,7 @@ Generated {date}.</p>
 {warn}
 <h2>Reconstruction against compression</h2>
 <p>Test split; squared errors are summed over the {s['input_dim']} inputs and decoded from z = mu(x); nats are per
-example (D distortion, R rate, D+R the negative ELBO, IWAE the {inp.evaluation['rows'][0]['vae']['iwae_samples'] if inp.evaluation['rows'][0]['vae'] else ''}-sample
+example (D distortion, R rate, D+R the negative ELBO, IWAE the {iwae_k}-sample
 importance-weighted bound, never above D+R). The highlighted row is the recommendation. Full table: <code>reports/table.csv</code>.</p>
 <div id="table">{table_html(table, rec.latent_dim)}</div>
 <h2>Figures</h2>

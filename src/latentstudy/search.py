@@ -684,7 +684,7 @@ def write_outputs(plan: Plan, storage, url: str, tracker, experiment_id: str | N
     summary = data.load_summary(prepared)
     x_val = data.load_split(prepared, "val")[0][:8]
     for (k, arm), trial in best.items():
-        dest = models_dir / f"k{k}-{arm}.pt"
+        dest = models.best_path(models_dir, k, arm)
         shutil.copyfile(fetch_checkpoint(trial, tracker, scratch), dest)
         run_id = trial.user_attrs.get("mlflow_run_id")
         if tracker and run_id:
