@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latentstudy import npz
+
 BCE_EPS = 1e-6  # reconstructions are clipped into [eps, 1 - eps] before the log
 
 
@@ -108,8 +110,6 @@ def curve(basis: PCABasis, x: np.ndarray) -> list[dict]:
 
 
 def save(basis: PCABasis, path: Path) -> None:
-    from latentstudy import npz
-
     npz.save(path, mean=basis.mean, components=basis.components,
              explained_variance=basis.explained_variance, total_variance=np.float64(basis.total_variance))
 

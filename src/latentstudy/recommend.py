@@ -9,7 +9,7 @@ log k), the active units, the data's intrinsic dimension and PCA's k for 90/95% 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def recommend(ks: list[int], distortion: list[float | None], betas: list[float |
         threshold=threshold, knee_latent_dim=knee_k, active_units=at[3],
         max_active_units=max(actives) if actives else None, intrinsic_twonn=intrinsic.get("twonn"),
         intrinsic_mle=intrinsic.get("mle"), pca_components=pca_components, curve=curve, text="")
-    return Recommendation(**{**asdict(rec), "text": explain(rec)})
+    return replace(rec, text=explain(rec))
 
 
 def explain(r: Recommendation) -> str:

@@ -113,10 +113,6 @@ def report(params: Path, prepared: Path, evaluation_json: Path, trials_csv: Path
 
 
 def _read_json(path: Path) -> dict:
-    import json
-
-    from latentstudy.config import StudyError
-
     if not path.is_file():
-        raise StudyError(f"{path}: not found; run the stages before the report (dvc repro)")
+        raise config.StudyError(f"{path}: not found; run the stages before the report (dvc repro)")
     return json.loads(path.read_text())
