@@ -76,6 +76,19 @@ def test_next_unit_spreads_work_and_respects_budgets():
     assert search.needs_work(units[1], {**c, "FAIL": 3})
 
 
+def test_a_unit_capped_below_its_budget_is_named_at_the_end():
+    def trials(*states):
+        return [optuna.trial.create_trial(state=optuna.trial.TrialState[st], value=1.0 if st == "COMPLETE" else None)
+                for st in states]
+
+    full = (search.Unit(2, "ae", "s-k2-ae", 1, 4), trials("COMPLETE", "PRUNED"))
+    capped = (search.Unit(96, "vae", "s-k96-vae", 3, 4), trials("COMPLETE", "PRUNED", "PRUNED", "FAIL"))
+    assert search.shortfalls([full]) == []
+    [line] = search.shortfalls([full, capped])
+    assert line.startswith("[search] k=96 vae: 1 of 3 trials finished; search.max_trials_per_dim = 4 ")
+    assert "(2 pruned, 1 failed)" in line
+
+
 def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_uri, cpu_threads):
     params = search_params(tmp_path, cpu_workers=2, trials_per_dim=3)
     out = run_stage(tmp_path, params, prepared, tracking_uri)

@@ -511,7 +511,7 @@ def snapshot(plan: Plan, storage) -> list:
             for u in plan.units]
 
 
-def progress_line(plan: Plan, snap: list, started: float, done_before: int) -> str:
+def progress_line(plan: Plan, snap: list, started: float, done_before: int, final: bool = False) -> str:
     total = sum(u.budget for u in plan.units)
     complete = sum(min(counts(t)["COMPLETE"], u.budget) for u, t in snap)
     agg = counts([t for _, trials in snap for t in trials])
@@ -524,9 +524,22 @@ def progress_line(plan: Plan, snap: list, started: float, done_before: int) -> s
     new = complete - done_before
     eta = f"{_dur(elapsed / new * (total - complete))}" if new > 0 and complete < total else "-"
     bests = " ".join(f"k={k}:{v:.2f}" for k, v in sorted(best.items()))
-    return (f"[search] trials {complete}/{total} finished ({agg['RUNNING']} running, {agg['FAIL']} failed, "
+    head = "[search] done: trials" if final else "[search] trials"
+    return (f"{head} {complete}/{total} finished ({agg['RUNNING']} running, {agg['FAIL']} failed, "
             f"{agg['PRUNED']} pruned) | best VAE val objective {bests or '-'} | "
-            f"elapsed {_dur(elapsed)} ETA {eta}")
+            f"elapsed {_dur(elapsed)}" + ("" if final else f" ETA {eta}"))
+
+
+def shortfalls(snap: list) -> list[str]:
+    """One line per unit that stopped below its budget because max_trials_per_dim trials had started."""
+    lines = []
+    for unit, trials in snap:
+        c = counts(trials)
+        if c["COMPLETE"] < unit.budget:
+            lines.append(f"[search] k={unit.latent_dim} {unit.arm}: {c['COMPLETE']} of {unit.budget} trials finished; "
+                         f"search.max_trials_per_dim = {unit.limit} trials started ({c['PRUNED']} pruned, "
+                         f"{c['FAIL']} failed). Raise it, or prune less (search.pruner), for the full budget.")
+    return lines
 
 
 def _dur(seconds: float) -> str:
@@ -587,7 +600,8 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
         for p in procs:
             p.kill()
         raise
-    print(progress_line(plan, snapshot(plan, storage), started, done_before), flush=True)
+    snap = snapshot(plan, storage)
+    print("\n".join([progress_line(plan, snap, started, done_before, final=True), *shortfalls(snap)]), flush=True)
 
 
 def reconcile(plan: Plan, storage, tracker, experiment_id: str) -> None:
