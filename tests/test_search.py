@@ -147,6 +147,27 @@ def test_nan_trial_is_recorded_as_failed_and_the_study_goes_on(prepared, tmp_pat
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["fail_reason"]
 
 
+def test_a_hopeless_trial_is_pruned_and_recorded(prepared, tmp_path, tracking_uri, cpu_threads):
+    # Median pruning starts after two finished trials and the warm-up (5 epochs); a learning rate
+    # of 1e-7 is still far behind them at epoch 5.
+    params = search_params(tmp_path, dims=(2,), **{"pruner": "median", "lr.low": 1e-7, "trials_per_dim": 3,
+                                                   "train.epochs": 10, "train.patience": 10})
+    plan, storage = studies_of(tmp_path, params, prepared)
+    search.create_studies(plan, storage)
+    vae = optuna.load_study(study_name=plan.units[0].study_name, storage=storage)
+    for lr in (2e-3, 3e-3, 1e-7, 2.5e-3):
+        vae.enqueue_trial({"beta": 1.0, "lr": lr})
+    out = run_stage(tmp_path, params, prepared, tracking_uri)
+    trials = pd.read_csv(out / "trials.csv").set_index(["arm", "number"])
+    pruned = trials.loc[("vae", 2)]
+    assert pruned.state == "PRUNED"
+    assert pruned.fail_reason == f"pruned at epoch {int(pruned.epochs_run)}" and 5 <= pruned.epochs_run < 10
+    assert pruned.seconds > 0 and pruned.n_params > 0 and pruned.val_neg_elbo_nats > 0
+    assert (trials.loc["vae"].state == "COMPLETE").sum() == 3  # the budget is still met
+    run = Tracker(tracking_uri).client.get_run(pruned.mlflow_run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+
+
 def test_one_worker_on_cpu_is_deterministic(prepared, tmp_path, cpu_threads):
     runs = []
     for name in ("a", "b"):

@@ -360,11 +360,18 @@ def objective(ctx: WorkerContext, unit: Unit, trial) -> float:
             return
         trial.report(record[f"val_{cfg.objective}"], epoch)
         if trial.should_prune():
-            raise optuna.TrialPruned(f"pruned at epoch {epoch}")
+            # trials.csv shows how far a pruned trial got and what it cost, like a finished one.
+            reason = f"pruned at epoch {epoch}"
+            for key, value in {"metrics": {k: v for k, v in record.items() if k.startswith("val_")},
+                               "epochs_run": epoch, "seconds": round(record["seconds"], 3),
+                               "fail_reason": reason}.items():
+                trial.set_user_attr(key, value)
+            raise optuna.TrialPruned(reason)
 
     with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
         torch.manual_seed(seed)
         model = models.build(spec).to(ctx.device)
+    trial.set_user_attr("n_params", models.n_params(model))
     try:
         result = train.train(model, ctx.x_train, ctx.x_val, cfg.train, beta=beta, lr=lr,
                              objective=cfg.objective, seed=seed, on_epoch=on_epoch)
@@ -382,7 +389,7 @@ def objective(ctx: WorkerContext, unit: Unit, trial) -> float:
     final = {f"val_{k}": v for k, v in result.best.items()}
     trial.set_user_attr("metrics", final)
     for key, value in {"epochs_run": result.epochs_run, "best_epoch": result.best_epoch,
-                       "seconds": round(result.seconds, 3), "n_params": models.n_params(model)}.items():
+                       "seconds": round(result.seconds, 3)}.items():
         trial.set_user_attr(key, value)
     path = ctx.checkpoints / unit.study_name / f"trial-{trial.number}.pt"
     models.save_checkpoint(path, model, {"study": unit.study_name, "trial": trial.number, "beta": beta,
