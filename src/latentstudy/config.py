@@ -159,7 +159,7 @@ class TrainConfig:
 class SearchConfig:
     trials_per_dim: int = field(default=4, metadata=_bounds(ge=1))
     ae_trials_per_dim: int = field(default=2, metadata=_bounds(ge=1))
-    max_trials_per_dim: int = field(default=16, metadata=_bounds(ge=1))
+    max_trials_per_dim: int = field(default=32, metadata=_bounds(ge=1))
     objective: Literal["neg_elbo", "distortion", "sse"] = "neg_elbo"
     beta: LogRange = field(default_factory=lambda: LogRange(0.25, 4.0))
     lr: LogRange = field(default_factory=lambda: LogRange(3e-4, 3e-3))
