@@ -35,7 +35,7 @@ test-fast: $(STAMP) ## Unit tests only (no dvc repro, browser or PostgreSQL)
 	$(RUN) $(BIN)/python -m pytest -m 'not e2e and not browser and not postgres'
 
 bench: $(STAMP) ## Benchmark the training engine and the search orchestration; writes reports/bench.json
-	$(RUN) $(BIN)/latentstudy bench --out reports/bench.json
+	$(RUN) $(BIN)/python benchmarks/engine_bench.py --out reports/bench.json
 
 ui: $(STAMP) ## Start the MLflow UI on the study's tracking store (http://127.0.0.1:5000)
 	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"

@@ -34,8 +34,12 @@ import threading
 import time
 from pathlib import Path
 
-from latentstudy import config, data, search, servers
+from latentstudy import config, data
+from latentstudy.search import coordinator, plan as planning, store, worker
 from latentstudy.config import DataConfig, SearchConfig, StudyConfig
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import servers  # noqa: E402  (the throwaway PostgreSQL and mlflow server of the tests)
 
 ONE_THREAD = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "LATENTSTUDY_THREADS": "1"}
 
@@ -60,24 +64,24 @@ def search_config(trials: int, epochs: int) -> SearchConfig:
     }, "bench")
 
 
-def new_plan(prepared: Path, cfg: SearchConfig, seed: int, storage, tracking: str | None) -> search.Plan:
+def new_plan(prepared: Path, cfg: SearchConfig, seed: int, storage, tracking: str | None) -> planning.Plan:
     """A plan of its own (the seed changes the prefix) with its studies and MLflow parent run."""
     import dataclasses
 
     from latentstudy.tracking import Tracker
 
     summary = data.load_summary(prepared)
-    plan = search.make_plan(StudyConfig(latent_dims=[2], seed=seed), cfg, summary, "latentstudy-bench")
+    plan = planning.make_plan(StudyConfig(latent_dims=[2], seed=seed), cfg, summary, "latentstudy-bench")
     if tracking:
         tracker = Tracker(tracking)
         exp = tracker.experiment(plan.experiment)
         plan = dataclasses.replace(plan, experiment_id=exp, parent_run_id=tracker.study_run(exp, plan.prefix, {}))
-    search.create_studies(plan, storage)
+    store.create_studies(plan, storage)
     return plan
 
 
-def finished(plan: search.Plan, storage) -> list:
-    return [t for _, trials in search.snapshot(plan, storage) for t in trials if t.state.name == "COMPLETE"]
+def finished(plan: planning.Plan, storage) -> list:
+    return [t for _, trials in store.snapshot(plan, storage) for t in trials if t.state.name == "COMPLETE"]
 
 
 # --- throughput -------------------------------------------------------------------------------------
@@ -100,14 +104,14 @@ def quiet_children():
 
 def throughput(workers: list[int], url: str, tracking: str | None, prepared: Path, base: Path, trials: int,
                epochs: int) -> list[dict]:
-    storage = search.open_storage(url, 5)
+    storage = store.open_storage(url, 5)
     rows = []
     for i, n in enumerate(workers):
         plan = new_plan(prepared, search_config(trials, epochs), 1000 + i, storage, tracking)
         args = ["--study", plan.prefix, "--data", str(prepared), "--checkpoints", str(base / f"ckpt-{n}")]
         started = time.monotonic()
         with quiet_children():
-            procs = search.launch_workers([("cpu", ONE_THREAD)] * n, args, f"bench{n}-", url, tracking)
+            procs = coordinator.launch_workers([("cpu", ONE_THREAD)] * n, args, f"bench{n}-", url, tracking)
         codes = [p.wait() for p in procs]
         wall = time.monotonic() - started
         if any(codes):
@@ -177,11 +181,11 @@ def overhead_one(name: str, storage, tracking: str | None, prepared: Path, base:
     dev = torch.device("cpu")
     x_train = torch.as_tensor(data.load_split(prepared, "train")[0])
     x_val = torch.as_tensor(data.load_split(prepared, "val")[0])
-    ctx = search.WorkerContext(plan, storage, tracking, tracker, x_train, x_val, dev, base / f"ckpt-{name}", "w0",
+    ctx = worker.WorkerContext(plan, storage, tracking, tracker, x_train, x_val, dev, base / f"ckpt-{name}", "w0",
                                assume_single_host=True)
     started = time.perf_counter()
     with contextlib.redirect_stdout(open(os.devnull, "w")):
-        search.run_worker(ctx)
+        worker.run_worker(ctx)
     wall = time.perf_counter() - started
     done = finished(plan, storage)
     n = len(done)
@@ -199,12 +203,12 @@ def overhead(pg_url: str, tracking: str | None, prepared: Path, base: Path, tria
 
     torch.set_num_threads(1)
     configs = [("in-memory", lambda: optuna.storages.InMemoryStorage(), None),
-               ("journal file", lambda: search.open_storage(f"journal:{base / 'bench.journal'}", 5), None),
-               ("postgresql", lambda: search.open_storage(pg_url, 5), None)]
+               ("journal file", lambda: store.open_storage(f"journal:{base / 'bench.journal'}", 5), None),
+               ("postgresql", lambda: store.open_storage(pg_url, 5), None)]
     if tracking:
-        configs += [("journal + mlflow sqlite", lambda: search.open_storage(f"journal:{base / 'b2.journal'}", 5),
+        configs += [("journal + mlflow sqlite", lambda: store.open_storage(f"journal:{base / 'b2.journal'}", 5),
                      f"sqlite:///{base / 'mlflow-local.db'}"),
-                    ("postgresql + mlflow server", lambda: search.open_storage(pg_url, 5), tracking)]
+                    ("postgresql + mlflow server", lambda: store.open_storage(pg_url, 5), tracking)]
     rows = []
     for i, (name, make, uri) in enumerate(configs):
         # One warm-up trial per configuration (imports, first MLflow schema use) is left out.
@@ -242,7 +246,7 @@ def main() -> None:
                 tracking = None if args.no_mlflow else stack.enter_context(
                     servers.mlflow_server(cluster.createdb("mlflow"))).uri
             prepared = prepare(base)
-            print(f"cpu cores: {len(os.sched_getaffinity(0))}; storage {search._redact(url)}; "
+            print(f"cpu cores: {len(os.sched_getaffinity(0))}; storage {store._redact(url)}; "
                   f"mlflow {tracking or 'off'}; {args.epochs} epochs per trial", flush=True)
             print("throughput (trials run by `latentstudy worker --one` processes):", flush=True)
             rates = throughput(args.workers, url, tracking, prepared, base, args.trials, args.epochs)

@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from latentstudy import stages
-from latentstudy.cli import run_stage
+from latentstudy.stages import run_stage
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ import argparse
 from pathlib import Path
 
 from latentstudy import config, stages
-from latentstudy.cli import run_stage
+from latentstudy.stages import run_stage
 from latentstudy.tracking import tracking_uri
 
 

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from latentstudy import models, search, train
+from latentstudy import models, train
+from latentstudy.search import coordinator
 from latentstudy.config import StudyError, TrainConfig
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -13,14 +14,14 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(StudyError, match="search.device = cuda but no CUDA device is visible"):
-        search.worker_slots("cuda", 1, 1)
-    assert [d for d, _ in search.worker_slots("auto", 1, 2)] == ["cpu", "cpu"]
+        coordinator.worker_slots("cuda", 1, 1)
+    assert [d for d, _ in coordinator.worker_slots("auto", 1, 2)] == ["cpu", "cpu"]
 
 
 @pytest.mark.gpu
 @cuda
 def test_one_worker_per_gpu_times_workers_per_device():
-    slots = search.worker_slots("auto", 2, 1)
+    slots = coordinator.worker_slots("auto", 2, 1)
     assert len(slots) == 2 * torch.cuda.device_count()
     assert {env["CUDA_VISIBLE_DEVICES"] for _, env in slots} == {str(i) for i in range(torch.cuda.device_count())}
 

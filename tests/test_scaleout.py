@@ -25,8 +25,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from latentstudy import search, servers
-from latentstudy.servers import stop_group, tail
+import servers
+from servers import stop_group, tail
+
+from latentstudy.search import outputs, plan as planning, store
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "pipeline"
@@ -109,7 +111,7 @@ def test_stale_heartbeat_fails_and_retries_a_trial_from_another_host(rdb_url):
     import optuna
     from optuna.trial import TrialState
 
-    storage = search.open_storage(rdb_url, heartbeat_seconds=2, tracking=None)
+    storage = store.open_storage(rdb_url, heartbeat_seconds=2, tracking=None)
     study = optuna.create_study(storage=storage, study_name="hb-k2-vae")
     elsewhere = {"host": "another-machine", "pid": 4242, "pid_started": 1.0, "worker": "another-machine-1-0"}
     stale = _running_trial(study, elsewhere, beta=1.5)
@@ -119,8 +121,8 @@ def test_stale_heartbeat_fails_and_retries_a_trial_from_another_host(rdb_url):
     _age_heartbeat(storage, stale._trial_id, 3600)
 
     # A trial from another host is never judged by pid: only its heartbeat decides.
-    assert search._alive_here(elsewhere) is None
-    assert search.reap_lost(study, tracking=None, assume_single_host=False) == 0  # the pid path reaped none
+    assert store._alive_here(elsewhere) is None
+    assert store.reap_lost(study, tracking=None, assume_single_host=False) == 0  # the pid path reaped none
 
     by_number = {t.number: t for t in study.get_trials()}
     assert by_number[stale.number].state == TrialState.FAIL
@@ -131,7 +133,7 @@ def test_stale_heartbeat_fails_and_retries_a_trial_from_another_host(rdb_url):
     assert waiting[0].system_attrs["fixed_params"] == {"beta": 1.5}  # the same parameters, enqueued
 
     # A second reaper (another worker, the coordinator) finds nothing more to do.
-    assert search.reap_lost(study, tracking=None, assume_single_host=False) == 0
+    assert store.reap_lost(study, tracking=None, assume_single_host=False) == 0
     assert sum(t.state == TrialState.WAITING for t in study.get_trials()) == 1
 
 
@@ -143,15 +145,15 @@ def test_a_lost_trial_reaped_by_two_processes_is_retried_once(kind, tmp_path):
     from optuna.trial import TrialState
 
     url = f"journal:{tmp_path / 'optuna.journal'}" if kind == "journal" else f"sqlite:///{tmp_path / 'o.db'}"
-    first = optuna.create_study(storage=search.open_storage(url, 2), study_name="race-k2-vae")
-    dead_here = {"host": search.HOST, "pid": os.getpid(), "pid_started": 0.0}  # our pid, another start time
+    first = optuna.create_study(storage=store.open_storage(url, 2), study_name="race-k2-vae")
+    dead_here = {"host": store.HOST, "pid": os.getpid(), "pid_started": 0.0}  # our pid, another start time
     lost = _running_trial(first, dead_here)
-    second = optuna.load_study(study_name="race-k2-vae", storage=search.open_storage(url, 2))
+    second = optuna.load_study(study_name="race-k2-vae", storage=store.open_storage(url, 2))
     seen_by_second = second.get_trials(states=(TrialState.RUNNING,))  # read before the first one reaps
 
-    assert search.reap_lost(first, tracking=None, assume_single_host=kind == "journal") == 1
+    assert store.reap_lost(first, tracking=None, assume_single_host=kind == "journal") == 1
     second.get_trials = lambda deepcopy=True, states=None: seen_by_second  # the stale read of the race
-    assert search.reap_lost(second, tracking=None, assume_single_host=kind == "journal") == 0
+    assert store.reap_lost(second, tracking=None, assume_single_host=kind == "journal") == 0
 
     trials = first.get_trials()
     assert [t.state for t in trials if t.number == lost.number] == [TrialState.FAIL]
@@ -160,19 +162,19 @@ def test_a_lost_trial_reaped_by_two_processes_is_retried_once(kind, tmp_path):
 
 def test_a_half_written_process_tag_is_undecided_not_an_error():
     """Workers set host, pid_started and pid one by one; a reaper may read the trial in between."""
-    tag = search.process_tag()
+    tag = store.process_tag()
     assert list(tag) == ["host", "pid_started", "pid"]  # pid last: a trial with a pid has them all
-    assert search._alive_here(tag) is True
-    assert search._alive_here({"host": search.HOST, "pid": os.getpid()}) is None
-    assert search._alive_here({**tag, "pid_started": tag["pid_started"] - 5}) is False  # pid reused
+    assert store._alive_here(tag) is True
+    assert store._alive_here({"host": store.HOST, "pid": os.getpid()}) is None
+    assert store._alive_here({**tag, "pid_started": tag["pid_started"] - 5}) is False  # pid reused
 
 
 def test_a_waiting_retry_is_work_even_when_the_budget_is_met():
-    unit = search.Unit(2, "vae", "s-k2-vae", budget=2, limit=5)
+    unit = planning.Unit(2, "vae", "s-k2-vae", budget=2, limit=5)
     base = {"COMPLETE": 2, "RUNNING": 0, "WAITING": 0, "FAIL": 1, "PRUNED": 0}
-    assert not search.needs_work(unit, base)
-    assert search.needs_work(unit, {**base, "WAITING": 1})
-    assert not search.needs_work(unit, {**base, "WAITING": 1, "FAIL": 3})  # the limit still holds
+    assert not planning.needs_work(unit, base)
+    assert planning.needs_work(unit, {**base, "WAITING": 1})
+    assert not planning.needs_work(unit, {**base, "WAITING": 1, "FAIL": 3})  # the limit still holds
 
 
 # --- the distributed run ------------------------------------------------------------------------
@@ -344,7 +346,7 @@ def test_every_unit_reaches_its_budget_and_nothing_is_left_running(distributed):
     from optuna.trial import TrialState
 
     storage = distributed.storage()
-    plan = search.load_plan(storage, distributed.prefix)
+    plan = store.load_plan(storage, distributed.prefix)
     trials = _trials(distributed)
     assert sorted(trials) == sorted(u.study_name for u in plan.units)
     for unit in plan.units:
@@ -404,7 +406,7 @@ def test_search_outputs_exist_and_remote_checkpoints_come_from_mlflow(distribute
 
     proj = distributed.proj
     for k in SCENARIO_PARAMS["study"]["latent_dims"]:
-        for arm in search.ARMS:
+        for arm in planning.ARMS:
             assert (proj / f"models/search/k{k}-{arm}.pt").is_file()
     assert (proj / "reports/search/metrics.json").is_file()
     study = json.loads((proj / "reports/search/study.json").read_text())
@@ -416,12 +418,12 @@ def test_search_outputs_exist_and_remote_checkpoints_come_from_mlflow(distribute
         for t in ts:
             if t.state.name == "COMPLETE" and t.user_attrs["worker"] != "w0":
                 assert not (proj / t.user_attrs["checkpoint"]).exists()  # the coordinator cannot see it
-                fetched = search.fetch_checkpoint(t, tracker, tmp_path / sname)
+                fetched = outputs.fetch_checkpoint(t, tracker, tmp_path / sname)
                 assert filecmp.cmp(fetched, _checkpoint_file(distributed, t), shallow=False)
                 remote += 1
     assert remote >= 1
-    units = search.load_plan(distributed.storage(), distributed.prefix).units
-    for (k, arm), t in search.best_trials([(u, trials[u.study_name]) for u in units]).items():
+    units = store.load_plan(distributed.storage(), distributed.prefix).units
+    for (k, arm), t in outputs.best_trials([(u, trials[u.study_name]) for u in units]).items():
         assert filecmp.cmp(proj / f"models/search/k{k}-{arm}.pt", _checkpoint_file(distributed, t), shallow=False)
 
 

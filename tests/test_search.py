@@ -15,7 +15,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, write_params
 
-from latentstudy import config, data, search, stages
+from latentstudy import config, data, stages
+from latentstudy.search import coordinator, plan as planning, store
 from latentstudy.tracking import Tracker
 
 
@@ -48,32 +49,32 @@ def run_stage(tmp_path: Path, params: Path, prepared: Path, tracking: str | None
 def studies_of(tmp_path: Path, params: Path, prepared: Path):
     study = config.load_section(params, "study")
     cfg = config.load_section(params, "search")
-    plan = search.make_plan(study, cfg, data.load_summary(prepared), "latentstudy-digits")
-    storage = search.open_storage(search.storage_url(cfg, tmp_path / ".latentstudy"), 20)
+    plan = planning.make_plan(study, cfg, data.load_summary(prepared), "latentstudy-digits")
+    storage = store.open_storage(store.storage_url(cfg, tmp_path / ".latentstudy"), 20)
     return plan, storage
 
 
 def test_study_name_hashes_what_changes_results(prepared, tmp_path):
     summary = data.load_summary(prepared)
     base = config.SearchConfig()
-    prefix = search.study_prefix("digits", base, 0, summary["fingerprint"])
+    prefix = planning.study_prefix("digits", base, 0, summary["fingerprint"])
     same = [config.build(config.SearchConfig, {"trials_per_dim": 9, "device": "cpu", "cpu_workers": 3,
                                                "storage": "postgresql://h/db"}, "x")]
     different = [config.build(config.SearchConfig, {"beta": {"low": 0.1, "high": 4.0}}, "x"),
                  config.build(config.SearchConfig, {"train": {"epochs": 7}}, "x")]
-    assert all(search.study_prefix("digits", s, 0, summary["fingerprint"]) == prefix for s in same)
-    assert all(search.study_prefix("digits", s, 0, summary["fingerprint"]) != prefix for s in different)
-    assert search.study_prefix("digits", base, 1, summary["fingerprint"]) != prefix
-    assert search.study_prefix("digits", base, 0, "otherdata") != prefix
+    assert all(planning.study_prefix("digits", s, 0, summary["fingerprint"]) == prefix for s in same)
+    assert all(planning.study_prefix("digits", s, 0, summary["fingerprint"]) != prefix for s in different)
+    assert planning.study_prefix("digits", base, 1, summary["fingerprint"]) != prefix
+    assert planning.study_prefix("digits", base, 0, "otherdata") != prefix
 
 
 def test_next_unit_spreads_work_and_respects_budgets():
-    units = (search.Unit(2, "vae", "s-k2-vae", 2, 4), search.Unit(2, "ae", "s-k2-ae", 1, 4))
+    units = (planning.Unit(2, "vae", "s-k2-vae", 2, 4), planning.Unit(2, "ae", "s-k2-ae", 1, 4))
     c = {"COMPLETE": 0, "RUNNING": 0, "WAITING": 0, "FAIL": 0, "PRUNED": 0}
-    assert search.needs_work(units[0], c)
-    assert not search.needs_work(units[0], {**c, "COMPLETE": 1, "RUNNING": 1})
-    assert not search.needs_work(units[0], {**c, "FAIL": 4})  # the attempt limit
-    assert search.needs_work(units[1], {**c, "FAIL": 3})
+    assert planning.needs_work(units[0], c)
+    assert not planning.needs_work(units[0], {**c, "COMPLETE": 1, "RUNNING": 1})
+    assert not planning.needs_work(units[0], {**c, "FAIL": 4})  # the attempt limit
+    assert planning.needs_work(units[1], {**c, "FAIL": 3})
 
 
 def test_a_unit_capped_below_its_budget_is_named_at_the_end():
@@ -81,10 +82,10 @@ def test_a_unit_capped_below_its_budget_is_named_at_the_end():
         return [optuna.trial.create_trial(state=optuna.trial.TrialState[st], value=1.0 if st == "COMPLETE" else None)
                 for st in states]
 
-    full = (search.Unit(2, "ae", "s-k2-ae", 1, 4), trials("COMPLETE", "PRUNED"))
-    capped = (search.Unit(96, "vae", "s-k96-vae", 3, 4), trials("COMPLETE", "PRUNED", "PRUNED", "FAIL"))
-    assert search.shortfalls([full]) == []
-    [line] = search.shortfalls([full, capped])
+    full = (planning.Unit(2, "ae", "s-k2-ae", 1, 4), trials("COMPLETE", "PRUNED"))
+    capped = (planning.Unit(96, "vae", "s-k96-vae", 3, 4), trials("COMPLETE", "PRUNED", "PRUNED", "FAIL"))
+    assert coordinator.shortfalls([full]) == []
+    [line] = coordinator.shortfalls([full, capped])
     assert line.startswith("[search] k=96 vae: 1 of 3 trials finished; search.max_trials_per_dim = 4 ")
     assert "(2 pruned, 1 failed)" in line
 
@@ -132,7 +133,7 @@ def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_
 def test_nan_trial_is_recorded_as_failed_and_the_study_goes_on(prepared, tmp_path, tracking_uri, cpu_threads):
     params = search_params(tmp_path, dims=(2,), **{"lr.high": 1e30, "train.grad_clip": 0.0, "trials_per_dim": 1})
     plan, storage = studies_of(tmp_path, params, prepared)
-    search.create_studies(plan, storage)
+    store.create_studies(plan, storage)
     vae = optuna.load_study(study_name=plan.units[0].study_name, storage=storage)
     vae.enqueue_trial({"beta": 1.0, "lr": 1e30})
     vae.enqueue_trial({"beta": 1.0, "lr": 2e-3})
@@ -153,7 +154,7 @@ def test_a_hopeless_trial_is_pruned_and_recorded(prepared, tmp_path, tracking_ur
     params = search_params(tmp_path, dims=(2,), **{"pruner": "median", "lr.low": 1e-7, "trials_per_dim": 3,
                                                    "train.epochs": 10, "train.patience": 10})
     plan, storage = studies_of(tmp_path, params, prepared)
-    search.create_studies(plan, storage)
+    store.create_studies(plan, storage)
     vae = optuna.load_study(study_name=plan.units[0].study_name, storage=storage)
     for lr in (2e-3, 3e-3, 1e-7, 2.5e-3):
         vae.enqueue_trial({"beta": 1.0, "lr": lr})
@@ -198,7 +199,7 @@ def test_kill_9_mid_search_then_resume(prepared, tmp_path, tracking_uri):
     while time.monotonic() < deadline:
         time.sleep(0.3)
         try:
-            snap = search.snapshot(plan, storage)
+            snap = store.snapshot(plan, storage)
         except KeyError:  # studies not created yet
             continue
         states = [t.state.name for _, trials in snap for t in trials]
@@ -213,15 +214,15 @@ def test_kill_9_mid_search_then_resume(prepared, tmp_path, tracking_uri):
     # The workers notice within a second that their coordinator is gone and die; their trials stay
     # RUNNING until the next start reaps them. Look only after they are gone.
     time.sleep(2.5)
-    before = {(u.study_name, t.number): t.value for u, trials in search.snapshot(plan, storage) for t in trials
+    before = {(u.study_name, t.number): t.value for u, trials in store.snapshot(plan, storage) for t in trials
               if t.state.name == "COMPLETE"}
-    killed = {(u.study_name, t.number) for u, trials in search.snapshot(plan, storage) for t in trials
+    killed = {(u.study_name, t.number) for u, trials in store.snapshot(plan, storage) for t in trials
               if t.state.name == "RUNNING"}
     assert killed
 
     rerun = subprocess.run(stage_command(tmp_path), cwd=tmp_path, env=env, capture_output=True, text=True)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
-    after = {(u.study_name, t.number): t for u, trials in search.snapshot(plan, storage) for t in trials}
+    after = {(u.study_name, t.number): t for u, trials in store.snapshot(plan, storage) for t in trials}
     for key, value in before.items():
         assert after[key].state.name == "COMPLETE" and after[key].value == value  # kept, not re-run
     for key in killed:

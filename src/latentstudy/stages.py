@@ -1,14 +1,45 @@
 """One function per DVC stage: load the stage's params sections, read its declared inputs,
-call the logic, write its declared outputs (removed again if anything fails).
+call the logic, write its declared outputs (removed again if anything fails); and run_stage,
+which turns a user error in a stage into one line and exit status 2.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from latentstudy import config
-from latentstudy.cli import outputs
+from latentstudy.config import StudyError
+
+
+def run_stage(main: Callable[[], None]) -> None:
+    """Run a stage's main: a user error prints one line and exits 2, with no traceback."""
+    try:
+        main()
+    except StudyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+@contextlib.contextmanager
+def outputs(*paths: Path) -> Iterator[None]:
+    """Remove a stage's outputs if it fails, so no half-written file outlives the error."""
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            elif path.exists():
+                path.unlink()
+        raise
 
 
 def write_json(path: Path, obj: object) -> None:
@@ -64,12 +95,12 @@ def pca(params: Path, prepared: Path, metrics_json: Path, curve_csv: Path, basis
 
 def search(params: Path, prepared: Path, root: Path, models_dir: Path, trials_csv: Path, metrics_json: Path,
            study_json: Path, tracking: str | None) -> None:
-    from latentstudy import search as search_mod
+    from latentstudy.search import coordinator
 
     study = config.load_section(params, "study")
     cfg = config.load_section(params, "search")
     with outputs(models_dir, trials_csv, metrics_json, study_json):
-        search_mod.run(study, cfg, prepared, root, models_dir, trials_csv, metrics_json, study_json, tracking)
+        coordinator.run(study, cfg, prepared, root, models_dir, trials_csv, metrics_json, study_json, tracking)
 
 
 def evaluate(params: Path, prepared: Path, models_dir: Path, basis_path: Path, out_json: Path) -> dict:

@@ -1,0 +1,24 @@
+"""The names under which the search stores facts in Optuna: written by the worker and the
+coordinator, read by the outputs, the reapers and remote workers. One spelling each."""
+
+# Study attributes
+PLAN = "plan"  # the Plan as JSON, so a worker anywhere can join with the prefix alone
+LATENT_DIM = "latent_dim"
+ARM = "arm"
+
+# Trial attributes: where it ran (liveness), what it cost and what it reached
+HOST = "host"
+PID = "pid"  # set last of the three process facts: a trial with a pid has all of them
+PID_STARTED = "pid_started"
+DEVICE = "device"
+WORKER = "worker"
+MLFLOW_RUN_ID = "mlflow_run_id"
+SEED = "seed"  # the training seed; a trial enqueued with one (a replicate) keeps it
+RETRY_OF = "retry_of"  # the number of the lost trial this one retries
+METRICS = "metrics"  # validation values at the best epoch (or the last, when pruned)
+EPOCHS_RUN = "epochs_run"
+BEST_EPOCH = "best_epoch"
+SECONDS = "seconds"
+N_PARAMS = "n_params"
+FAIL_REASON = "fail_reason"
+CHECKPOINT = "checkpoint"
