@@ -13,6 +13,27 @@ def test_repository_params_are_valid():
         config.load_section(ROOT / "params.yaml", name)
 
 
+def test_params_yaml_states_exactly_the_defaults():
+    """The dataclasses are the one source of defaults; params.yaml spells them out for users."""
+    raw = config.load_params(ROOT / "params.yaml")
+    assert set(raw) == set(config.SECTIONS)
+    for name, cls in config.SECTIONS.items():
+        assert raw[name] == config.as_dict(cls()), name
+
+
+def test_a_partial_nested_mapping_keeps_the_section_defaults(tmp_path):
+    search = load(tmp_path, "search:\n  beta: {high: 8}\n  train: {epochs: 3}\n", "search")
+    default = config.SearchConfig()
+    assert (search.beta.low, search.beta.high) == (default.beta.low, 8.0)
+    assert search.train.epochs == 3 and search.train.patience == default.train.patience
+
+
+def test_a_typo_in_another_section_stops_any_stage(tmp_path):
+    for text, fragment in (("foo: {}\n", "unknown section 'foo'"), ("report: {tolerence: 1}\n", "report.tolerence")):
+        with pytest.raises(StudyError, match=fragment):
+            load(tmp_path, text, "data")
+
+
 def load(tmp_path, text: str, section: str):
     path = tmp_path / "params.yaml"
     path.write_text(text)
@@ -27,6 +48,7 @@ def load(tmp_path, text: str, section: str):
         ("search:\n  trials_per_dim: 0\n", "search", "search.trials_per_dim = 0 is out of range; allowed: >= 1"),
         ("search:\n  beta: {low: -1, high: 2}\n", "search", "search.beta.low = -1.0 is out of range; allowed: > 0"),
         ("search:\n  beta: {low: 3, high: 2}\n", "search", "high = 2 is below low = 3"),
+        ("search:\n  lr: {high: .inf}\n", "search", "search.lr.high = inf is not allowed; expected a finite number"),
         ("search:\n  device: tpu\n", "search", "search.device = 'tpu' is not allowed; expected one of auto | cpu | cuda"),
         ("search:\n  train: {bf16: 1}\n", "search", "search.train.bf16 = 1 is not allowed; expected true or false"),
         ("search:\n  max_trials_per_dim: 2\n  trials_per_dim: 4\n", "search", "max_trials_per_dim = 2 is below"),

@@ -7,6 +7,7 @@ become a StudyError whose message names the file, the key, the value and what is
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -146,9 +147,9 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = field(default=60, metadata=_bounds(ge=1))
-    batch_size: int = field(default=128, metadata=_bounds(ge=1))
-    patience: int = field(default=8, metadata=_bounds(ge=1))
+    epochs: int = field(default=150, metadata=_bounds(ge=1))
+    batch_size: int = field(default=64, metadata=_bounds(ge=1))
+    patience: int = field(default=15, metadata=_bounds(ge=1))
     grad_clip: float = field(default=5.0, metadata=_bounds(ge=0))
     kl_warmup_epochs: int = field(default=0, metadata=_bounds(ge=0))
     free_bits: float = field(default=0.0, metadata=_bounds(ge=0))
@@ -162,13 +163,13 @@ class SearchConfig:
     max_trials_per_dim: int = field(default=32, metadata=_bounds(ge=1))
     objective: Literal["neg_elbo", "distortion", "sse"] = "neg_elbo"
     beta: LogRange = field(default_factory=lambda: LogRange(0.25, 4.0))
-    lr: LogRange = field(default_factory=lambda: LogRange(3e-4, 3e-3))
+    lr: LogRange = field(default_factory=lambda: LogRange(5e-4, 5e-3))
     pruner: Literal["median", "hyperband", "none"] = "median"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     workers_per_device: int = field(default=1, metadata=_bounds(ge=1))
-    cpu_workers: int = field(default=1, metadata=_bounds(ge=1))
+    cpu_workers: int = field(default=2, metadata=_bounds(ge=1))
     storage: str | None = None
     heartbeat_seconds: int = field(default=20, metadata=_bounds(ge=1))
 
@@ -233,12 +234,22 @@ def load_params(path: str | Path) -> dict[str, Any]:
 
 
 def load_section(path: str | Path, name: str) -> Any:
-    """Load and validate one section of params.yaml; missing sections take the defaults."""
-    raw = load_params(path).get(name) or {}
-    return build(SECTIONS[name], raw, f"{Path(path).name}: {name}")
+    """One validated section of params.yaml; missing sections take the defaults.
+
+    Every section is checked, not only this one: DVC reruns a stage only when its own sections
+    change, so a typo elsewhere must still stop whichever stage runs next.
+    """
+    raw = load_params(path)
+    built = {key: build(cls, raw.get(key) or {}, f"{Path(path).name}: {key}") for key, cls in SECTIONS.items()}
+    return built[name]
 
 
-def build(cls: type, raw: Any, where: str) -> Any:
+def build(cls: type, raw: Any, where: str, base: Any = None) -> Any:
+    """A validated cls from a mapping; keys it leaves out keep base's values (cls's defaults).
+
+    A nested mapping merges onto the enclosing default in the same way: `beta: {high: 8}` keeps
+    the section's default beta.low, not LogRange's own.
+    """
     if not isinstance(raw, dict):
         raise StudyError(f"{where} = {raw!r}; allowed: a mapping with keys {_keys(cls)}")
     hints = typing.get_type_hints(cls)
@@ -246,11 +257,12 @@ def build(cls: type, raw: Any, where: str) -> Any:
     unknown = sorted(set(raw) - names)
     if unknown:
         raise StudyError(f"{where}.{unknown[0]} is not a known key; allowed: {_keys(cls)}")
-    values = {}
+    base = cls() if base is None else base
+    values = {f.name: getattr(base, f.name) for f in dataclasses.fields(cls)}
     for f in dataclasses.fields(cls):
         if f.name in raw:
             key = f"{where}.{f.name}"
-            values[f.name] = _coerce(hints[f.name], raw[f.name], key)
+            values[f.name] = _coerce(hints[f.name], raw[f.name], key, values[f.name])
             _check_bounds(f, values[f.name], key)
     obj = cls(**values)
     if hasattr(obj, "check"):
@@ -275,17 +287,17 @@ def _describe(tp: Any) -> str:
         return "null"
     if dataclasses.is_dataclass(tp):
         return f"a mapping with keys {_keys(tp)}"
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}[tp]
+    return {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[tp]
 
 
-def _coerce(tp: Any, value: Any, key: str) -> Any:
+def _coerce(tp: Any, value: Any, key: str, default: Any = None) -> Any:
     origin = typing.get_origin(tp)
     bad = StudyError(f"{key} = {value!r} is not allowed; expected {_describe(tp)}")
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in typing.get_args(tp):
             return None
         (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(inner, value, key)
+        return _coerce(inner, value, key, default)
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad
@@ -295,7 +307,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise bad
         return [_coerce(typing.get_args(tp)[0], v, key) for v in value]
     if dataclasses.is_dataclass(tp):
-        return build(tp, value, key)
+        return build(tp, value, key, default)
     if tp is bool:
         if not isinstance(value, bool):
             raise bad
@@ -311,7 +323,7 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 value = float(value)
             except ValueError:
                 raise bad from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise bad
         return float(value)
     if tp is str:
