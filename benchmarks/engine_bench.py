@@ -1,4 +1,4 @@
-"""`make bench`: speed of the training engine and of the search orchestration, as ratios
+"""`make bench` (python benchmarks/engine_bench.py): speed of the training engine and of the search orchestration, as ratios
 measured in one run. Prints a table and writes a JSON file. Tests never assert on timings.
 
 1. Our engine (tensors resident on the device, one permutation per epoch) against a textbook
@@ -166,3 +166,13 @@ def main(out: Path, epochs: int) -> dict:
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"[bench] wrote {out}")
     return result
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("reports/bench.json"))
+    parser.add_argument("--epochs", type=int, default=20)
+    args = parser.parse_args()
+    main(args.out, args.epochs)
