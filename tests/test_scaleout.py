@@ -28,7 +28,7 @@ import yaml
 import servers
 from servers import stop_group, tail
 
-from latentstudy.search import outputs, plan as planning, store
+from latentstudy.search import outputs, plan as planning, store, weights
 
 ROOT = Path(__file__).resolve().parents[1]
 PIPELINE = ROOT / "pipeline"
@@ -418,7 +418,7 @@ def test_search_outputs_exist_and_remote_checkpoints_come_from_mlflow(distribute
         for t in ts:
             if t.state.name == "COMPLETE" and t.user_attrs["worker"] != "w0":
                 assert not (proj / t.user_attrs["checkpoint"]).exists()  # the coordinator cannot see it
-                fetched = outputs.fetch_checkpoint(t, tracker, tmp_path / sname)
+                fetched = weights.find(t, t.user_attrs["mlflow_run_id"], tracker, tmp_path / sname)
                 assert filecmp.cmp(fetched, _checkpoint_file(distributed, t), shallow=False)
                 remote += 1
     assert remote >= 1

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from latentstudy.config import StudyError
 from latentstudy.stages import run_stage
+from latentstudy.tracking import require_reachable
 
 
 def _worker_args(p: argparse.ArgumentParser) -> None:
@@ -47,6 +48,8 @@ def worker(args: argparse.Namespace) -> None:
         worker.worker_main(plan, storage, tracking, args.data, args.device, args.checkpoints, args.name,
                            args.storage.startswith("journal:"))
         return
+    if tracking:
+        require_reachable(tracking)
     store.join(args.storage, args.study, tracking)  # fail here, once, if the study does not exist
     slots = coordinator.worker_slots(args.device, args.workers_per_device, args.cpu_workers)
     fwd = ["--study", args.study, "--data", str(args.data), "--checkpoints", str(args.checkpoints),

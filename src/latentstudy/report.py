@@ -416,8 +416,7 @@ def log_to_mlflow(tracking: str, inp: Inputs, table: pd.DataFrame, rec: Recommen
 
     tracker = Tracker(tracking)
     experiment_id = tracker.experiment(inp.study["experiment"])
-    run_id = tracker.report_run(experiment_id, inp.study.get("parent_run_id"), inp.study.get("prefix", ""),
-                                {"report": params})
+    run_id = tracker.report_run(experiment_id, inp.study.get("prefix", ""), {"report": params})
     tracker.log_table(run_id, table, "reconstruction_vs_compression.json")
     metrics = {"recommended_latent_dim": rec.latent_dim, "best_vae_distortion_nats": rec.best_distortion}
     if rec.beta is not None:

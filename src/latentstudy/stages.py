@@ -126,8 +126,11 @@ def report(params: Path, prepared: Path, evaluation_json: Path, trials_csv: Path
 
     from latentstudy import data, report as rep
     from latentstudy import pca as pca_mod
+    from latentstudy.tracking import require_reachable
 
     cfg = config.load_section(params, "report")
+    if tracking:
+        require_reachable(tracking)  # now, not after the report's work
     x_test, y_test = data.load_split(prepared, "test")
     study = _read_json(study_json)
     inp = rep.Inputs(_read_json(evaluation_json), pd.read_csv(trials_csv), data.load_summary(prepared),

@@ -3,26 +3,88 @@ its inputs from here. mlflow is imported on first use (it takes over a second).
 
 Layout: one experiment per dataset, one parent run per study, one nested run per Optuna
 trial (tagged with the study and trial number), and one report run nested under the parent.
+Experiments are tagged as model development, so MLflow 3's UI opens them in the runs table
+rather than its GenAI view.
 """
 
 from __future__ import annotations
 
 import os
 import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+
+from latentstudy.config import StudyError
 
 STUDY_TAG = "latentstudy.study"
 KIND_TAG = "latentstudy.kind"  # study | trial | report
 TRIAL_TAG = "optuna.trial_number"
 OPTUNA_STUDY_TAG = "optuna.study"
 PARENT_TAG = "mlflow.parentRunId"
+COORDINATOR_TAG = "latentstudy.coordinator"  # host:pid:start time of the process driving a study run
+KIND_OF_EXPERIMENT = {"mlflow.experimentKind": "custom_model_development"}
 FLUSH_SECONDS = 3.0
+REACH_SECONDS = 5.0
+UI_ADDRESS = "http://127.0.0.1:5000"
 
 
 def tracking_uri(root: Path) -> str:
     """MLFLOW_TRACKING_URI if set, else an absolute sqlite store at the project root."""
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def require_reachable(uri: str, timeout: float = REACH_SECONDS) -> None:
+    """Fail in one line, within seconds, when the tracking store cannot be reached.
+
+    MLflow's own client retries a refused connection for minutes, then prints pages of
+    tracebacks; one real API call with a short timeout answers the question up front.
+    """
+    where = f"MLFLOW_TRACKING_URI = {uri!r}" if os.environ.get("MLFLOW_TRACKING_URI") else f"tracking store {uri!r}"
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir():
+            raise StudyError(f"{where}: folder {folder} does not exist; create it or point the URI elsewhere")
+        return
+    if not uri.startswith(("http://", "https://")):
+        return
+    request = urllib.request.Request(uri.rstrip("/") + "/api/2.0/mlflow/experiments/search?max_results=1",
+                                     headers=_auth_headers())
+    try:
+        with urllib.request.urlopen(request, timeout=timeout):
+            return
+    except urllib.error.HTTPError as exc:
+        why = f"it answers HTTP {exc.code} {exc.reason}"
+        if exc.code in (401, 403):
+            why += (" (set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN; an "
+                    "`mlflow server` also refuses host names missing from its --allowed-hosts)")
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        why = f"no MLflow server answered within {timeout:g} s ({reason})"
+    raise StudyError(f"{where}: {why}; start the server or fix the URI, unset MLFLOW_TRACKING_URI to track into "
+                     "the project's mlflow.db, or run the stage with --no-tracking")
+
+
+def _auth_headers() -> dict[str, str]:
+    import base64
+
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    if token:
+        return {"Authorization": f"Bearer {token}"}
+    if user and password:
+        return {"Authorization": "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()}
+    return {}
+
+
+def runs_table_url(experiment_id: str, address: str = UI_ADDRESS) -> str:
+    """The experiment's runs table in the MLflow UI (not the GenAI overview)."""
+    return f"{address.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
+
+
+def _missing(exc: Exception) -> bool:
+    return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
 def experiment_name(summary: dict) -> str:
@@ -67,24 +129,41 @@ class Tracker:
     # --- experiment and study --------------------------------------------------------------
 
     def experiment(self, name: str) -> str:
-        """The experiment's id, created (with its artifact location) when missing."""
+        """The experiment's id, created (with its artifact location) when missing; tagged so the
+        UI opens it on its runs table (experiments made by older versions get the tag too)."""
         exp = self.client.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri))
+        if exp is None:
+            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri),
+                                                 tags=KIND_OF_EXPERIMENT)
+        for key, value in KIND_OF_EXPERIMENT.items():
+            if exp.tags.get(key) != value:
+                self.client.set_experiment_tag(exp.experiment_id, key, value)
+        return exp.experiment_id
 
-    def study_run(self, experiment_id: str, study: str, params: dict) -> str:
-        """The study's parent run: found again on resume, created once."""
+    def experiments(self, prefix: str = "latentstudy-") -> list:
+        return [e for e in self.client.search_experiments() if e.name.startswith(prefix)]
+
+    def study_run(self, experiment_id: str, study: str, params: dict, tags: dict[str, str] | None = None) -> str:
+        """The study's parent run: found again on resume (RUNNING again), created once."""
+        run_id = self.find_study_run(experiment_id, study)
+        if run_id:
+            self.client.update_run(run_id, status="RUNNING")
+            self.set_tags(run_id, tags or {})
+            return run_id
+        run = self.client.create_run(experiment_id, run_name=study,
+                                     tags={STUDY_TAG: study, KIND_TAG: "study", **(tags or {})})
+        self._log_params(run.info.run_id, _flat(params))
+        return run.info.run_id
+
+    def find_study_run(self, experiment_id: str, study: str) -> str | None:
         found = self.client.search_runs(
             [experiment_id], f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = 'study'", max_results=1
         )
-        if found:
-            run_id = found[0].info.run_id
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = self.client.create_run(experiment_id, run_name=study, tags={STUDY_TAG: study, KIND_TAG: "study"})
-        self._log_params(run.info.run_id, _flat(params))
-        return run.info.run_id
+        return found[0].info.run_id if found else None
+
+    def running_study_runs(self, experiment_id: str) -> list:
+        return self.client.search_runs([experiment_id], f"tags.`{KIND_TAG}` = 'study' and attributes.status = 'RUNNING'",
+                                       max_results=1000)
 
     def _log_params(self, run_id: str, params: dict[str, str]) -> None:
         from mlflow.entities import Param
@@ -127,8 +206,17 @@ class Tracker:
             self.client.set_tag(run_id, key, str(value)[:5000])
         self.client.set_terminated(run_id, status=status)
 
-    def set_status(self, run_id: str, status: str) -> None:
-        self.client.set_terminated(run_id, status=status)
+    def set_status(self, run_id: str, status: str) -> bool:
+        """End a run with this status; False when the tracking store no longer has the run."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            self.client.set_terminated(run_id, status=status)
+        except MlflowException as exc:
+            if _missing(exc):
+                return False
+            raise
+        return True
 
     def runs(self, experiment_id: str, study: str, kind: str) -> list:
         flt = f"tags.`{STUDY_TAG}` = '{study}' and tags.`{KIND_TAG}` = '{kind}'"
@@ -145,9 +233,15 @@ class Tracker:
     def log_artifact(self, run_id: str, path: Path, folder: str | None = None) -> None:
         self.client.log_artifact(run_id, str(path), folder)
 
-    def download(self, run_id: str, artifact: str, dest: Path) -> Path:
+    def download(self, run_id: str, artifact: str, dest: Path) -> Path | None:
+        """A run's artifact as a local file; None when the run or the artifact is gone."""
+        from mlflow.exceptions import MlflowException
+
         dest.mkdir(parents=True, exist_ok=True)
-        return Path(self.client.download_artifacts(run_id, artifact, str(dest)))
+        try:
+            return Path(self.client.download_artifacts(run_id, artifact, str(dest)))
+        except (MlflowException, OSError):
+            return None
 
     def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
         for key, value in tags.items():
@@ -155,8 +249,11 @@ class Tracker:
 
     # --- the report run --------------------------------------------------------------------
 
-    def report_run(self, experiment_id: str, parent: str | None, study: str, params: dict) -> str:
+    def report_run(self, experiment_id: str, study: str, params: dict) -> str:
+        """A report run, nested under the study's parent run as the tracking store has it now (not
+        as study.json recorded it: the store may have been deleted or replaced since the search)."""
         tags = {STUDY_TAG: study, KIND_TAG: "report"}
+        parent = self.find_study_run(experiment_id, study) if study else None
         if parent:
             tags[PARENT_TAG] = parent
         run = self.client.create_run(experiment_id, run_name=f"{study}-report", tags=tags)

@@ -5,7 +5,7 @@ finished trials, then writes the outputs. Workers elsewhere may join through a s
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import os
 import shutil
 import subprocess
@@ -15,8 +15,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyConfig, StudyError
-from latentstudy.search import keys
-from latentstudy.search.outputs import write_outputs
+from latentstudy.search import runs, weights
+from latentstudy.search.outputs import best_trials, write_outputs
 from latentstudy.search.plan import ARMS, Plan, Unit, counts, make_plan, needs_work
 from latentstudy.search.store import (
     create_studies,
@@ -25,8 +25,6 @@ from latentstudy.search.store import (
     snapshot,
     storage_url,
 )
-
-FINISHED_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
 
 
 def worker_slots(device: str, workers_per_device: int, cpu_workers: int) -> list[tuple[str, dict]]:
@@ -156,55 +154,50 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
     print("\n".join([progress_line(plan, snap, started, done_before, final=True), *shortfalls(snap)]), flush=True)
 
 
-def reconcile(plan: Plan, storage, tracker, experiment_id: str) -> None:
-    """Make every trial run's MLflow status agree with its Optuna state (after kills, retries)."""
-    state_of = {}
-    for unit, trials in snapshot(plan, storage):
-        for t in trials:
-            if keys.MLFLOW_RUN_ID in t.user_attrs:
-                state_of[t.user_attrs[keys.MLFLOW_RUN_ID]] = t.state.name
-    for run in tracker.runs(experiment_id, plan.prefix, "trial"):
-        state = state_of.get(run.info.run_id)
-        lost = state == "FAIL" and run.data.tags.get("optuna.state") != "FAIL"
-        want = "KILLED" if state is None or lost else FINISHED_STATUS.get(state, "RUNNING")
-        if run.info.status != want:
-            tracker.set_status(run.info.run_id, want)
-
-
 def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, models_dir: Path,
         trials_csv: Path, metrics_json: Path, study_json: Path, tracking: str | None) -> Plan:
     """The search stage: plan, create stores, run workers, write the best models and the tables."""
     from latentstudy import data
-    from latentstudy.tracking import Tracker, experiment_name
+    from latentstudy.tracking import Tracker, experiment_name, require_reachable
 
+    if tracking:
+        require_reachable(tracking)
     summary = data.load_summary(prepared)
     store = root / ".latentstudy"
     plan = make_plan(study, search, summary, experiment_name(summary))
     url = storage_url(search, store)
     storage = open_storage(url, search.heartbeat_seconds, tracking)
-    tracker, experiment_id = None, None
-    if tracking:
-        tracker = Tracker(tracking)
-        experiment_id = tracker.experiment(plan.experiment)
+    tracker = Tracker(tracking) if tracking else None
+    if tracker:
         params = {"study": asdict(study), "search": asdict(search), "data_fingerprint": plan.fingerprint}
-        plan = dataclasses.replace(plan, experiment_id=experiment_id,
-                                   parent_run_id=tracker.study_run(experiment_id, plan.prefix, params))
+        plan = runs.open_study_run(plan, tracker, params)
     create_studies(plan, storage)
+    runs.tidy_earlier(plan, storage, tracker, tracking, url.startswith("journal:"))
+    with runs.parent_run_ends(tracker, plan.parent_run_id) if tracker else contextlib.nullcontext():
+        if tracker:
+            runs.restore(plan, snapshot(plan, storage), tracker)
+        search_and_write(plan, storage, url, tracker, search, prepared, store, models_dir, trials_csv,
+                         metrics_json, study_json)
+    return plan
+
+
+def search_and_write(plan: Plan, storage, url: str, tracker, search: SearchConfig, prepared: Path, store: Path,
+                     models_dir: Path, trials_csv: Path, metrics_json: Path, study_json: Path) -> None:
     slots = worker_slots(search.device, search.workers_per_device, search.cpu_workers)
     checkpoints = store / "checkpoints"
-    coordinate(plan, storage, url, tracking, prepared, checkpoints, slots)
+    coordinate(plan, storage, url, tracker.uri if tracker else None, prepared, checkpoints, slots)
     snap = snapshot(plan, storage)
     missing = [u.study_name for u, t in snap if counts(t)["COMPLETE"] == 0]
     if len(missing) == len(plan.units):
         raise StudyError("no trial finished at any latent size; see the failure reasons above "
                          "(search.lr range, search.train settings)")
     scratch = store / "scratch"
-    write_outputs(plan, storage, url, tracker, experiment_id, prepared, models_dir, trials_csv, metrics_json,
-                  study_json, scratch)
+    run_of = runs.restore(plan, snap, tracker) if tracker else {}
+    found = weights.gather(plan, best_trials(snap), run_of, tracker, prepared, scratch)
+    write_outputs(plan, snap, url, tracker, plan.experiment_id, prepared, models_dir, trials_csv, metrics_json,
+                  study_json, scratch, found, run_of)
     if tracker:
-        reconcile(plan, storage, tracker, experiment_id)
-        tracker.end(plan.parent_run_id, "FINISHED")
+        runs.reconcile(tracker, plan.experiment_id, plan.prefix, snap)
     shutil.rmtree(scratch, ignore_errors=True)
     for name in missing:
         print(f"[search] warning: {name} has no finished trial; it is left out of the models", flush=True)
-    return plan

@@ -1,6 +1,6 @@
 """The search stage's outputs, read from the Optuna storage: the best model of every latent size
-and arm (copied from the trial's checkpoint, or fetched from MLflow when it ran elsewhere),
-trials.csv with one row per trial, metrics.json and study.json.
+and arm (from the checkpoints search.weights found), trials.csv with one row per trial (and its
+MLflow run as the tracking store has it now), metrics.json and study.json.
 """
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ import json
 import shutil
 from pathlib import Path
 
-from latentstudy.config import StudyError
 from latentstudy.search import keys
 from latentstudy.search.plan import Plan, counts
-from latentstudy.search.store import _redact, snapshot
+from latentstudy.search.store import _redact
 
 CSV_COLUMNS = ["study", "number", "latent_dim", "arm", "beta", "lr", "state", "fail_reason", "retry_of",
                "epochs_run", "best_epoch", "val_distortion_nats", "val_rate_nats", "val_neg_elbo_nats",
                "val_sse_per_image", "objective_value", "seconds", "n_params", "device", "worker", "mlflow_run_id"]
 
 
-def trial_rows(snap: list) -> list[dict]:
+def trial_rows(snap: list, runs: dict[int, str]) -> list[dict]:
     rows = []
     for unit, trials in snap:
         retries = {t.user_attrs[keys.RETRY_OF]: t.number for t in trials if keys.RETRY_OF in t.user_attrs}
@@ -41,7 +40,7 @@ def trial_rows(snap: list) -> list[dict]:
                 "val_neg_elbo_nats": m.get("val_neg_elbo"), "val_sse_per_image": m.get("val_sse"),
                 "objective_value": t.value, "seconds": t.user_attrs.get(keys.SECONDS),
                 "n_params": t.user_attrs.get(keys.N_PARAMS), "device": t.user_attrs.get(keys.DEVICE),
-                "worker": t.user_attrs.get(keys.WORKER), "mlflow_run_id": t.user_attrs.get(keys.MLFLOW_RUN_ID),
+                "worker": t.user_attrs.get(keys.WORKER), "mlflow_run_id": runs.get(t._trial_id),
             })
     return rows
 
@@ -53,16 +52,6 @@ def best_trials(snap: list) -> dict[tuple[int, str], object]:
         if done:
             best[(unit.latent_dim, unit.arm)] = min(done, key=lambda t: (t.value, t.number))
     return best
-
-
-def fetch_checkpoint(trial, tracker, scratch: Path) -> Path:
-    """The trial's checkpoint: on this disk when the worker shared it, else from MLflow."""
-    path = Path(trial.user_attrs[keys.CHECKPOINT])
-    if path.is_file():
-        return path
-    if tracker is None or keys.MLFLOW_RUN_ID not in trial.user_attrs:
-        raise StudyError(f"{path}: checkpoint of trial {trial.number} not found and no MLflow run to fetch it from")
-    return tracker.download(trial.user_attrs[keys.MLFLOW_RUN_ID], f"checkpoint/{path.name}", scratch)
 
 
 def metrics_summary(plan: Plan, snap: list, best: dict) -> dict:
@@ -79,21 +68,21 @@ def metrics_summary(plan: Plan, snap: list, best: dict) -> dict:
     return out
 
 
-def write_outputs(plan: Plan, storage, url: str, tracker, experiment_id: str | None, prepared: Path,
-                  models_dir: Path, trials_csv: Path, metrics_json: Path, study_json: Path, scratch: Path) -> None:
+def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str | None, prepared: Path,
+                  models_dir: Path, trials_csv: Path, metrics_json: Path, study_json: Path, scratch: Path,
+                  weights: dict[tuple[int, str], Path], runs: dict[int, str]) -> None:
     import pandas as pd
 
     from latentstudy import data, figures, models
 
-    snap = snapshot(plan, storage)
     best = best_trials(snap)
     models_dir.mkdir(parents=True, exist_ok=True)
     summary = data.load_summary(prepared)
     x_val = data.load_split(prepared, "val")[0][:8]
     for (k, arm), trial in best.items():
         dest = models.best_path(models_dir, k, arm)
-        shutil.copyfile(fetch_checkpoint(trial, tracker, scratch), dest)
-        run_id = trial.user_attrs.get(keys.MLFLOW_RUN_ID)
+        shutil.copyfile(weights[(k, arm)], dest)
+        run_id = runs.get(trial._trial_id)
         if tracker and run_id:
             model, _ = models.load_checkpoint(dest)
             grid = scratch / f"reconstructions-k{k}-{arm}.png"
@@ -102,7 +91,7 @@ def write_outputs(plan: Plan, storage, url: str, tracker, experiment_id: str | N
             tracker.log_artifact(run_id, dest, "model")
             tracker.set_tags(run_id, {"latentstudy.best_of_size": "true"})
     trials_csv.parent.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame(trial_rows(snap), columns=CSV_COLUMNS)
+    table = pd.DataFrame(trial_rows(snap, runs), columns=CSV_COLUMNS)
     for col in ("retry_of", "epochs_run", "best_epoch", "n_params"):
         table[col] = table[col].astype("Int64")
     table.to_csv(trials_csv, index=False)

@@ -1,5 +1,6 @@
 """Where trials live: the Optuna storage (a journal file on one host, an RDB URL across machines),
-the studies and their plan, and liveness: trials whose worker died are failed and retried.
+the studies and their plan, and liveness: trials whose worker died are failed and retried, in
+this study and in earlier ones (a search killed, then started again with other params).
 """
 
 from __future__ import annotations
@@ -22,6 +23,11 @@ def storage_url(search: SearchConfig, store_dir: Path) -> str:
     return url or f"journal:{(store_dir / 'optuna.journal').resolve()}"
 
 
+def journal_path(url: str) -> Path | None:
+    """The journal file of a journal: URL; None for an RDB URL."""
+    return Path(url.removeprefix("journal:")) if url.startswith("journal:") else None
+
+
 def open_storage(url: str, heartbeat_seconds: int, tracking: str | None = None):
     """An Optuna storage for the URL; RDB storages get heartbeats that retry stale trials.
 
@@ -31,12 +37,12 @@ def open_storage(url: str, heartbeat_seconds: int, tracking: str | None = None):
     import warnings
 
     import optuna
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
+    from optuna.storages.journal import JournalStorage
 
-    if url.startswith("journal:"):
-        path = Path(url.removeprefix("journal:"))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(str(path)))
+    from latentstudy.search.journal import CheckedJournal
+
+    if journal_path(url):
+        return JournalStorage(CheckedJournal(journal_path(url)))
     try:
         with warnings.catch_warnings():  # heartbeats are "experimental": one warning per process
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -91,6 +97,18 @@ def process_tag() -> dict:
     return {keys.HOST: HOST, keys.PID_STARTED: psutil.Process(pid).create_time(), keys.PID: pid}
 
 
+def process_id() -> str:
+    """host:pid:start time of this process, for tags read by reapers on other runs."""
+    tag = process_tag()
+    return f"{tag[keys.HOST]}:{tag[keys.PID]}:{tag[keys.PID_STARTED]}"
+
+
+def process_alive(ident: str) -> bool | None:
+    """Whether the process named by process_id() lives; None when it ran on another host."""
+    host, pid, started = ident.rsplit(":", 2)
+    return _alive_here({keys.HOST: host, keys.PID: int(pid), keys.PID_STARTED: float(started)})
+
+
 def _alive_here(attrs: dict) -> bool | None:
     """True/False for a trial started on this host; None when it ran elsewhere (heartbeats decide)."""
     import psutil
@@ -141,6 +159,25 @@ def reap_lost(study, tracking: str | None, assume_single_host: bool) -> int:
                 retry_lost(study, trial, tracking)
                 lost += 1
     return lost
+
+
+def reap_earlier(storage, prefix: str, tracking: str | None, assume_single_host: bool) -> dict[str, int]:
+    """Reap the lost trials of this storage's other latentstudy studies (earlier params, whose
+    search was killed); returns {study name: trials reaped}. Their retries wait in those studies,
+    and run if the user returns to those params."""
+    import optuna
+
+    reaped = {}
+    for frozen in storage.get_all_studies():
+        name = frozen.study_name
+        if name.startswith(prefix + "-k") or keys.PLAN not in frozen.user_attrs:
+            continue  # ours (reaped by the coordinator), or not a latentstudy study
+        running = storage.get_all_trials(frozen._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+        if running:
+            n = reap_lost(optuna.load_study(study_name=name, storage=storage), tracking, assume_single_host)
+            if n:
+                reaped[name] = n
+    return reaped
 
 
 def snapshot(plan: Plan, storage) -> list:

@@ -12,11 +12,11 @@ import os
 import threading
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyError
-from latentstudy.search import keys
+from latentstudy.search import keys, runs
 from latentstudy.search.plan import Plan, Unit, counts, needs_work, unit_seed
 from latentstudy.search.store import process_tag, reap_lost
 
@@ -95,7 +95,6 @@ def run_worker(ctx: WorkerContext) -> int:
 def objective(ctx: WorkerContext, unit: Unit, trial) -> float:
     """Train one model with the trial's beta and lr; report every epoch for pruning."""
     import optuna
-    import torch
 
     from latentstudy import models, train
 
@@ -106,18 +105,12 @@ def objective(ctx: WorkerContext, unit: Unit, trial) -> float:
     lr = trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True)
     seed = trial.user_attrs.get(keys.SEED, (unit_seed(ctx.plan, unit) + 7919 * trial.number) % 2**31)
     trial.set_user_attr(keys.SEED, seed)
-    spec = models.NetSpec(ctx.plan.input_dim, unit.latent_dim,
-                          models.choose_arch(cfg.model.arch, ctx.plan.image_shape), cfg.model.likelihood,
-                          unit.arm == "vae", tuple(cfg.model.hidden), tuple(cfg.model.channels),
-                          models.chw(ctx.plan.image_shape))
     tracker, run_id = ctx.tracker, None
     if tracker:
         run_id = tracker.start_trial(
-            ctx.plan.experiment_id, ctx.plan.parent_run_id, unit.study_name, f"k{unit.latent_dim}-{unit.arm}-t{trial.number}",
-            trial.number,
-            {"latent_dim": unit.latent_dim, "arm": unit.arm, "beta": beta, "lr": lr, "seed": seed,
-             "device": str(ctx.device), "model": asdict(cfg.model), "train": asdict(cfg.train),
-             "objective": cfg.objective, "retry_of": trial.user_attrs.get(keys.RETRY_OF)},
+            ctx.plan.experiment_id, ctx.plan.parent_run_id, unit.study_name, runs.run_name(unit, trial.number),
+            trial.number, runs.run_params(ctx.plan, unit, beta, lr, seed, str(ctx.device),
+                                          trial.user_attrs.get(keys.RETRY_OF)),
         )
         trial.set_user_attr(keys.MLFLOW_RUN_ID, run_id)
     progress = EpochProgress(ctx.worker, unit, trial.number, cfg.train.epochs)
@@ -138,9 +131,7 @@ def objective(ctx: WorkerContext, unit: Unit, trial) -> float:
                 trial.set_user_attr(key, value)
             raise optuna.TrialPruned(reason)
 
-    with torch.random.fork_rng(devices=[ctx.device] if ctx.device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = models.build(spec).to(ctx.device)
+    model = trial_model(ctx.plan, unit, seed, ctx.device)
     trial.set_user_attr(keys.N_PARAMS, models.n_params(model))
     try:
         result = train.train(model, ctx.x_train, ctx.x_val, cfg.train, beta=beta, lr=lr,
@@ -162,9 +153,7 @@ def objective(ctx: WorkerContext, unit: Unit, trial) -> float:
                        keys.SECONDS: round(result.seconds, 3)}.items():
         trial.set_user_attr(key, value)
     path = ctx.checkpoints / unit.study_name / f"trial-{trial.number}.pt"
-    models.save_checkpoint(path, model, {"study": unit.study_name, "trial": trial.number, "beta": beta,
-                                         "lr": lr, "seed": seed, **final, "seconds": result.seconds,
-                                         "epochs_run": result.epochs_run})
+    models.save_checkpoint(path, model, checkpoint_meta(unit, trial.number, beta, lr, seed, result))
     trial.set_user_attr(keys.CHECKPOINT, str(path))
     if tracker:
         tracker.log_metrics(run_id, {**{f"best_{k}": v for k, v in final.items()}, "epochs_run": result.epochs_run,
@@ -175,6 +164,28 @@ def objective(ctx: WorkerContext, unit: Unit, trial) -> float:
     print(f"[{ctx.worker}] k={unit.latent_dim} {unit.arm} trial {trial.number}: val {cfg.objective} "
           f"{value:.3f} after {result.epochs_run} epochs ({result.seconds:.1f}s)", flush=True)
     return value
+
+
+def trial_model(plan: Plan, unit: Unit, seed: int, device):
+    """The unit's network initialised from the trial's seed: the one recipe, also used to retrain
+    a best trial whose weights were lost."""
+    import torch
+
+    from latentstudy import models
+
+    cfg = plan.config
+    spec = models.NetSpec(plan.input_dim, unit.latent_dim, models.choose_arch(cfg.model.arch, plan.image_shape),
+                          cfg.model.likelihood, unit.arm == "vae", tuple(cfg.model.hidden), tuple(cfg.model.channels),
+                          models.chw(plan.image_shape))
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        return models.build(spec).to(device)
+
+
+def checkpoint_meta(unit: Unit, number: int, beta: float, lr: float, seed: int, result) -> dict:
+    final = {f"val_{k}": v for k, v in result.best.items()}
+    return {"study": unit.study_name, "trial": number, "beta": beta, "lr": lr, "seed": seed, **final,
+            "seconds": result.seconds, "epochs_run": result.epochs_run}
 
 
 def failure_reason(exc: Exception, device) -> str:

@@ -1,0 +1,86 @@
+"""The weights of every latent size's best trial, wherever they still are: the worker's checkpoint
+on this disk, its copy in MLflow (a worker on another machine), or, when both are gone
+(.latentstudy/checkpoints and mlartifacts deleted), retrained from the trial's recorded beta,
+learning rate and seed. Training is seeded, so on CPU this gives back the same weights; a
+retrained value that differs from the recorded one is named. Retrained weights go back where
+they were lost (the checkpoint path, the trial's MLflow run), so the next run finds them.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+from latentstudy.search import keys
+from latentstudy.search.plan import Plan, Unit
+
+
+def gather(plan: Plan, best: dict, runs: dict[int, str], tracker, prepared: Path,
+           scratch: Path) -> dict[tuple[int, str], Path]:
+    """{(latent size, arm): a checkpoint file of its best trial}, retraining what is lost."""
+    found, lost = {}, []
+    units = {(u.latent_dim, u.arm): u for u in plan.units}
+    for key, trial in best.items():
+        path = find(trial, runs.get(trial._trial_id), tracker, scratch / units[key].study_name)
+        if path is None:
+            lost.append((units[key], trial))
+        else:
+            found[key] = path
+    if lost:
+        names = ", ".join(f"k={u.latent_dim} {u.arm} trial {t.number}" for u, t in lost)
+        print(f"[search] {len(lost)} best trials lost their weights (no checkpoint on disk or in MLflow): {names}; "
+              "retraining them from their recorded beta, lr and seed", flush=True)
+        data = _splits(prepared)
+        for i, (unit, trial) in enumerate(lost, 1):
+            path = retrain(plan, unit, trial, data, scratch / unit.study_name, tracker, runs.get(trial._trial_id))
+            print(f"[search] retrained {i}/{len(lost)}: k={unit.latent_dim} {unit.arm} trial {trial.number}",
+                  flush=True)
+            found[(unit.latent_dim, unit.arm)] = path
+    return found
+
+
+def find(trial, run_id: str | None, tracker, scratch: Path) -> Path | None:
+    """The trial's checkpoint: on this disk when its worker shared it, else from its MLflow run."""
+    path = Path(trial.user_attrs[keys.CHECKPOINT])
+    if path.is_file():
+        return path
+    if tracker is None or run_id is None:
+        return None
+    return tracker.download(run_id, f"checkpoint/{path.name}", scratch)
+
+
+def _splits(prepared: Path) -> dict:
+    from latentstudy import data
+
+    return {split: data.load_split(prepared, split)[0] for split in ("train", "val")}
+
+
+def retrain(plan: Plan, unit: Unit, trial, splits: dict, scratch: Path, tracker, run_id: str | None) -> Path:
+    """Train the trial again with its recorded parameters and seed, on the device type it used."""
+    import torch
+
+    from latentstudy import models, train
+    from latentstudy.search.worker import checkpoint_meta, trial_model
+
+    cfg = plan.config
+    recorded = str(trial.user_attrs.get(keys.DEVICE, "cpu"))
+    device = torch.device("cuda" if recorded.startswith("cuda") and torch.cuda.is_available() else "cpu")
+    beta, lr, seed = trial.params.get("beta", 0.0), trial.params["lr"], trial.user_attrs[keys.SEED]
+    model = trial_model(plan, unit, seed, device)
+    x_train, x_val = (torch.as_tensor(splits[s], device=device) for s in ("train", "val"))
+    result = train.train(model, x_train, x_val, cfg.train, beta=beta, lr=lr, objective=cfg.objective, seed=seed)
+    meta = checkpoint_meta(unit, trial.number, beta, lr, seed, result)
+    path = Path(trial.user_attrs[keys.CHECKPOINT])
+    try:
+        models.save_checkpoint(path, model, meta)
+    except OSError:  # the path was on the worker's machine
+        path = scratch / path.name
+        models.save_checkpoint(path, model, meta)
+    if tracker and run_id:
+        tracker.log_artifact(run_id, path, "checkpoint")
+    value = result.best[cfg.objective]
+    if not math.isclose(value, trial.value, rel_tol=1e-5, abs_tol=1e-6):
+        print(f"[search] note: retrained k={unit.latent_dim} {unit.arm} trial {trial.number} reaches val "
+              f"{cfg.objective} {value:.4f}, recorded {trial.value:.4f} ({recorded} then, {device} now: "
+              "GPU kernels and other thread counts are not bitwise reproducible)", flush=True)
+    return path
