@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 RUN    := PATH="$(CURDIR)/$(BIN):$$PATH"
 
 .DEFAULT_GOAL := help
-.PHONY: help setup study test test-fast bench ui browser-deps postgres-deps clean
+.PHONY: help setup study test test-fast bench ui dashboard browser-deps postgres-deps clean
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,8 +37,11 @@ test-fast: $(STAMP) ## Unit tests only (no dvc repro, browser or PostgreSQL)
 bench: $(STAMP) ## Benchmark the training engine and the search orchestration; writes reports/bench.json
 	$(RUN) $(BIN)/python benchmarks/engine_bench.py --out reports/bench.json
 
-ui: $(STAMP) ## Start the MLflow UI on the study's tracking store (http://127.0.0.1:5000)
-	$(BIN)/mlflow ui --backend-store-uri "$${MLFLOW_TRACKING_URI:-sqlite:///$(CURDIR)/mlflow.db}"
+ui: $(STAMP) ## MLflow UI on the study's runs (http://127.0.0.1:5000); prints each experiment's runs-table link
+	$(BIN)/latentstudy ui
+
+dashboard: $(STAMP) ## optuna-dashboard on the study's Optuna storage (http://127.0.0.1:8080/dashboard/)
+	$(BIN)/latentstudy dashboard
 
 browser-deps: ## Install Debian's chromium + chromium-driver for the browser tests (where apt and root exist)
 	@sh scripts/install-system-deps.sh chromium

@@ -1,4 +1,5 @@
-"""Command line: `latentstudy worker`, which joins a study's search from any machine.
+"""Command line: `latentstudy worker`, which joins a study's search from any machine, and the UIs
+on the study's stores: `latentstudy ui` (MLflow) and `latentstudy dashboard` (optuna-dashboard).
 
 A leaf: nothing in the package imports it.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from latentstudy.config import StudyError
@@ -62,12 +64,61 @@ def worker(args: argparse.Namespace) -> None:
         raise StudyError(f"worker processes exited with {codes}")
 
 
+def ui(args: argparse.Namespace) -> None:
+    """Print the runs-table link of every latentstudy experiment, then serve the MLflow UI."""
+    from latentstudy import config, tracking
+
+    uri = tracking.tracking_uri(config.project_root(Path.cwd()))
+    tracking.require_reachable(uri)
+    remote = uri.startswith(("http://", "https://"))  # that server is the UI already
+    address = uri if remote else f"http://{args.host}:{args.port}"
+    links = tracking.ui_links(uri, address)
+    for name, link in links:
+        print(f"{name}: {link}", flush=True)
+    if not links:
+        print(f"no latentstudy experiment in {uri} yet: run the study first (make study)", flush=True)
+    if not remote:
+        # One worker and no GenAI job runner: a local UI for one person starts in seconds, not tens.
+        os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+        _exec("mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
+              "--workers", "1")
+
+
+def dashboard(args: argparse.Namespace) -> None:
+    """optuna-dashboard on the study's Optuna storage (the journal file, or the storage URL)."""
+    from latentstudy import config
+    from latentstudy.search import store
+
+    root = config.project_root(Path.cwd())
+    url = store.storage_url(config.load_section(args.params, "search"), root / ".latentstudy")
+    journal = store.journal_path(url)
+    if journal and not journal.is_file():
+        raise StudyError(f"{journal}: no Optuna journal yet; run the study first (make study)")
+    print(f"optuna-dashboard on {journal or store._redact(url)}: http://{args.host}:{args.port}/dashboard/",
+          flush=True)
+    _exec("optuna-dashboard", str(journal or url), "--host", args.host, "--port", str(args.port), "--quiet")
+
+
+def _exec(program: str, *args: str) -> None:
+    """Become the program installed beside this interpreter (the venv's), PATH or not."""
+    path = Path(sys.executable).parent / program
+    os.execv(path, [str(path), *args])
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="latentstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     w = sub.add_parser("worker", help="run trials of an existing study until its budget is met")
     _worker_args(w)
     w.set_defaults(func=worker)
+    u = sub.add_parser("ui", help="the MLflow UI on the study's tracking store; prints each experiment's runs link")
+    d = sub.add_parser("dashboard", help="optuna-dashboard on the study's Optuna storage")
+    d.add_argument("--params", type=Path, default=Path("params.yaml"), help="for search.storage")
+    for p, port in ((u, 5000), (d, 8080)):
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=port)
+    u.set_defaults(func=ui)
+    d.set_defaults(func=dashboard)
     args = parser.parse_args(argv)
     run_stage(lambda: args.func(args))
 

@@ -83,6 +83,13 @@ def runs_table_url(experiment_id: str, address: str = UI_ADDRESS) -> str:
     return f"{address.rstrip('/')}/#/experiments/{experiment_id}?workflowType=machine_learning"
 
 
+def ui_links(uri: str, address: str = UI_ADDRESS) -> list[tuple[str, str]]:
+    """(experiment, runs-table URL) for every latentstudy experiment in the store; experiments made
+    before the kind tag existed get it on the way, so they open on their runs too."""
+    tracker = Tracker(uri)
+    return [(e.name, runs_table_url(tracker.experiment(e.name), address)) for e in tracker.experiments()]
+
+
 def _missing(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
