@@ -1,5 +1,6 @@
 """DVC stage evaluate: test-split metrics of the best VAE and autoencoder per latent size, and PCA."""
 
+import _venv  # noqa: F401  (first: one line, not a traceback, outside the project's environment)
 import argparse
 from pathlib import Path
 

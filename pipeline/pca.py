@@ -1,5 +1,6 @@
 """DVC stage pca: exact PCA of the training split, evaluated on the test split at every latent size."""
 
+import _venv  # noqa: F401  (first: one line, not a traceback, outside the project's environment)
 import argparse
 from pathlib import Path
 

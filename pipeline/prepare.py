@@ -1,5 +1,6 @@
 """DVC stage prepare: read the dataset named in params.yaml (data), scale it to [0, 1], split it."""
 
+import _venv  # noqa: F401  (first: one line, not a traceback, outside the project's environment)
 import argparse
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """DVC stage report: the table, the recommendation, figures, reports/index.html and the MLflow report run."""
 
+import _venv  # noqa: F401  (first: one line, not a traceback, outside the project's environment)
 import argparse
 from pathlib import Path
 

@@ -1,5 +1,6 @@
 """DVC stage search: Optuna over beta and learning rate at every latent size, VAE and autoencoder."""
 
+import _venv  # noqa: F401  (first: one line, not a traceback, outside the project's environment)
 import argparse
 from pathlib import Path
 

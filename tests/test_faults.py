@@ -308,3 +308,37 @@ def test_killed_then_params_changed_the_old_study_is_reaped(project):
     assert old_parent.info.status == "KILLED"
     assert not [r for r in tracker.runs(exp, old_plan.prefix, "trial") if r.info.status == "RUNNING"]
     assert not tracker.running_study_runs(exp)
+
+
+# --- a stage run outside the project's environment ---------------------------------------------------
+
+
+@pytest.mark.parametrize("script", ["prepare", "pca", "search", "evaluate", "report"])
+def test_a_stage_outside_the_environment_says_how_to_run_it(tmp_path, script):
+    # -S: an interpreter without the project's site-packages, as a bare `python` on PATH is.
+    res = subprocess.run([sys.executable, "-S", str(ROOT / "pipeline" / f"{script}.py")], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    line = assert_one_error_line(res)
+    assert "cannot import latentstudy" in line and ". .venv/bin/activate" in line and "make study" in line
+
+
+@pytest.mark.e2e
+def test_dvc_repro_without_activating_the_environment(tmp_path):
+    for item in ("dvc.yaml", "pipeline", "src/latentstudy", ".dvcignore"):
+        if (ROOT / item).is_dir():
+            shutil.copytree(ROOT / item, tmp_path / item, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(ROOT / item, tmp_path / item)
+    write_params(tmp_path / "params.yaml", data=TINY_DATA)
+    bare = tmp_path / "bare-bin"  # the `python` an unactivated shell finds: not the project's
+    bare.mkdir()
+    (bare / "python").write_text(f'#!/bin/sh\nexec {sys.executable} -S "$@"\n')
+    (bare / "python").chmod(0o755)
+    env = {**os.environ, "PATH": f"{bare}{os.pathsep}/usr/bin:/bin"}
+    dvc = str(Path(sys.executable).parent / "dvc")
+    for cmd in (["git", "init", "-q"], [dvc, "init", "-q"]):
+        subprocess.run(cmd, cwd=tmp_path, env=env, check=True, capture_output=True)
+    res = subprocess.run([dvc, "repro", "prepare"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert res.returncode != 0
+    out = res.stdout + res.stderr
+    assert len(lines_with(out, "cannot import latentstudy")) == 1 and "Traceback" not in out
