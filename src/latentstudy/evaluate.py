@@ -1,7 +1,9 @@
 """Test-split evaluation of the best VAE and autoencoder of every latent size, and PCA at k.
 
 All per-example quantities are in nats averaged over test examples; squared errors use
-z = mu(x). See STUDY.md for the definitions.
+z = mu(x). Definitions: distortion and rate reported apart (Alemi et al. 2018, "Fixing a Broken
+ELBO"), the importance-weighted bound (Burda, Grosse and Salakhutdinov 2016, "Importance Weighted
+Autoencoders"), active units (the same paper); the README's table "What the study reports".
 """
 
 from __future__ import annotations
