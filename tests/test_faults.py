@@ -214,6 +214,16 @@ def test_the_journal_never_appends_onto_a_torn_line(tmp_path):
     assert [json.loads(line)["study_name"] for line in path.read_text().splitlines()] == ["a", "b"]
 
 
+def test_a_record_appended_onto_a_torn_line_is_cut_as_one_unreadable_last_line(tmp_path):
+    # What Optuna alone leaves after a crash: the next record written onto the torn one. No process
+    # could read that line, so cutting it changes no process's view of the study.
+    path = tmp_path / "optuna.journal"
+    path.write_text('{"op_code": 0, "study_name": "a"}\n{"op_code": 8, "tri{"op_code": 0, "study_name": "b"}\n')
+    journal.CheckedJournal(path)
+    assert path.read_text() == '{"op_code": 0, "study_name": "a"}\n'
+    assert '"tri{"op_code"' in (tmp_path / "optuna.journal.torn").read_text()
+
+
 def test_a_garbage_journal_line_names_the_line_and_the_way_out(project, cpu_threads):
     search_in_process(project, None)
     path = project / ".latentstudy" / "optuna.journal"
