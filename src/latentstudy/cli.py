@@ -67,6 +67,7 @@ def worker(args: argparse.Namespace) -> None:
 def ui(args: argparse.Namespace) -> None:
     """Print the runs-table link of every latentstudy experiment, then serve the MLflow UI."""
     from latentstudy import config, tracking
+    from latentstudy.search.store import _redact
 
     uri = tracking.tracking_uri(config.project_root(Path.cwd()))
     tracking.require_reachable(uri)
@@ -76,33 +77,34 @@ def ui(args: argparse.Namespace) -> None:
     for name, link in links:
         print(f"{name}: {link}", flush=True)
     if not links:
-        print(f"no latentstudy experiment in {uri} yet: run the study first (make study)", flush=True)
+        print(f"no latentstudy experiment in {_redact(uri)} yet: run the study first (make study)", flush=True)
     if not remote:
         # One worker and no GenAI job runner: a local UI for one person starts in seconds, not tens.
+        # The store URI goes through the environment: a database URL's password stays out of `ps`.
         os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
-        _exec("mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port),
-              "--workers", "1")
+        os.environ["MLFLOW_BACKEND_STORE_URI"] = uri
+        mlflow = Path(sys.executable).parent / "mlflow"  # the venv's, whether or not it is on PATH
+        os.execv(mlflow, [str(mlflow), "ui", "--host", args.host, "--port", str(args.port), "--workers", "1"])
 
 
 def dashboard(args: argparse.Namespace) -> None:
-    """optuna-dashboard on the study's Optuna storage (the journal file, or the storage URL)."""
+    """optuna-dashboard on the study's Optuna storage (the journal file, or the storage URL). Served
+    from this process with the storage opened here: a URL's password stays off every command line."""
+    import optuna_dashboard
+
     from latentstudy import config
     from latentstudy.search import store
 
     root = config.project_root(Path.cwd())
-    url = store.storage_url(config.load_section(args.params, "search"), root / ".latentstudy")
+    search = config.load_section(args.params, "search")
+    url = store.storage_url(search, root / ".latentstudy")
     journal = store.journal_path(url)
     if journal and not journal.is_file():
         raise StudyError(f"{journal}: no Optuna journal yet; run the study first (make study)")
+    storage = store.open_storage(url, search.heartbeat_seconds)
     print(f"optuna-dashboard on {journal or store._redact(url)}: http://{args.host}:{args.port}/dashboard/",
           flush=True)
-    _exec("optuna-dashboard", str(journal or url), "--host", args.host, "--port", str(args.port), "--quiet")
-
-
-def _exec(program: str, *args: str) -> None:
-    """Become the program installed beside this interpreter (the venv's), PATH or not."""
-    path = Path(sys.executable).parent / program
-    os.execv(path, [str(path), *args])
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
 
 
 def main(argv: list[str] | None = None) -> None:
