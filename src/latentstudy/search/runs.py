@@ -63,7 +63,8 @@ def _by_tags(tracker, experiment_id: str, prefix: str) -> dict[tuple[str, str], 
 
 def restore(plan: Plan, snap: list, tracker) -> dict[int, str]:
     """{trial id: its run} for every trial the tracking store has a run for, after recreating the
-    runs of finished trials it lost. Says so in one line when it recreated any."""
+    runs it lost of finished trials. Says so in one line when it recreated any. (A trial whose
+    worker died before it made a run has none, then as now.)"""
     found = _by_tags(tracker, plan.experiment_id, plan.prefix)
     runs, lost = {}, []
     for unit, trials in snap:
@@ -71,7 +72,7 @@ def restore(plan: Plan, snap: list, tracker) -> dict[int, str]:
             run = found.get((unit.study_name, str(t.number)))
             if run is not None:
                 runs[t._trial_id] = run.info.run_id
-            elif t.state.is_finished():
+            elif t.state.is_finished() and keys.MLFLOW_RUN_ID in t.user_attrs:  # a run the store lost
                 lost.append((unit, t))
     for unit, t in lost:
         runs[t._trial_id] = recreate(plan, unit, t, tracker)
