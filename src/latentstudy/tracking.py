@@ -56,6 +56,8 @@ def require_reachable(uri: str, timeout: float = REACH_SECONDS) -> None:
             return
     except urllib.error.HTTPError as exc:
         why = f"it answers HTTP {exc.code} {exc.reason}"
+        if exc.code == 404:
+            why += " (no MLflow REST API there: check the host, port and path)"
         if exc.code in (401, 403):
             why += (" (set MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or MLFLOW_TRACKING_TOKEN; an "
                     "`mlflow server` also refuses host names missing from its --allowed-hosts)")
