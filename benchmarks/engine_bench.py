@@ -27,10 +27,14 @@ BATCH = 128
 
 
 def digits_tensors(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    from latentstudy import data
+    import tempfile
 
-    splits, _ = data.prepare(DataConfig(intrinsic_max_points=10), Path("."))
-    return (torch.as_tensor(splits["train"]["x"], device=device), torch.as_tensor(splits["val"]["x"], device=device))
+    from latentstudy.data import load_split, prepare
+
+    with tempfile.TemporaryDirectory() as tmp:
+        prepare.run(DataConfig(intrinsic_max_points=10), Path("."), Path(tmp))
+        return (torch.as_tensor(load_split(tmp, "train")[0], device=device),
+                torch.as_tensor(load_split(tmp, "val")[0], device=device))
 
 
 def default_mlp(input_dim: int, device: torch.device, seed: int = 0) -> models.AutoEncoder:

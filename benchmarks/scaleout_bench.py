@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 from latentstudy import config, data
+from latentstudy.data import prepare as prepare_data
 from latentstudy.search import coordinator, plan as planning, store, worker
 from latentstudy.config import DataConfig, SearchConfig, StudyConfig
 
@@ -50,8 +51,7 @@ ONE_THREAD = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "LATENTSTUDY_T
 def prepare(root: Path) -> Path:
     cfg = config.build(DataConfig, {"name": "manifold", "intrinsic_max_points": 300,
                                     "manifold": {"intrinsic_dim": 2, "ambient_dim": 12, "n": 600}}, "bench")
-    splits, summary = data.prepare(cfg, root)
-    data.write_prepared(root / "prepared", splits, summary)
+    prepare_data.run(cfg, root, root / "prepared")
     return root / "prepared"
 
 

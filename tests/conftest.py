@@ -28,7 +28,7 @@ def mnist_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def mnist_test(mnist_dir) -> tuple[np.ndarray, np.ndarray]:
-    from latentstudy.data import read_idx
+    from latentstudy.data.idx import read_idx
 
     images = read_idx(mnist_dir / "t10k-images-idx3-ubyte.gz").reshape(10000, -1) / 255.0
     labels = read_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz")
@@ -67,6 +67,19 @@ TINY_SEARCH = {
 }
 
 TINY_DATA = {"name": "digits", "limit": 300, "intrinsic_max_points": 300}
+
+
+def prepare_data(folder: Path, **data) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
+    """Run prepare on the data section given as keywords into folder/prepared: (summary, splits read back)."""
+    from latentstudy.config import DataConfig, build
+    from latentstudy.data import SPLITS, load_split, prepare
+
+    summary = prepare.run(build(DataConfig, data, "params.yaml: data"), folder, folder / "prepared")
+    splits = {}
+    for s in SPLITS:
+        x, y = load_split(folder / "prepared", s)
+        splits[s] = {"x": x} if y is None else {"x": x, "y": y}
+    return summary, splits
 
 
 @pytest.fixture

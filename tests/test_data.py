@@ -1,17 +1,15 @@
+"""prepare: IDX files, scaling, the seeded split, degenerate data, and the files it writes."""
+
 import gzip
 import hashlib
 import json
 
 import numpy as np
 import pytest
+from conftest import prepare_data
 
-from latentstudy import data
-from latentstudy.config import DataConfig, Manifold, Split, StudyError, build
-
-
-def cfg(**kw) -> DataConfig:
-    return build(DataConfig, kw, "params.yaml: data")
-
+from latentstudy.config import Split, StudyError
+from latentstudy.data import SPLITS, idx, load_split, load_summary, prepare
 
 # --- IDX ----------------------------------------------------------------------------------------
 
@@ -19,9 +17,9 @@ def cfg(**kw) -> DataConfig:
 def test_idx_reader_on_real_mnist_test_files(mnist_dir):
     images_gz = mnist_dir / "t10k-images-idx3-ubyte.gz"
     labels_gz = mnist_dir / "t10k-labels-idx1-ubyte.gz"
-    assert hashlib.md5(images_gz.read_bytes()).hexdigest() == data.IDX_SOURCES["mnist"]["md5"][images_gz.name]
-    assert hashlib.md5(labels_gz.read_bytes()).hexdigest() == data.IDX_SOURCES["mnist"]["md5"][labels_gz.name]
-    images, labels = data.read_idx(images_gz), data.read_idx(labels_gz)
+    assert hashlib.md5(images_gz.read_bytes()).hexdigest() == idx.IDX_SOURCES["mnist"]["md5"][images_gz.name]
+    assert hashlib.md5(labels_gz.read_bytes()).hexdigest() == idx.IDX_SOURCES["mnist"]["md5"][labels_gz.name]
+    images, labels = idx.read_idx(images_gz), idx.read_idx(labels_gz)
     assert images.shape == (10000, 28, 28) and images.dtype == np.uint8
     assert labels.shape == (10000,) and labels[:5].tolist() == [7, 2, 1, 0, 4]
     assert np.bincount(labels).tolist() == [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
@@ -31,7 +29,7 @@ def test_idx_reader_on_real_mnist_test_files(mnist_dir):
 def test_idx_reader_reads_uncompressed_files(mnist_dir, tmp_path):
     raw = tmp_path / "t10k-labels-idx1-ubyte"
     raw.write_bytes(gzip.decompress((mnist_dir / "t10k-labels-idx1-ubyte.gz").read_bytes()))
-    assert data.read_idx(raw)[:3].tolist() == [7, 2, 1]
+    assert idx.read_idx(raw)[:3].tolist() == [7, 2, 1]
 
 
 @pytest.mark.parametrize("blob, fragment", [
@@ -44,24 +42,25 @@ def test_idx_reader_rejects_corrupt_files(tmp_path, blob, fragment):
     path = tmp_path / "bad-idx"
     path.write_bytes(blob)
     with pytest.raises(StudyError, match=fragment) as err:
-        data.read_idx(path)
+        idx.read_idx(path)
     assert str(path) in str(err.value)
 
 
 def test_mnist_dataset_from_a_folder_uses_the_test_files(mnist_dir, tmp_path):
-    splits, summary = data.prepare(cfg(name="mnist", path=str(mnist_dir), subset="test", limit=600,
-                                       intrinsic_max_points=200), tmp_path)
+    summary, splits = prepare_data(tmp_path, name="mnist", path=str(mnist_dir), subset="test", limit=600,
+                                   intrinsic_max_points=200)
     assert summary["image_shape"] == [28, 28] and summary["input_dim"] == 784
     assert summary["scaling"] == {"method": "divide", "divisor": 255.0}
     assert sum(summary["counts"].values()) == summary["n_examples"] == 600
-    assert all(0.0 <= splits[s]["x"].min() and splits[s]["x"].max() <= 1.0 for s in data.SPLITS)
+    assert summary["class_names"] == [str(d) for d in range(10)]
+    assert all(0.0 <= splits[s]["x"].min() and splits[s]["x"].max() <= 1.0 for s in SPLITS)
 
 
 def test_missing_idx_files_offline_say_which_files_go_where(tmp_path, monkeypatch):
     # Nothing listens on port 9 here: the download fails at once, as it would offline.
-    monkeypatch.setitem(data.IDX_SOURCES["fashion-mnist"], "urls", ["http://127.0.0.1:9/"])
+    monkeypatch.setitem(idx.IDX_SOURCES["fashion-mnist"], "urls", ["http://127.0.0.1:9/"])
     with pytest.raises(StudyError) as err:
-        data.prepare(cfg(name="fashion-mnist", path=str(tmp_path / "fm"), subset="test"), tmp_path)
+        prepare_data(tmp_path, name="fashion-mnist", path=str(tmp_path / "fm"), subset="test")
     message = str(err.value)
     assert "t10k-images-idx3-ubyte.gz" in message and str(tmp_path / "fm") in message
 
@@ -70,163 +69,136 @@ def test_missing_idx_files_offline_say_which_files_go_where(tmp_path, monkeypatc
 
 
 def test_digits_prepare_is_deterministic_and_stratified(tmp_path):
-    a, summary = data.prepare(cfg(), tmp_path)
-    b, _ = data.prepare(cfg(), tmp_path)
-    for s in data.SPLITS:
+    summary, a = prepare_data(tmp_path / "a")
+    _, b = prepare_data(tmp_path / "b")
+    for s in SPLITS:
         np.testing.assert_array_equal(a[s]["x"], b[s]["x"])
-    assert summary["n_examples"] == 1797 and summary["input_dim"] == 64
+        assert a[s]["x"].dtype == np.float32 and a[s]["y"].dtype == np.int64
+    assert summary["n_examples"] == 1797 and summary["input_dim"] == 64 and summary["image_shape"] == [8, 8]
     assert summary["scaling"] == {"method": "divide", "divisor": 16.0}
     assert summary["counts"] == {"train": 1258, "val": 269, "test": 270}
     shares = np.array(summary["class_counts"]["test"]) / np.array(summary["class_counts"]["train"])
     assert shares.min() > 0.17 and shares.max() < 0.26  # each class keeps about 15/70 of its train count
     assert 7.5 < summary["intrinsic_dim"]["twonn"] < 10.5
-    c, _ = data.prepare(cfg(seed=1), tmp_path)
+    _, c = prepare_data(tmp_path / "c", seed=1)
     assert not np.array_equal(a["test"]["x"], c["test"]["x"])
-
-
-def test_split_leaving_a_part_empty_is_an_error():
-    with pytest.raises(StudyError, match="leaves the val split empty for 3 examples"):
-        data.split_indices(3, None, Split(0.8, 0.15, 0.05), 0)
 
 
 def test_limit_keeps_exactly_that_many_with_class_shares():
     y = np.repeat([0, 1, 2], [500, 300, 200])
-    keep = data.subsample(len(y), y, 100, 0)
+    keep = prepare.subsample(len(y), y, 100, 0)
     assert len(keep) == 100 and len(set(keep.tolist())) == 100
     assert np.bincount(y[keep]).tolist() == [50, 30, 20]
 
 
 def test_split_without_labels_covers_every_index_once():
-    idx = data.split_indices(101, None, Split(), 0)
-    joined = np.concatenate([idx[s] for s in data.SPLITS])
+    parts = prepare.split_indices(101, None, Split(), 0)
+    joined = np.concatenate([parts[s] for s in SPLITS])
     assert sorted(joined.tolist()) == list(range(101))
 
 
-@pytest.mark.parametrize("x, mode, expected", [
-    (np.array([[0.0, 0.5], [1.0, 0.25]]), "auto", "none"),
-    (np.array([[0.0, 128.0], [255.0, 3.0]]), "auto", "divide"),
-    (np.array([[-3.0, 1.0], [5.0, 2.0]]), "auto", "minmax"),
-    (np.array([[0.0, 128.0], [255.0, 3.0]]), "minmax", "minmax"),
+@pytest.mark.parametrize("lo, hi, integral, mode, expected", [
+    (0.0, 1.0, False, "auto", "none"),
+    (0.0, 255.0, True, "auto", "divide"),
+    (-3.0, 5.0, False, "auto", "minmax"),
+    (0.0, 255.0, False, "auto", "minmax"),  # not whole numbers: not pixel values
+    (0.0, 255.0, True, "minmax", "minmax"),
 ])
-def test_scaling_maps_into_unit_interval(x, mode, expected):
-    scaled, info = data.scale(x, mode, None)
-    assert info["method"] == expected
-    assert scaled.min() >= 0 and scaled.max() <= 1
+def test_scaling_maps_into_unit_interval(lo, hi, integral, mode, expected):
+    scaling = prepare.choose_scaling(lo, hi, integral, mode, None)
+    assert scaling["method"] == expected
+    scaled = prepare.apply_scaling(np.array([[lo, hi], [hi, lo]]), scaling)
+    assert scaled.dtype == np.float32 and scaled.min() >= 0 and scaled.max() <= 1
 
 
 def test_scaling_none_refuses_values_outside_unit_interval():
     with pytest.raises(StudyError, match="data.scaling = none but values span"):
-        data.scale(np.array([[0.0, 2.0]]), "none", None)
+        prepare.choose_scaling(0.0, 2.0, True, "none", None)
 
 
-# --- the user's own files -----------------------------------------------------------------------
+# --- degenerate data: one line, and nothing written ---------------------------------------------
 
 
-def test_npz_with_labels_and_image_shape(tmp_path):
+def write_npy(tmp_path, x, name="x.npy"):
+    np.save(tmp_path / name, x)
+    return {"name": "file", "path": str(tmp_path / name)}
+
+
+@pytest.mark.parametrize("x, fragment", [
+    (np.zeros((200, 10)), "zero variance (every value is 0 across all 200 examples)"),
+    (np.tile(np.arange(10.0), (200, 1)), "zero variance (every feature is constant"),
+])
+def test_data_without_variance_is_refused(tmp_path, x, fragment):
+    with pytest.raises(StudyError, match=r"zero variance") as err:
+        prepare_data(tmp_path, **write_npy(tmp_path, x))
+    assert fragment in str(err.value) and "\n" not in str(err.value)
+    assert not list((tmp_path / "prepared").glob("*.npz"))
+
+
+def test_a_split_below_the_minimum_is_named(tmp_path):
     rng = np.random.default_rng(0)
-    path = tmp_path / "mine.npz"
-    np.savez(path, images=rng.integers(0, 256, size=(60, 4, 4)), y=np.repeat(["a", "b", "c"], 20))
-    splits, summary = data.prepare(cfg(name="file", path=str(path), array_key="images", labels_key="y",
-                                       image_shape=[4, 4]), tmp_path)
-    assert summary["input_dim"] == 16 and summary["has_labels"]
-    assert summary["scaling"]["method"] == "divide"
-    assert set(np.concatenate([splits[s]["y"] for s in data.SPLITS]).tolist()) == {0, 1, 2}
-
-
-def test_csv_with_label_column(tmp_path):
-    path = tmp_path / "table.csv"
-    rng = np.random.default_rng(1)
-    lines = ["f1,f2,f3,label"] + [f"{a:.3f},{b:.3f},{c:.3f},{i % 2}" for i, (a, b, c) in
-                                  enumerate(rng.normal(size=(40, 3)))]
-    path.write_text("\n".join(lines) + "\n")
-    splits, summary = data.prepare(cfg(name="file", path=str(path), labels_key="label"), tmp_path)
-    assert summary["input_dim"] == 3 and summary["scaling"]["method"] == "minmax"
-    assert summary["class_counts"]["train"] == [14, 14]
-
-
-def test_npy_without_labels(tmp_path):
-    path = tmp_path / "x.npy"
-    np.save(path, np.random.default_rng(2).uniform(size=(50, 7)))
-    _, summary = data.prepare(cfg(name="file", path=str(path)), tmp_path)
-    assert summary["has_labels"] is False and summary["scaling"]["method"] == "none"
-
-
-def bad_file(tmp_path, kind):
-    rng = np.random.default_rng(3)
-    x = rng.uniform(size=(30, 6))
-    if kind == "missing":
-        return {"path": str(tmp_path / "absent.npz")}, "file not found"
-    if kind == "corrupt":
-        (tmp_path / "c.npz").write_bytes(b"PK\x03\x04 this is not a zip archive")
-        return {"path": str(tmp_path / "c.npz")}, "cannot read"
-    if kind == "wrong key":
-        np.savez(tmp_path / "k.npz", x=x)
-        return {"path": str(tmp_path / "k.npz"), "array_key": "images"}, "data.array_key = 'images' is not in"
-    if kind == "nan":
-        x[4, 2] = np.nan
-        np.save(tmp_path / "n.npy", x)
-        return {"path": str(tmp_path / "n.npy")}, "row 4, column 2; allowed: finite numbers"
-    if kind == "inf":
-        x[1, 1] = np.inf
-        np.save(tmp_path / "i.npy", x)
-        return {"path": str(tmp_path / "i.npy")}, "finite numbers"
-    if kind == "non-numeric":
-        (tmp_path / "s.csv").write_text("a,b\n1,x\n2,y\n3,z\n")
-        return {"path": str(tmp_path / "s.csv")}, "column 'b' is not numeric"
-    if kind == "label mismatch":
-        np.savez(tmp_path / "l.npz", x=x, y=np.arange(29))
-        return {"path": str(tmp_path / "l.npz"), "array_key": "x", "labels_key": "y"}, "30 examples but labels"
-    if kind == "image shape":
-        np.save(tmp_path / "is.npy", x)
-        return {"path": str(tmp_path / "is.npy"), "image_shape": [2, 2]}, "multiplies to 4"
-    if kind == "empty":
-        np.save(tmp_path / "e.npy", np.zeros((0, 6)))
-        return {"path": str(tmp_path / "e.npy")}, "data is empty"
-    if kind == "1-d":
-        np.save(tmp_path / "v.npy", np.zeros(6))
-        return {"path": str(tmp_path / "v.npy")}, "allowed: (n, features)"
-    if kind == "suffix":
-        (tmp_path / "d.parquet").write_bytes(b"x")
-        return {"path": str(tmp_path / "d.parquet")}, "unsupported suffix"
-    raise AssertionError(kind)
-
-
-@pytest.mark.parametrize("kind", ["missing", "corrupt", "wrong key", "nan", "inf", "non-numeric",
-                                  "label mismatch", "image shape", "empty", "1-d", "suffix"])
-def test_bad_files_give_one_clear_line(tmp_path, kind):
-    params, fragment = bad_file(tmp_path, kind)
     with pytest.raises(StudyError) as err:
-        data.prepare(cfg(name="file", **params), tmp_path)
-    assert fragment in str(err.value)
-    assert "\n" not in str(err.value)
+        prepare_data(tmp_path, **write_npy(tmp_path, rng.uniform(size=(5, 4))),
+                     split={"train": 0.6, "val": 0.2, "test": 0.2})
+    assert "leaves the train split 3 of 5 examples; allowed: at least 10 per split" in str(err.value)
+    with pytest.raises(StudyError, match="leaves the test split 4 of 90 examples.*about 200 examples"):
+        prepare.split_indices(90, None, Split(0.8, 0.15, 0.05), 0)
 
 
-# --- manifold -----------------------------------------------------------------------------------
+def test_limit_below_three_splits_is_refused_in_params(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("data:\n  limit: 20\n")
+    from latentstudy import config
+
+    with pytest.raises(StudyError, match="data.limit = 20 is out of range; allowed: >= 30"):
+        config.load_section(path, "data")
 
 
-def test_manifold_has_the_requested_intrinsic_dimension():
-    raw = data.make_manifold(Manifold(intrinsic_dim=2, ambient_dim=12, n=2000, noise=0.0, seed=0))
-    assert raw.x.shape == (2000, 12) and raw.x.min() >= 0 and raw.x.max() <= 1
-    from latentstudy import intrinsic
-
-    est = intrinsic.estimates(raw.x, 2000, 0)
-    assert abs(est["twonn"] - 2) < 0.4 and abs(est["mle"] - 2) < 0.4
+# --- the files prepare writes -------------------------------------------------------------------
 
 
-def test_write_prepared_round_trip(tmp_path):
-    splits, summary = data.prepare(cfg(limit=200, intrinsic_max_points=100), tmp_path)
+def test_written_files_round_trip_with_their_fingerprint(tmp_path):
+    summary, splits = prepare_data(tmp_path, limit=200, intrinsic_max_points=100)
     out = tmp_path / "prepared"
-    data.write_prepared(out, splits, summary)
-    x, y = data.load_split(out, "val")
-    np.testing.assert_array_equal(x, splits["val"]["x"])
-    assert json.loads((out / "summary.json").read_text()) == data.load_summary(out)
-    assert data.fingerprint(splits) == summary["fingerprint"]
+    assert json.loads((out / "summary.json").read_text()) == load_summary(out) == summary
+    x, y = load_split(out, "val")
+    assert x.shape == (summary["counts"]["val"], 64) and len(y) == len(x)
+    with np.load(out / "train.npz") as archive:
+        assert sorted(archive.files) == ["x", "y"]
+    digests = {s: {k: hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest() for k, v in splits[s].items()}
+               for s in SPLITS}
+    assert prepare.fingerprint(digests) == summary["fingerprint"]
+    _, other = prepare_data(tmp_path / "other", limit=200, intrinsic_max_points=100, seed=3)
+    assert load_summary(tmp_path / "other" / "prepared")["fingerprint"] != summary["fingerprint"]
 
 
 def test_prepared_files_are_byte_identical_across_runs(tmp_path):
     # DVC hashes files: a rerun with the same params must not look like new data downstream.
     for name in ("a", "b"):
-        splits, summary = data.prepare(cfg(limit=100, intrinsic_max_points=50), tmp_path)
-        data.write_prepared(tmp_path / name, splits, summary)
+        prepare_data(tmp_path / name, limit=100, intrinsic_max_points=50)
     for f in ("train.npz", "val.npz", "test.npz", "summary.json"):
-        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+        assert (tmp_path / "a" / "prepared" / f).read_bytes() == (tmp_path / "b" / "prepared" / f).read_bytes()
+
+
+def test_rows_stream_in_blocks_and_keep_their_order(tmp_path, monkeypatch):
+    """Blocks of a few rows give the same files as one block: streaming changes nothing."""
+    rng = np.random.default_rng(4)
+    params = write_npy(tmp_path, rng.integers(0, 256, size=(150, 6, 5)).astype(np.uint8))
+    whole, a = prepare_data(tmp_path / "whole", **params, limit=120)
+    monkeypatch.setattr(prepare, "BLOCK_BYTES", 8 * 30 * 7)  # 7 rows of 30 features per block
+    blocks, b = prepare_data(tmp_path / "blocks", **params, limit=120)
+    assert whole == blocks
+    for s in SPLITS:
+        np.testing.assert_array_equal(a[s]["x"], b[s]["x"])
+    source = np.load(tmp_path / "x.npy").reshape(150, -1) / 255
+    rows = prepare.subsample(150, None, 120, 0)[prepare.split_indices(120, None, Split(), 0)["val"]]
+    np.testing.assert_allclose(a["val"]["x"], source[rows], atol=1e-7)
+
+
+def test_an_intrinsic_dimension_that_is_not_finite_is_left_out(tmp_path, monkeypatch, capsys):
+    from latentstudy import intrinsic
+
+    monkeypatch.setattr(intrinsic, "estimates", lambda *a: {"twonn": float("inf"), "mle": -2.0, "n_points": 5})
+    summary, _ = prepare_data(tmp_path, limit=100)
+    assert summary["intrinsic_dim"]["twonn"] is None and summary["intrinsic_dim"]["mle"] is None
+    assert "the twonn estimate inf is not finite and positive; not reported" in capsys.readouterr().out

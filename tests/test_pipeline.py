@@ -145,7 +145,8 @@ def test_bad_params_fail_the_stage_with_one_line_and_no_outputs(repo):
     failed = sh(repo, "dvc", "repro", "prepare", check=False)
     assert failed.returncode != 0
     errors = [line for line in (failed.stdout + failed.stderr).splitlines() if line.startswith("error: ")]
-    assert errors == ["error: data.path: missing/own.npz: file not found; allowed: an existing .npz, .npy or .csv file"]
+    assert errors == ["error: data.path: missing/own.npz: file not found; allowed: an existing .npz, .npy, .csv, "
+                      ".parquet or .feather file"]
     assert "Traceback" not in failed.stdout + failed.stderr
     assert not list((repo / "data" / "prepared").glob("*.npz"))
 
@@ -166,12 +167,12 @@ def test_stage_script_errors_are_one_line_exit_2(tmp_path, params, fragment):
 
 
 def test_prepare_failure_halfway_leaves_nothing(tmp_path, monkeypatch):
-    from latentstudy import data
+    from latentstudy.data import prepare
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(data.npz, "save", broken)
+    monkeypatch.setattr(prepare, "fingerprint", broken)  # after the split files are written
     params = write_params(tmp_path / "params.yaml", data=TINY_DATA)
     with pytest.raises(OSError):
         stages.prepare(params, tmp_path / "prepared", tmp_path)

@@ -27,6 +27,8 @@ def _bounds(**kw: float) -> dict:
 
 # --- data -------------------------------------------------------------------------------------
 
+MIN_PER_SPLIT = 10  # examples every split needs: with fewer, a test figure or an early stop rests on noise
+
 
 @dataclass(frozen=True)
 class Split:
@@ -46,7 +48,7 @@ class Split:
 class Manifold:
     intrinsic_dim: int = field(default=3, metadata=_bounds(ge=1))
     ambient_dim: int = field(default=24, metadata=_bounds(ge=2))
-    n: int = field(default=3000, metadata=_bounds(ge=10))
+    n: int = field(default=3000, metadata=_bounds(ge=3 * MIN_PER_SPLIT))
     noise: float = field(default=0.0, metadata=_bounds(ge=0))
     seed: int = 0
 
@@ -58,7 +60,30 @@ class Manifold:
             )
 
 
-DatasetName = Literal["digits", "mnist", "fashion-mnist", "file", "manifold"]
+@dataclass(frozen=True)
+class Shapes:
+    """One shape per image, drawn with the listed factors free: the images' intrinsic dimension."""
+
+    factors: list[Literal["x", "y", "scale", "rotation", "aspect", "brightness"]] = field(
+        default_factory=lambda: ["x", "y", "scale", "rotation"])
+    size: int = field(default=32, metadata=_bounds(ge=8, le=256))
+    n: int = field(default=3000, metadata=_bounds(ge=3 * MIN_PER_SPLIT))
+    seed: int = 0
+
+    def check(self, where: str) -> None:
+        if not self.factors or len(set(self.factors)) != len(self.factors):
+            raise StudyError(f"{where}.factors = {self.factors}; allowed: a non-empty list without repeats "
+                             "of x, y, scale, rotation, aspect, brightness")
+
+
+@dataclass(frozen=True)
+class Patches:
+    n: int = field(default=3000, metadata=_bounds(ge=3 * MIN_PER_SPLIT))
+    size: int = field(default=32, metadata=_bounds(ge=4, le=256))
+    seed: int = 0
+
+
+DatasetName = Literal["digits", "mnist", "fashion-mnist", "file", "images", "manifold", "shapes", "patches"]
 
 
 @dataclass(frozen=True)
@@ -69,22 +94,30 @@ class DataConfig:
     array_key: str | None = None
     labels_key: str | None = None
     image_shape: list[int] | None = None
+    image_size: list[int] | None = None
+    color: Literal["auto", "gray", "rgb"] = "auto"
+    skip_bad_files: bool = False
     scaling: Literal["auto", "none", "minmax"] = "auto"
-    limit: int | None = field(default=None, metadata=_bounds(ge=3))
+    limit: int | None = field(default=None, metadata=_bounds(ge=3 * MIN_PER_SPLIT))
     seed: int = 0
     split: Split = field(default_factory=Split)
     manifold: Manifold = field(default_factory=Manifold)
+    shapes: Shapes = field(default_factory=Shapes)
+    patches: Patches = field(default_factory=Patches)
     intrinsic_max_points: int = field(default=5000, metadata=_bounds(ge=10))
 
     def check(self, where: str) -> None:
-        if self.name == "file" and not self.path:
-            raise StudyError(f"{where}.path is empty; data.name 'file' needs a .npz, .npy or .csv path")
+        if self.name in ("file", "images") and not self.path:
+            what = "a .npz, .npy, .csv, .parquet or .feather file" if self.name == "file" else "a folder of images"
+            raise StudyError(f"{where}.path is empty; data.name '{self.name}' needs {what}")
         if self.image_shape is not None:
             if len(self.image_shape) not in (2, 3) or min(self.image_shape) < 1:
                 raise StudyError(
                     f"{where}.image_shape = {self.image_shape}; allowed: [height, width] or "
                     "[channels, height, width] with positive sizes"
                 )
+        if self.image_size is not None and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise StudyError(f"{where}.image_size = {self.image_size}; allowed: [height, width] with positive sizes")
 
 
 # --- study grid -------------------------------------------------------------------------------
@@ -101,6 +134,16 @@ class StudyConfig:
             raise StudyError(f"{where}.latent_dims = {dims}; allowed: a non-empty list of integers >= 1")
         if len(set(dims)) != len(dims) or sorted(dims) != dims:
             raise StudyError(f"{where}.latent_dims = {dims}; allowed: strictly increasing, no repeats")
+
+    def check_input_dim(self, input_dim: int) -> None:
+        """Latent sizes beyond twice the input dimension only add parameters (and disk): refuse them."""
+        limit = max(2 * input_dim, 2)
+        too_big = [k for k in self.latent_dims if k > limit]
+        if too_big:
+            raise StudyError(
+                f"study.latent_dims has {too_big[0]}, above {limit} = twice the data's input dimension "
+                f"D = {input_dim}; allowed: latent sizes up to {limit} (k > D already lets a model copy its input)"
+            )
 
 
 # --- pca --------------------------------------------------------------------------------------
@@ -134,7 +177,7 @@ class LogRange:
 @dataclass(frozen=True)
 class ModelConfig:
     arch: Literal["auto", "mlp", "conv"] = "auto"
-    likelihood: Literal["bernoulli", "gaussian"] = "bernoulli"
+    likelihood: Literal["auto", "bernoulli", "gaussian"] = "auto"
     hidden: list[int] = field(default_factory=lambda: [256, 128])
     channels: list[int] = field(default_factory=lambda: [32, 64])
 

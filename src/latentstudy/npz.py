@@ -1,13 +1,16 @@
-"""Byte-for-byte reproducible .npz files.
+"""Byte-for-byte reproducible .npz files, written whole or a chunk of rows at a time.
 
 numpy.savez stamps every member with the current time, so identical arrays written twice hash
 differently and DVC reruns every stage downstream. Fixed timestamps keep unchanged outputs
-unchanged.
+unchanged. Streaming a member lets prepare write a dataset larger than it could hold twice.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import zipfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -15,11 +18,63 @@ import numpy as np
 EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
+class Writer:
+    """An .npz file written member by member to a temporary name, renamed into place on close.
+
+    digests maps each member to the sha256 of its array bytes (C order), for fingerprints.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.tmp = self.path.with_suffix(".tmp")
+        self.zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED)
+        self.digests: dict[str, str] = {}
+
+    def add(self, name: str, array: np.ndarray) -> None:
+        array = np.ascontiguousarray(array)
+        with self.stream(name, array.shape, array.dtype) as write:
+            write(array)
+
+    @contextlib.contextmanager
+    def stream(self, name: str, shape: tuple[int, ...], dtype: np.dtype) -> Iterator[Callable[[np.ndarray], None]]:
+        """Yields write(rows): call it with consecutive blocks of rows until shape[0] rows are in."""
+        dtype = np.dtype(dtype)
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
+        digest, written = hashlib.sha256(), 0
+        with self.zip.open(zipfile.ZipInfo(f"{name}.npy", date_time=EPOCH), "w", force_zip64=True) as member:
+            np.lib.format.write_array_header_1_0(member, header)
+
+            def write(rows: np.ndarray) -> None:
+                nonlocal written
+                block = np.ascontiguousarray(rows, dtype=dtype)
+                if block.shape[1:] != tuple(shape[1:]):
+                    raise ValueError(f"{name}: rows of shape {block.shape[1:]}, expected {tuple(shape[1:])}")
+                data = block.reshape(-1).view(np.uint8)
+                member.write(data)
+                digest.update(data)
+                written += block.size
+
+            yield write
+        if written != int(np.prod(shape, dtype=np.int64)):
+            raise ValueError(f"{name}: {written} values written, expected shape {tuple(shape)}")
+        self.digests[name] = digest.hexdigest()
+
+    def close(self) -> None:
+        self.zip.close()
+        self.tmp.replace(self.path)
+
+    def __enter__(self) -> "Writer":
+        return self
+
+    def __exit__(self, kind, *_) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.zip.close()
+            self.tmp.unlink(missing_ok=True)
+
+
 def save(path: Path, **arrays: np.ndarray) -> None:
-    tmp = Path(path).with_suffix(".tmp")
-    with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+    with Writer(path) as out:
         for name in sorted(arrays):
-            info = zipfile.ZipInfo(f"{name}.npy", date_time=EPOCH)
-            with zf.open(info, "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, np.asarray(arrays[name]), allow_pickle=False)
-    tmp.replace(path)
+            out.add(name, np.asarray(arrays[name]))

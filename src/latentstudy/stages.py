@@ -48,12 +48,11 @@ def write_json(path: Path, obj: object) -> None:
 
 
 def prepare(params: Path, out_dir: Path, root: Path) -> dict:
-    from latentstudy import data
+    from latentstudy.data import prepare as prep
 
     cfg = config.load_section(params, "data")
     with outputs(out_dir):
-        splits, summary = data.prepare(cfg, root)
-        data.write_prepared(out_dir, splits, summary)
+        summary = prep.run(cfg, root, out_dir)
     counts = summary["counts"]
     print(f"[prepare] {summary['source']}: {summary['n_examples']} examples x {summary['input_dim']} features "
           f"-> train {counts['train']} / val {counts['val']} / test {counts['test']}; "

@@ -1,0 +1,33 @@
+"""The prepared data every stage reads: <prepared>/{train,val,test}.npz and summary.json.
+
+x is float32 (n, D) in [0, 1]; an image's row is its pixels in channel-first order (c, h, w),
+and summary.json's image_shape says [h, w] or [c, h, w]. y holds int64 labels when the data has
+them. The prepare stage writes these files (latentstudy.data.prepare) from the readers beside
+this module; the other stages import only this module.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from latentstudy.config import StudyError
+
+SPLITS = ("train", "val", "test")
+
+
+def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray | None]:
+    path = Path(prepared) / f"{split}.npz"
+    if not path.is_file():
+        raise StudyError(f"{path}: not found; run the prepare stage first (dvc repro)")
+    with np.load(path) as archive:
+        return archive["x"], (archive["y"] if "y" in archive else None)
+
+
+def load_summary(prepared: Path) -> dict:
+    path = Path(prepared) / "summary.json"
+    if not path.is_file():
+        raise StudyError(f"{path}: not found; run the prepare stage first (dvc repro)")
+    return json.loads(path.read_text())
