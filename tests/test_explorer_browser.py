@@ -130,6 +130,9 @@ PARITY = {
     "conv-8x8": dict(arch="conv", latent_dim=5, image_shape=(1, 8, 8)),
     "conv-12x10-output-padding": dict(arch="conv", latent_dim=4, image_shape=(1, 12, 10), channels=(4, 8)),
     "mlp-vector-gaussian": dict(arch="mlp", latent_dim=4, image_shape=None, likelihood="gaussian", hidden=(32, 16)),
+    "conv-rgb-16x16-gaussian": dict(arch="conv", latent_dim=3, image_shape=(3, 16, 16), likelihood="gaussian",
+                                    channels=(8, 16)),
+    "conv-rgba-10x12": dict(arch="conv", latent_dim=2, image_shape=(4, 10, 12), channels=(6, 8)),
 }
 
 
@@ -142,6 +145,24 @@ def test_js_decoder_matches_pytorch(open_explorer, name):
     got = browser.execute_script("return arguments[0].map((z) => window.latentExplorer.decode(z))", zs)
     np.testing.assert_allclose(np.array(got), torch_decode(model, zs), atol=1e-4, rtol=0)
     np.testing.assert_allclose(state(browser)["output"], torch_decode(model, [state(browser)["z"]])[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["conv-rgb-16x16-gaussian", "conv-rgba-10x12"])
+def test_colour_images_are_drawn_in_colour(open_explorer, name):
+    """The canvas shows what the figures show: RGB as it is, RGBA over white, both clipped to [0, 1]."""
+    from latentstudy.figures import as_images
+
+    model = make_model(**PARITY[name])
+    browser = open_explorer(model, random_inputs(model), None, list(model.spec.image_shape))
+    c, h, w = model.spec.image_shape
+    pixels = browser.execute_script(
+        "const canvas = document.querySelector('#explorer [data-lx=\"image\"]');"
+        "return Array.from(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data);")
+    shown = np.array(pixels).reshape(h, w, 4)
+    expected = 255 * as_images(np.clip(torch_decode(model, [state(browser)["z"]]), 0, 1), [c, h, w])[0]
+    assert np.abs(shown[..., :3] - expected).max() <= 1  # ImageData rounds to whole levels
+    assert (shown[..., 3] == 255).all()
+    assert np.abs(shown[..., 0] - shown[..., 1]).max() > 1  # colour, not grey
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv"])

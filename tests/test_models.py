@@ -109,3 +109,16 @@ def test_checkpoint_round_trip(tmp_path):
 def test_missing_checkpoint_is_one_line(tmp_path):
     with pytest.raises(StudyError, match="checkpoint not found"):
         models.load_checkpoint(tmp_path / "absent.pt")
+
+
+@pytest.mark.parametrize("requested, shape, chosen", [
+    ("auto", [3, 16, 16], "gaussian"), ("auto", [4, 8, 8], "gaussian"), ("auto", [28, 28], "bernoulli"),
+    ("auto", [1, 28, 28], "bernoulli"), ("auto", None, "bernoulli"), ("bernoulli", [3, 8, 8], "bernoulli"),
+    ("gaussian", None, "gaussian"),
+])
+def test_auto_likelihood_is_gaussian_for_colour_images(requested, shape, chosen):
+    from latentstudy.models import choose_likelihood
+
+    got, why = choose_likelihood(requested, shape)
+    assert got == chosen and why
+    assert ("colour" in why) == (requested == "auto" and chosen == "gaussian")

@@ -208,3 +208,20 @@ def test_manifold_recommendation_finds_the_true_dimension(tmp_path, cpu_threads)
     assert abs(rec["latent_dim"] - 3) <= 1, rec["text"]
     assert abs(rec["knee_latent_dim"] - 3) <= 1, rec["text"]
     assert rec["intrinsic_twonn"] == pytest.approx(3, abs=0.5)
+
+
+def test_latent_sizes_far_above_the_input_dimension_stop_pca_and_search(tmp_path):
+    """latent_dims: [2, 100000] once ran and wrote 2.5 GB; now the first stage that knows D refuses it."""
+    from latentstudy import config, data
+    from latentstudy.config import StudyError
+    from latentstudy.search.plan import make_plan
+
+    params = write_params(tmp_path / "params.yaml", data=TINY_DATA, study={"latent_dims": [2, 100000]})
+    stages.prepare(params, tmp_path / "prepared", tmp_path)
+    message = "study.latent_dims has 100000, above 128 = twice the data's input dimension D = 64"
+    with pytest.raises(StudyError, match=message):
+        stages.pca(params, tmp_path / "prepared", tmp_path / "pca.json", tmp_path / "curve.csv", tmp_path / "pca.npz")
+    assert not (tmp_path / "pca.npz").exists() and not (tmp_path / "pca.json").exists()
+    with pytest.raises(StudyError, match=message):
+        make_plan(config.load_section(params, "study"), config.load_section(params, "search"),
+                  data.load_summary(tmp_path / "prepared"), "latentstudy-digits")

@@ -131,10 +131,14 @@
     const [c, h, w] = shape;
     const img = ctx.createImageData(w, h);
     const n = h * w;
+    const clip = (v) => Math.min(1, Math.max(0, v)); // Gaussian means are shown clipped to [0, 1]
     for (let p = 0; p < n; p++) {
-      // Three channels are RGB; any other count shows its first channel in grey.
-      // ImageData clamps to [0, 255], which is the display clip of Gaussian means to [0, 1].
-      for (let ch = 0; ch < 3; ch++) img.data[4 * p + ch] = 255 * x[(c === 3 ? ch : 0) * n + p];
+      // Three channels are RGB, four RGBA shown over white (as the report's figures show them);
+      // any other count shows its first channel in grey.
+      const alpha = c === 4 ? clip(x[3 * n + p]) : 1;
+      for (let ch = 0; ch < 3; ch++) {
+        img.data[4 * p + ch] = 255 * (alpha * clip(x[(c >= 3 ? ch : 0) * n + p]) + 1 - alpha);
+      }
       img.data[4 * p + 3] = 255;
     }
     ctx.putImageData(img, 0, 0);

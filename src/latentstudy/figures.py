@@ -17,14 +17,20 @@ def _plt():
 
 
 def as_images(rows: np.ndarray, image_shape: list[int] | None) -> np.ndarray:
-    """(n, D) -> (n, h, w) or (n, h, w, c) for imshow."""
+    """(n, D) channel-first rows -> (n, h, w) grey or (n, h, w, 3) colour images for imshow.
+
+    RGBA is shown over white (as the report page shows it); other channel counts by their first channel.
+    """
     if image_shape is None:
         return rows
-    if len(image_shape) == 2:
-        return rows.reshape(len(rows), *image_shape)
-    c, h, w = image_shape
+    c, h, w = (1, *image_shape) if len(image_shape) == 2 else image_shape
     img = rows.reshape(len(rows), c, h, w).transpose(0, 2, 3, 1)
-    return img[..., 0] if c == 1 else img
+    if c == 3:
+        return img
+    if c == 4:
+        alpha = np.clip(img[..., 3:], 0, 1)
+        return alpha * np.clip(img[..., :3], 0, 1) + (1 - alpha)
+    return img[..., 0]
 
 
 def image_grid(rows: list[np.ndarray], labels: list[str], image_shape: list[int] | None, path: Path,

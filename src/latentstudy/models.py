@@ -57,6 +57,17 @@ def choose_arch(arch: str, image_shape: list[int] | None) -> Literal["mlp", "con
     return arch
 
 
+def choose_likelihood(likelihood: str, image_shape: list[int] | None) -> tuple[Literal["bernoulli", "gaussian"], str]:
+    """The decoder's likelihood, and why: `auto` is Gaussian for colour images, else Bernoulli."""
+    if likelihood != "auto":
+        return likelihood, "set in search.model.likelihood"
+    if image_shape is not None and chw(image_shape)[0] > 1:
+        return "gaussian", ("search.model.likelihood auto chose it for colour images: natural images' pixel "
+                            "intensities are continuous, which a Gaussian with a learned scale models")
+    return "bernoulli", ("search.model.likelihood auto chose it for grey-scale or vector data in [0, 1], "
+                         "read as the probability of each input being on")
+
+
 # --- bodies -----------------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ import torch
 
 from latentstudy import figures
 from latentstudy.evaluate import latents, reconstructions
-from latentstudy.models import AutoEncoder, best_path, load_checkpoint
+from latentstudy.models import AutoEncoder, best_path, choose_likelihood, load_checkpoint
 from latentstudy.recommend import Recommendation, recommend
 
 # (table column, evaluation arm, evaluation key)
@@ -326,6 +326,13 @@ def table_html(table: pd.DataFrame, chosen: int) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
+def likelihood_html(study: dict, summary: dict) -> str:
+    """Which decoder likelihood the models trained with, and why."""
+    requested = study.get("search", {}).get("model", {}).get("likelihood", "auto")
+    chosen, why = choose_likelihood(requested, summary["image_shape"])
+    return f'<p id="likelihood">Decoder likelihood: <b>{chosen}</b> ({html.escape(why)}).</p>'
+
+
 def figure_html(path: Path, title: str, caption: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return (f'<figure id="fig-{path.stem}"><h3>{html.escape(title)}</h3>'
@@ -362,6 +369,7 @@ Generated {date}.</p>
 <p>Test split; squared errors are summed over the {s['input_dim']} inputs and decoded from z = mu(x); nats are per
 example (D distortion, R rate, D+R the negative ELBO, IWAE the {iwae_k}-sample
 importance-weighted bound, never above D+R). The highlighted row is the recommendation. Full table: <code>reports/table.csv</code>.</p>
+{likelihood_html(inp.study, s)}
 <div id="table">{table_html(table, rec.latent_dim)}</div>
 <h2>Figures</h2>
 {figs_html}

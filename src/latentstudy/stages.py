@@ -70,6 +70,7 @@ def pca(params: Path, prepared: Path, metrics_json: Path, curve_csv: Path, basis
     cfg = config.load_section(params, "pca")
     x_train, _ = data.load_split(prepared, "train")
     x_test, _ = data.load_split(prepared, "test")
+    study.check_input_dim(x_train.shape[1])
     with outputs(metrics_json, curve_csv, basis_path):
         basis = pca_mod.fit(x_train)
         metrics = {

@@ -71,6 +71,7 @@ def study_prefix(dataset: str, search: SearchConfig, seed: int, fingerprint: str
 def make_plan(study: StudyConfig, search: SearchConfig, summary: dict, experiment: str) -> Plan:
     from latentstudy.models import choose_arch
 
+    study.check_input_dim(summary["input_dim"])
     choose_arch(search.model.arch, summary["image_shape"])  # fail now, not in every worker
     prefix = study_prefix(summary["dataset"], search, study.seed, summary["fingerprint"])
     units = tuple(

@@ -175,8 +175,8 @@ def trial_model(plan: Plan, unit: Unit, seed: int, device):
 
     cfg = plan.config
     spec = models.NetSpec(plan.input_dim, unit.latent_dim, models.choose_arch(cfg.model.arch, plan.image_shape),
-                          cfg.model.likelihood, unit.arm == "vae", tuple(cfg.model.hidden), tuple(cfg.model.channels),
-                          models.chw(plan.image_shape))
+                          models.choose_likelihood(cfg.model.likelihood, plan.image_shape)[0], unit.arm == "vae",
+                          tuple(cfg.model.hidden), tuple(cfg.model.channels), models.chw(plan.image_shape))
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         return models.build(spec).to(device)
