@@ -52,18 +52,17 @@ def image_files(folder: Path) -> list[Path]:
     return files
 
 
-def labels_of(folder: Path, files: list[Path]) -> tuple[np.ndarray | None, list[str]]:
-    """Class indices from the first subfolder of each file, when there is more than one subfolder."""
+def labels_of(folder: Path, files: list[Path]) -> np.ndarray | None:
+    """The first subfolder of each file, when the files sit in more than one subfolder."""
     tops = [f.relative_to(folder).parts for f in files]
     classes = sorted({parts[0] for parts in tops if len(parts) > 1})
     if len(classes) < 2:
-        return None, classes
+        return None
     loose = [f for f, parts in zip(files, tops) if len(parts) == 1]
     if loose:
         raise StudyError(f"{loose[0]}: sits beside the class folders {', '.join(classes[:5])} of {folder}; move it "
                          "into a class folder, or out of data.path")
-    index = {c: i for i, c in enumerate(classes)}
-    return np.array([index[parts[0]] for parts in tops], dtype=np.int64), classes
+    return np.array([parts[0] for parts in tops])
 
 
 def _probe(path: Path) -> tuple[tuple[int, int], str] | str:
@@ -142,6 +141,7 @@ def read_folder(folder: Path, cfg: DataConfig) -> Raw:
     if not files:
         raise StudyError(f"data.path: {folder}: no files in this folder; allowed: PNG, JPEG, BMP or WebP images, "
                          "in one subfolder per class for labels")
+    labels_of(folder, files)  # a stray file beside the class folders stops the stage before any decoding
     with ThreadPoolExecutor(THREADS) as pool:
         probes = list(pool.map(_probe, files))
         bad = [(f, p) for f, p in zip(files, probes) if isinstance(p, str)]
@@ -162,7 +162,7 @@ def read_folder(folder: Path, cfg: DataConfig) -> Raw:
     _bad(folder, sorted(bad + failed), len(files), cfg.skip_bad_files)
     if not kept:
         raise StudyError(f"data.path: {folder}: none of its {len(files)} files is a readable image")
-    y, classes = labels_of(folder, kept)
+    y = labels_of(folder, kept)
     shape = [3, size[1], size[0]] if rgb else [size[1], size[0]]
-    what = f"{len(classes)} classes from subfolders" if y is not None else "no labels (one folder)"
+    what = f"{len(set(y))} classes from subfolders" if y is not None else "no labels (one folder)"
     return Raw(pixels[: len(kept)], y, f"folder {folder} ({len(kept)} images, {what})", 255.0, shape)

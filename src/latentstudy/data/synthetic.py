@@ -3,6 +3,8 @@ images of known intrinsic dimension, and colour patches of scikit-learn's sample
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from latentstudy.config import Manifold, Patches, Shapes
@@ -88,12 +90,13 @@ def make_patches(p: Patches) -> Raw:
     scikit-learn (china.jpg, flower.jpg); the label says which photograph."""
     from sklearn.datasets import load_sample_images
 
-    photos = load_sample_images().images  # two (427, 640, 3) uint8 arrays
+    bunch = load_sample_images()
+    photos, names = bunch.images, np.array([Path(f).stem for f in bunch.filenames])  # (427, 640, 3) uint8; china, flower
     rng = np.random.default_rng(p.seed)
     which = rng.integers(0, len(photos), size=p.n)
     height, width = photos[0].shape[:2]
     top = rng.integers(0, height - p.size + 1, size=p.n)
     left = rng.integers(0, width - p.size + 1, size=p.n)
     x = np.stack([photos[k][t : t + p.size, l : l + p.size].transpose(2, 0, 1) for k, t, l in zip(which, top, left)])
-    return Raw(x, which.astype(np.int64), f"patches: {p.n} RGB {p.size}x{p.size} cuts of scikit-learn's sample photos",
+    return Raw(x, names[which], f"patches: {p.n} RGB {p.size}x{p.size} cuts of scikit-learn's sample photos",
                255.0, [3, p.size, p.size])
