@@ -202,3 +202,19 @@ def test_an_intrinsic_dimension_that_is_not_finite_is_left_out(tmp_path, monkeyp
     summary, _ = prepare_data(tmp_path, limit=100)
     assert summary["intrinsic_dim"]["twonn"] is None and summary["intrinsic_dim"]["mle"] is None
     assert "the twonn estimate inf is not finite and positive; not reported" in capsys.readouterr().out
+
+
+def test_npz_members_are_numpys_own_format_for_every_shape(tmp_path):
+    import io
+    import zipfile
+
+    from latentstudy import npz
+
+    arrays = {"scalar": np.array(2.5), "empty": np.zeros((0, 3), np.float32), "strided": np.arange(12).reshape(3, 4)[:, ::2]}
+    npz.save(tmp_path / "a.npz", **arrays)
+    with np.load(tmp_path / "a.npz") as archive, zipfile.ZipFile(tmp_path / "a.npz") as zf:
+        for name, array in arrays.items():
+            assert archive[name].shape == array.shape and np.array_equal(archive[name], array)
+            own = io.BytesIO()
+            np.lib.format.write_array(own, array)
+            assert zf.read(f"{name}.npy") == own.getvalue()

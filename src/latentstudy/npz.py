@@ -31,7 +31,7 @@ class Writer:
         self.digests: dict[str, str] = {}
 
     def add(self, name: str, array: np.ndarray) -> None:
-        array = np.ascontiguousarray(array)
+        array = np.asarray(array, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
         with self.stream(name, array.shape, array.dtype) as write:
             write(array)
 
@@ -46,7 +46,7 @@ class Writer:
 
             def write(rows: np.ndarray) -> None:
                 nonlocal written
-                block = np.ascontiguousarray(rows, dtype=dtype)
+                block = np.asarray(rows, dtype=dtype, order="C")
                 if block.shape[1:] != tuple(shape[1:]):
                     raise ValueError(f"{name}: rows of shape {block.shape[1:]}, expected {tuple(shape[1:])}")
                 data = block.reshape(-1).view(np.uint8)

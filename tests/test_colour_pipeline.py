@@ -1,0 +1,89 @@
+"""Colour end to end: real `dvc repro` on a tiny folder of RGB images, then on the built-in patches,
+in one repository: conv models with three channels, the Gaussian likelihood chosen for colour,
+colour figures and the explorer in the report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import ROOT, TINY_SEARCH
+from matplotlib.image import imread
+from PIL import Image
+from test_pipeline import ran, set_param, sh
+
+from latentstudy.config import Patches
+from latentstudy.data import synthetic
+
+pytestmark = pytest.mark.e2e
+SIZE = 12
+
+
+def colour_params() -> dict:
+    search = {**TINY_SEARCH, "trials_per_dim": 1, "max_trials_per_dim": 3,
+              "model": {"arch": "auto", "likelihood": "auto", "hidden": [32], "channels": [8, 16]},
+              "train": {"epochs": 4, "batch_size": 32, "patience": 2}}
+    return {"data": {"name": "images", "path": "pics", "intrinsic_max_points": 100},
+            "study": {"latent_dims": [2, 4], "seed": 0}, "pca": {"variance_targets": [0.9]}, "search": search,
+            "evaluate": {"iwae_samples": 4, "probe_max_train": 100}, "report": {"recon_examples": 4}}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    """A project whose data is a folder of 80 RGB pictures in two class folders, after `dvc repro`."""
+    repo = tmp_path_factory.mktemp("colour")
+    for item in ("dvc.yaml", "pipeline", "src/latentstudy", ".dvcignore", ".gitignore"):
+        src, dst = ROOT / item, repo / item
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy(src, dst)
+    raw = synthetic.make_patches(Patches(n=80, size=SIZE, seed=5))
+    for i, (pixels, label) in enumerate(zip(raw.x, raw.y)):
+        (repo / "pics" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(pixels.transpose(1, 2, 0)).save(repo / "pics" / label / f"{i:03d}.png")
+    (repo / "params.yaml").write_text(yaml.safe_dump(colour_params(), sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "dvc", "config", "core.analytics", "false")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", "colour study")
+    first = sh(repo, "dvc", "repro")
+    assert ran(first) == {"prepare", "pca", "search", "evaluate", "report"}
+    assert "examples of shape" not in first.stdout and f"RGB images {SIZE}x{SIZE}" in first.stdout
+    return repo
+
+
+def is_colour(png) -> bool:
+    image = imread(png)[..., :3]
+    return float(np.abs(image[..., 0] - image[..., 2]).max()) > 0.03  # a grey colour map gives R = B exactly
+
+
+def check_colour_report(repo, dataset: str) -> None:
+    summary = json.loads((repo / "data" / "prepared" / "summary.json").read_text())
+    assert summary["dataset"] == dataset and summary["image_shape"] == [3, SIZE, SIZE]
+    blob = torch.load(repo / "models" / "search" / "k2-vae.pt", weights_only=True)
+    assert blob["spec"]["arch"] == "conv" and blob["spec"]["likelihood"] == "gaussian"
+    assert blob["spec"]["image_shape"] == [3, SIZE, SIZE] or tuple(blob["spec"]["image_shape"]) == (3, SIZE, SIZE)
+    page = (repo / "reports" / "index.html").read_text()
+    assert 'id="likelihood">Decoder likelihood: <b>gaussian</b>' in page and "colour images" in page
+    assert 'id="explorer"' in page and f'"image_shape":[3,{SIZE},{SIZE}]' in page
+    for name in ("reconstructions", "samples", "traversals", "interpolations"):
+        assert is_colour(repo / "reports" / "figures" / f"{name}.png"), name
+
+
+def test_a_folder_of_rgb_images_runs_in_colour(repo):
+    check_colour_report(repo, "images")
+    summary = json.loads((repo / "data" / "prepared" / "summary.json").read_text())
+    assert summary["class_names"] == ["china", "flower"] and summary["n_examples"] == 80
+
+
+def test_the_patches_dataset_runs_in_colour(repo):
+    set_param(repo, "data.name", "patches")
+    set_param(repo, "data.patches", {"n": 120, "size": SIZE, "seed": 0})
+    assert ran(sh(repo, "dvc", "repro")) == {"prepare", "pca", "search", "evaluate", "report"}
+    check_colour_report(repo, "patches")
