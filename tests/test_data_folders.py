@@ -6,7 +6,7 @@ from conftest import prepare_data
 from PIL import Image
 
 from latentstudy.config import StudyError
-from latentstudy.data import folders
+from latentstudy.data.raw import Progress
 
 
 def picture(rng, size=(8, 8), mode="RGB") -> Image.Image:
@@ -144,7 +144,7 @@ def test_folder_problems_are_one_line(tmp_path, setup, fragment):
 
 
 def test_progress_says_k_of_n_rate_and_eta(capsys):
-    progress = folders.Progress("reading images", 40, every=0.0)
+    progress = Progress("reading images", 40, "files", every=0.0)
     progress(10)
     progress(40)
     lines = capsys.readouterr().out.splitlines()

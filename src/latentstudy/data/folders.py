@@ -9,7 +9,6 @@ line, or are skipped and counted with data.skip_bad_files.
 from __future__ import annotations
 
 import os
-import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -17,30 +16,12 @@ from pathlib import Path
 import numpy as np
 
 from latentstudy.config import DataConfig, StudyError
-from latentstudy.data.raw import Raw, say
+from latentstudy.data.raw import Progress, Raw, say
 
 FORMATS = ("PNG", "JPEG", "BMP", "WEBP")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 MAX_PIXELS = 128 * 128  # above this, unless data.image_size says so, the study would train on huge inputs
 THREADS = min(8, os.cpu_count() or 1)  # Pillow decodes outside the GIL
-
-
-class Progress:
-    """'k of n' lines with rate and ETA, at most one every few seconds."""
-
-    def __init__(self, what: str, total: int, every: float = 5.0):
-        self.what, self.total, self.every = what, total, every
-        self.start = self.last = time.monotonic()
-        self.shown = False
-
-    def __call__(self, done: int) -> None:
-        now = time.monotonic()
-        if now - self.last < self.every and not (done == self.total and self.shown):
-            return
-        self.last, self.shown = now, True
-        rate = done / max(now - self.start, 1e-9)
-        eta = f", ETA {(self.total - done) / rate:.0f} s" if done < self.total else ", done"
-        say(f"{self.what}: {done} of {self.total} ({100 * done / self.total:.0f}%), {rate:.0f} files/s{eta}")
 
 
 def image_files(folder: Path) -> list[Path]:
@@ -150,7 +131,7 @@ def read_folder(folder: Path, cfg: DataConfig) -> Raw:
             _bad(folder, bad, len(files), skip=False)
         size = _target(cfg, [s for _, (s, _) in good], folder)
         rgb = cfg.color == "rgb" or (cfg.color == "auto" and any(m not in GREY_MODES for _, (_, m) in good))
-        progress = Progress("reading images", len(good))
+        progress = Progress("reading images", len(good), "files")
         pixels, kept, failed = np.zeros((len(good), *((3,) if rgb else ()), size[1], size[0]), np.uint8), [], []
         for i, result in enumerate(pool.map(lambda item: _decode(item[0], size, rgb), good)):
             if isinstance(result, str):

@@ -20,7 +20,7 @@ import numpy as np
 from latentstudy import intrinsic, npz
 from latentstudy.config import MIN_PER_SPLIT, DataConfig, Split, StudyError
 from latentstudy.data import SPLITS, arrays, folders, idx, layout, synthetic, tables
-from latentstudy.data.raw import Raw, resolve, say
+from latentstudy.data.raw import Progress, Raw, resolve, say
 
 BLOCK_BYTES = 1 << 24  # float64 bytes per block of rows
 FILES = "an existing .npz, .npy, .csv, .parquet or .feather file"
@@ -132,16 +132,18 @@ def label_codes(raw: Raw, n: int) -> tuple[np.ndarray | None, list[str]]:
 # --- blocks of rows ---------------------------------------------------------------------------
 
 
-def blocks(raw: Raw, lay: layout.Layout, rows: np.ndarray) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def blocks(raw: Raw, lay: layout.Layout, rows: np.ndarray, what: str) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(source row numbers, their prepared rows in the source dtype) for the sorted rows, in order."""
     width = int(np.prod(raw.x.shape[1:], dtype=np.int64))
     step = max(1, BLOCK_BYTES // (8 * width))
+    progress = Progress(what, len(rows), "rows")
     for start in range(0, len(raw.x), step):
         lo, hi = np.searchsorted(rows, [start, start + step])
         if hi > lo:
             sel = rows[lo:hi]
             dense = sel[-1] - sel[0] + 1 == len(sel)  # a slice reads faster than a fancy index
             yield sel, lay.rows(raw.x[sel[0] : sel[-1] + 1] if dense else raw.x[sel])
+            progress(int(hi))
         if raw.pages is not None:
             raw.pages.release(start, start + step)
 
@@ -151,7 +153,7 @@ def scan(raw: Raw, lay: layout.Layout, rows: np.ndarray) -> tuple[np.ndarray, np
     a NaN or infinity, or data without any variation, is an error."""
     lo = hi = None
     integral = True
-    for sel, block in blocks(raw, lay, rows):
+    for sel, block in blocks(raw, lay, rows, "checking values"):
         if block.dtype.kind == "f":
             bad = ~np.isfinite(block)
             if bad.any():
@@ -261,7 +263,7 @@ def write_splits(out_dir: Path, raw: Raw, lay: layout.Layout, keep: np.ndarray, 
         with contextlib.ExitStack() as members:
             write = [members.enter_context(w.stream("x", (len(parts[s]), width), np.float32))
                      for w, s in zip(writers, SPLITS)]
-            for sel, block in blocks(raw, lay, keep):
+            for sel, block in blocks(raw, lay, keep, "writing splits"):
                 scaled, which = apply_scaling(block, scaling), split_of[sel]
                 for j in range(len(SPLITS)):
                     write[j](scaled[which == j])

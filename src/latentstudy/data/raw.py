@@ -4,6 +4,7 @@ one-line read error, the user's path resolved, and the stage's printed lines."""
 from __future__ import annotations
 
 import mmap
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,24 @@ class Raw:
     default_scale: float | None = None  # the dataset's own pixel range (/255, /16), if it has one
     image_shape: list[int] | None = None  # when the reader knows it: x's examples, channel-first
     pages: Pages | None = None
+
+
+class Progress:
+    """'k of n' lines with rate and ETA, at most one every few seconds."""
+
+    def __init__(self, what: str, total: int, unit: str, every: float = 5.0):
+        self.what, self.total, self.unit, self.every = what, total, unit, every
+        self.start = self.last = time.monotonic()
+        self.shown = False
+
+    def __call__(self, done: int) -> None:
+        now = time.monotonic()
+        if now - self.last < self.every and not (done == self.total and self.shown):
+            return
+        self.last, self.shown = now, True
+        rate = done / max(now - self.start, 1e-9)
+        eta = f", ETA {(self.total - done) / rate:.0f} s" if done < self.total else ", done"
+        say(f"{self.what}: {done} of {self.total} ({100 * done / self.total:.0f}%), {rate:.0f} {self.unit}/s{eta}")
 
 
 def say(message: str) -> None:
