@@ -56,6 +56,11 @@ def load(tmp_path, text: str, section: str):
         ("data:\n  name: cifar\n", "data", "data.name = 'cifar' is not allowed; expected one of digits | mnist"),
         ("data:\n  name: file\n", "data", "data.path is empty"),
         ("data:\n  image_shape: [28]\n", "data", "data.image_shape = [28]"),
+        ("data:\n  name: images\n", "data", "data.path is empty; data.name 'images' needs a folder of images"),
+        ("data:\n  image_size: [28]\n", "data", "data.image_size = [28]; allowed: [height, width]"),
+        ("data:\n  color: rgba\n", "data", "data.color = 'rgba' is not allowed; expected one of auto | gray | rgb"),
+        ("data:\n  patches: {size: 500}\n", "data", "data.patches.size = 500 is out of range; allowed: >= 4 and <= 256"),
+        ("search:\n  model: {likelihood: laplace}\n", "search", "expected one of auto | bernoulli | gaussian"),
         ("study:\n  latent_dims: [4, 2]\n", "study", "strictly increasing"),
         ("study:\n  latent_dims: []\n", "study", "non-empty list"),
         ("study:\n  latent_dims: 8\n", "study", "expected a list of integers"),
@@ -90,6 +95,13 @@ def test_missing_section_takes_defaults(tmp_path):
 def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(StudyError, match="file not found"):
         config.load_section(tmp_path / "nope.yaml", "data")
+
+
+def test_latent_sizes_above_twice_the_input_dimension_are_refused():
+    config.StudyConfig(latent_dims=[2, 96]).check_input_dim(64)  # k > D is allowed, up to 2 x D
+    with pytest.raises(StudyError, match=r"study.latent_dims has 100000, above 128 = twice the data's input "
+                                         r"dimension D = 64; allowed: latent sizes up to 128"):
+        config.StudyConfig(latent_dims=[2, 100000]).check_input_dim(64)
 
 
 def test_project_root_of_a_dvc_temp_experiment(tmp_path):
