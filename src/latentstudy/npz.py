@@ -8,7 +8,6 @@ unchanged. Streaming a member lets prepare write a dataset larger than it could 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -19,16 +18,12 @@ EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
 class Writer:
-    """An .npz file written member by member to a temporary name, renamed into place on close.
-
-    digests maps each member to the sha256 of its array bytes (C order), for fingerprints.
-    """
+    """An .npz file written member by member to a temporary name, renamed into place on close."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self.tmp = self.path.with_suffix(".tmp")
         self.zip = zipfile.ZipFile(self.tmp, "w", compression=zipfile.ZIP_STORED)
-        self.digests: dict[str, str] = {}
 
     def add(self, name: str, array: np.ndarray) -> None:
         array = np.asarray(array, order="C")  # keeps 0-d arrays 0-d, unlike ascontiguousarray
@@ -40,7 +35,7 @@ class Writer:
         """Yields write(rows): call it with consecutive blocks of rows until shape[0] rows are in."""
         dtype = np.dtype(dtype)
         header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": tuple(shape)}
-        digest, written = hashlib.sha256(), 0
+        written = 0
         with self.zip.open(zipfile.ZipInfo(f"{name}.npy", date_time=EPOCH), "w", force_zip64=True) as member:
             np.lib.format.write_array_header_1_0(member, header)
 
@@ -49,15 +44,12 @@ class Writer:
                 block = np.asarray(rows, dtype=dtype, order="C")
                 if block.shape[1:] != tuple(shape[1:]):
                     raise ValueError(f"{name}: rows of shape {block.shape[1:]}, expected {tuple(shape[1:])}")
-                data = block.reshape(-1).view(np.uint8)
-                member.write(data)
-                digest.update(data)
+                member.write(block.reshape(-1).view(np.uint8))
                 written += block.size
 
             yield write
         if written != int(np.prod(shape, dtype=np.int64)):
             raise ValueError(f"{name}: {written} values written, expected shape {tuple(shape)}")
-        self.digests[name] = digest.hexdigest()
 
     def close(self) -> None:
         self.zip.close()
