@@ -11,7 +11,6 @@ prepare imports (NumPy, scikit-learn for the intrinsic dimension), printed separ
 from __future__ import annotations
 
 import argparse
-import resource
 import subprocess
 import sys
 import tempfile
