@@ -127,6 +127,7 @@ class DataConfig:
 class StudyConfig:
     latent_dims: list[int] = field(default_factory=lambda: [2, 4, 8, 16, 32, 96])
     seed: int = 0
+    refine_max: int = field(default=4, metadata=_bounds(ge=0))  # latent sizes the search may add
 
     def check(self, where: str) -> None:
         dims = self.latent_dims
@@ -215,6 +216,7 @@ class SearchConfig:
     cpu_workers: int = field(default=2, metadata=_bounds(ge=1))
     storage: str | None = None
     heartbeat_seconds: int = field(default=20, metadata=_bounds(ge=1))
+    replicates: int = field(default=2, metadata=_bounds(ge=0))  # extra seeds for the deciding sizes
 
     def check(self, where: str) -> None:
         budget = max(self.trials_per_dim, self.ae_trials_per_dim)
@@ -235,9 +237,14 @@ class EvaluateConfig:
     seed: int = 0
 
 
+Purpose = Literal["auto", "generation", "reconstruction", "representation"]
+
+
 @dataclass(frozen=True)
 class ReportConfig:
-    tolerance: float = field(default=0.05, metadata=_bounds(ge=0, lt=1))
+    purpose: Purpose = "auto"  # the headline answer; auto: generation when a VAE finished
+    tolerance: float = field(default=0.0, metadata=_bounds(ge=0, lt=1))  # margin on top of one SE
+    bootstrap: int = field(default=1000, metadata=_bounds(ge=100))  # resamples of the test examples
     title: str = "How big should the latent space be?"
     recon_examples: int = field(default=8, metadata=_bounds(ge=1, le=32))
     sample_dims: int = field(default=3, metadata=_bounds(ge=1, le=12))

@@ -1,0 +1,140 @@
+"""Choosing k with confidence: the paired bootstrap, the one-standard-error rule and the
+stability of its choice. Pure functions on arrays, lower values always better.
+
+Each latent size k comes as an (R_k, n) array: R_k models (the search's best and its seed
+replicates) by n examples. One bootstrap draw resamples the n examples once, with the same
+indices for every k (Efron and Tibshirani 1993: the pairing makes differences between sizes
+far more precise than either size alone), and resamples each size's R_k models on its own, so
+the spread between seeds enters the interval as measured.
+
+The rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman, ESL 7.10): the smallest k whose
+value is within one standard error of the best. The standard error is that of the paired
+difference to the best size, plus an optional practical margin (tolerance x |best|).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+LEVEL = 0.95  # intervals of values and differences
+SET_LEVEL = 0.9  # the set of sizes the rule picks in this share of resamples
+CHUNK = 64  # bootstrap draws per matrix product
+
+
+def resample(values: list[np.ndarray], draws: int, seed: int) -> np.ndarray:
+    """(draws, K): each size's mean over its models of the mean over examples, per bootstrap draw.
+
+    Examples are resampled with the same indices for every size; each size's models are
+    resampled independently (seeds are not paired across sizes).
+    """
+    n = values[0].shape[1]
+    if any(v.ndim != 2 or v.shape[1] != n or len(v) == 0 for v in values):
+        raise ValueError("every size needs an (models, examples) array over the same examples")
+    examples = np.random.default_rng([seed, 0])
+    models = np.random.default_rng([seed, 1])
+    out = np.empty((draws, len(values)))
+    for start in range(0, draws, CHUNK):
+        b = min(CHUNK, draws - start)
+        idx = examples.integers(0, n, size=(b, n))
+        weights = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n) / n
+        for j, v in enumerate(values):
+            means = weights @ v.T.astype(np.float64)  # (b, R_k)
+            pick = models.integers(0, len(v), size=(b, len(v)))
+            out[start : start + b, j] = np.take_along_axis(means, pick, axis=1).mean(axis=1)
+    return out
+
+
+def point(values: list[np.ndarray]) -> np.ndarray:
+    """(K,): each size's mean over models of the mean over examples."""
+    return np.array([v.astype(np.float64).mean() for v in values])
+
+
+def interval(draws: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile interval of each column."""
+    tail = (1 - level) / 2 * 100
+    return np.percentile(draws, tail, axis=0), np.percentile(draws, 100 - tail, axis=0)
+
+
+def pairwise_se(draws: np.ndarray) -> np.ndarray:
+    """(K, K): standard error of the difference between sizes i and j (0 on the diagonal)."""
+    diff = draws[:, :, None] - draws[:, None, :]
+    return diff.std(axis=0, ddof=1)
+
+
+def one_se_rule(means: np.ndarray, se_pair: np.ndarray, tolerance: float = 0.0) -> tuple[int, int]:
+    """(chosen, best) column indices: the best is the lowest mean (the first on ties); the chosen
+    is the first column within se_pair[., best] + tolerance x |best| of it. Columns are sizes in
+    increasing order, so the first is the smallest k."""
+    best = int(np.argmin(means))
+    margin = se_pair[:, best] + tolerance * abs(means[best])
+    # A relative epsilon keeps ties exact: a size equal to the best passes even when SE is 0.
+    ok = means - means[best] <= margin + 1e-12 * max(1.0, abs(means[best]))
+    return int(np.flatnonzero(ok)[0]), best
+
+
+def stability(draws: np.ndarray, se_pair: np.ndarray, tolerance: float = 0.0) -> np.ndarray:
+    """(K,): the share of bootstrap draws in which the rule picks each column (SEs held fixed)."""
+    picks = np.array([one_se_rule(row, se_pair, tolerance)[0] for row in draws])
+    return np.bincount(picks, minlength=draws.shape[1]) / len(draws)
+
+
+def likely_set(shares: np.ndarray, level: float = SET_LEVEL) -> list[int]:
+    """The fewest columns whose shares add up to level (most often picked first), sorted."""
+    order = sorted(range(len(shares)), key=lambda i: (-shares[i], i))
+    chosen, total = [], 0.0
+    for i in order:
+        chosen.append(i)
+        total += shares[i]
+        if total >= level - 1e-9:
+            break
+    return sorted(chosen)
+
+
+@dataclass(frozen=True)
+class Choice:
+    """The rule applied to one criterion curve, with everything a report needs to show why."""
+
+    ks: list[int]
+    value: list[float]  # mean over models and examples
+    se: list[float]
+    low: list[float]  # 95% interval of the value
+    high: list[float]
+    diff: list[float]  # value minus the best size's value
+    diff_se: list[float]
+    diff_low: list[float]
+    diff_high: list[float]
+    models: list[int]  # models behind each size (1 + seed replicates)
+    best: int  # the best size (k, not an index)
+    chosen: int
+    tolerance: float
+    shares: dict[int, float]  # how often the rule picks each k over the resamples
+    likely: list[int]  # the 90% set of k
+    draws: int
+
+    @property
+    def threshold(self) -> float:
+        """The largest value that still counts as the best, at the chosen size's SE."""
+        i, b = self.ks.index(self.chosen), self.ks.index(self.best)
+        return self.value[b] + self.diff_se[i] + self.tolerance * abs(self.value[b])
+
+
+def choose(ks: list[int], values: list[np.ndarray], draws: int, seed: int, tolerance: float = 0.0) -> Choice:
+    """The one-SE rule on a curve of per-example values, with intervals and stability."""
+    if list(ks) != sorted(set(ks)) or len(ks) != len(values) or not ks:
+        raise ValueError("sizes must be strictly increasing, one array each")
+    boot = resample(values, draws, seed)
+    means = point(values)
+    se_pair = pairwise_se(boot)
+    chosen, best = one_se_rule(means, se_pair, tolerance)
+    diffs = boot - boot[:, [best]]
+    low, high = interval(boot)
+    dlow, dhigh = interval(diffs)
+    shares = stability(boot, se_pair, tolerance)
+    return Choice(
+        ks=list(ks), value=means.tolist(), se=boot.std(axis=0, ddof=1).tolist(), low=low.tolist(),
+        high=high.tolist(), diff=(means - means[best]).tolist(), diff_se=se_pair[:, best].tolist(),
+        diff_low=dlow.tolist(), diff_high=dhigh.tolist(), models=[len(v) for v in values], best=ks[best],
+        chosen=ks[chosen], tolerance=tolerance, shares={k: float(s) for k, s in zip(ks, shares)},
+        likely=[ks[i] for i in likely_set(shares)], draws=draws)

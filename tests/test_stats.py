@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+
+from latentstudy import stats
+
+
+def test_bootstrap_se_of_a_mean_matches_the_analytic_se():
+    x = np.random.default_rng(0).gamma(2.0, 3.0, size=(1, 500))  # skewed, like per-example losses
+    draws = stats.resample([x], 2000, seed=1)
+    analytic = x.std(ddof=1) / np.sqrt(x.shape[1])
+    assert draws.std(ddof=1) == pytest.approx(analytic, rel=0.1)
+    assert draws.mean() == pytest.approx(x.mean(), abs=analytic / 5)
+
+
+def test_the_same_seed_gives_the_same_draws_and_replicates_do_not_move_the_example_draws():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(1, 50)), rng.normal(size=(3, 50))
+    assert np.array_equal(stats.resample([a, b], 100, 7), stats.resample([a, b], 100, 7))
+    # The examples are resampled from their own stream: adding replicates to b leaves a's column.
+    more = np.concatenate([b, rng.normal(size=(2, 50))])
+    assert np.array_equal(stats.resample([a, b], 100, 7)[:, 0], stats.resample([a, more], 100, 7)[:, 0])
+
+
+def test_paired_differences_of_a_planted_pair():
+    """Two models share the hard examples; model b is worse by 0.1 everywhere, plus a little noise."""
+    rng = np.random.default_rng(0)
+    hard = rng.exponential(5.0, size=400)
+    a = hard + rng.normal(0, 0.05, size=400)
+    b = hard + 0.1 + rng.normal(0, 0.05, size=400)
+    c = stats.choose([1, 2], [b[None], a[None]], 1000, seed=0)
+    assert c.best == 2 and c.diff[0] == pytest.approx(0.1, abs=0.02)
+    assert c.diff_se[0] < c.se[0] / 20  # pairing removes the shared example difficulty
+    assert c.diff_low[0] > 0 and c.diff_low[0] < 0.1 < c.diff_high[0]
+    assert c.low[0] < c.low[1] + 0.1 < c.high[0]  # the separate intervals overlap: unpaired, no verdict
+    assert c.chosen == 2 and c.shares[2] == 1.0 and c.likely == [2]
+
+
+def test_seed_replicates_widen_the_interval_by_the_spread_between_seeds():
+    rng = np.random.default_rng(0)
+    examples = rng.normal(0, 1, size=300)
+    steady = np.stack([examples + 0.01 * rng.normal(size=300) for _ in range(3)])
+    seedy = np.stack([examples + shift for shift in (-0.5, 0.0, 0.5)])  # seeds disagree by a constant
+    se_steady = stats.resample([steady], 1000, 0).std()
+    se_seedy = stats.resample([seedy], 1000, 0).std()
+    assert se_seedy > 3 * se_steady
+
+
+def curve(means, n=2000, noise=1.0, seed=0) -> list[np.ndarray]:
+    """Planted per-example values: a shared example effect plus each size's mean and its own noise."""
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, 3.0, size=n)
+    return [(shared + m + rng.normal(0, noise, size=n))[None] for m in means]
+
+
+@pytest.mark.parametrize("means, tolerance, chosen", [
+    ([10.0, 5.0, 2.0, 2.01, 2.0, 2.02], 0.0, 4),  # flat from k = 4 on: which of them is best is noise
+    ([10.0, 5.0, 3.0, 2.5, 2.0, 1.0], 0.0, 32),  # still improving: the largest size
+    ([10.0, 5.0, 2.2, 2.1, 2.0, 2.0], 0.0, 16),  # 0.2 above the best is many SEs of a paired difference
+    ([10.0, 5.0, 2.2, 2.1, 2.0, 2.0], 0.1, 4),  # ... but within a practical margin of 10%
+    ([2.0, 2.0, 2.0, 2.0, 2.0, 2.0], 0.0, 1),  # flat everywhere: the smallest
+])
+def test_one_se_rule_on_planted_curves(means, tolerance, chosen):
+    ks = [1, 2, 4, 8, 16, 32]
+    c = stats.choose(ks, curve(means), 500, seed=0, tolerance=tolerance)
+    assert c.chosen == chosen
+    assert means[ks.index(c.best)] == min(means)
+    assert sum(c.shares.values()) == pytest.approx(1.0)
+    assert c.chosen in c.likely
+    assert c.value[ks.index(c.chosen)] <= c.threshold
+
+
+def test_one_se_rule_uses_the_difference_se_of_each_size():
+    means = np.array([3.0, 2.05, 2.0])
+    se_pair = np.array([[0, 0.2, 0.5], [0.2, 0, 0.1], [0.5, 0.1, 0]])
+    assert stats.one_se_rule(means, se_pair) == (1, 2)
+    assert stats.one_se_rule(means, se_pair * 0.1) == (2, 2)
+    assert stats.one_se_rule(means, se_pair * 0.1, tolerance=0.5) == (0, 2)
+
+
+def test_stability_and_the_likely_set():
+    shares = np.array([0.05, 0.84, 0.08, 0.03])
+    assert stats.likely_set(shares) == [1, 2]
+    assert stats.likely_set(np.array([0.0, 1.0])) == [1]
+    # Two sizes that are equal up to noise split the picks between them.
+    c = stats.choose([5, 6], curve([2.0, 2.0], n=200, noise=0.3), 400, seed=3)
+    assert c.chosen == 5 and c.shares[5] > 0.5 and c.likely[0] == 5
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError):
+        stats.choose([2, 1], curve([1.0, 2.0]), 100, 0)
+    with pytest.raises(ValueError):
+        stats.resample([np.zeros((1, 5)), np.zeros((1, 6))], 100, 0)
