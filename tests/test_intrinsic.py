@@ -36,3 +36,26 @@ def test_digits_twonn_matches_the_study():
 
     est = intrinsic.estimates(load_digits().data / 16.0, 5000, 0)
     assert est["twonn"] == pytest.approx(8.9, abs=0.4)
+
+
+def test_bootstrap_interval_brackets_the_estimate_and_the_truth():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(1500, 4)) @ rng.normal(size=(4, 12))
+    est = intrinsic.estimates(x, 1500, 0)
+    for name in ("twonn", "mle"):
+        low, high = est[f"{name}_interval"]
+        assert low < est[name] < high and low < 4.6 and high > 3.4
+        assert high - low < 1.5
+    assert est["rejected"] == {}
+
+
+def test_an_estimate_that_is_not_a_dimension_is_rejected_with_its_reason():
+    assert "not a finite positive" in intrinsic.rejection(float("nan"), 10)
+    assert "not a finite positive" in intrinsic.rejection(-1.0, 10)
+    assert "far above the 768 input features" in intrinsic.rejection(3.1e15, 768)
+    assert intrinsic.rejection(11.0, 10) is None  # noise may put a full-dimensional estimate a bit above D
+    # An evenly spaced grid: every r2 / r1 is 1, so TwoNN's fit is 0 / 0. Rejected, named; MLE stays.
+    est = intrinsic.estimates(np.linspace(0, 1, 300)[:, None] * np.ones((1, 5)), 300, 0)
+    assert est["twonn"] is None and est["twonn_interval"] is None
+    assert est["rejected"] == {"twonn": "the estimate nan is not a finite positive number"}
+    assert est["mle"] == pytest.approx(1.0, abs=0.25)

@@ -52,11 +52,16 @@ def prepare(params: Path, out_dir: Path, root: Path) -> dict:
 
     cfg = config.load_section(params, "data")
     with outputs(out_dir):
-        summary = prep.run(cfg, root, out_dir)
-    counts = summary["counts"]
+        splits, summary = data.prepare(cfg, root)
+        data.write_prepared(out_dir, splits, summary)
+    counts, ids = summary["counts"], summary["intrinsic_dim"]
     print(f"[prepare] {summary['source']}: {summary['n_examples']} examples x {summary['input_dim']} features "
-          f"-> train {counts['train']} / val {counts['val']} / test {counts['test']}; "
-          f"intrinsic dimension TwoNN {summary['intrinsic_dim']['twonn']}, MLE {summary['intrinsic_dim']['mle']}")
+          f"-> train {counts['train']} / val {counts['val']} / test {counts['test']}; intrinsic dimension "
+          + ", ".join(f"{label} {ids[key]} (95% {ids[f'{key}_interval']})" for key, label in
+                      (("twonn", "TwoNN"), ("mle", "MLE")) if ids.get(key) is not None))
+    for key, reason in (ids.get("rejected") or {}).items():
+        print(f"[prepare] warning: intrinsic dimension ({key}) rejected: {reason}; check the data "
+              "(data.image_shape, constant or duplicated features)")
     return summary
 
 
