@@ -1,4 +1,5 @@
-"""DVC stage report: the table, the recommendation, figures, reports/index.html and the MLflow report run."""
+"""DVC stage report: the answer per purpose with intervals, the table, figures, reports/index.html and the
+MLflow report run."""
 
 import _venv  # noqa: F401  (first: one line, not a traceback, outside the project's environment)
 import argparse
@@ -14,6 +15,7 @@ def main() -> None:
     p.add_argument("--params", type=Path, default=Path("params.yaml"))
     p.add_argument("--data", type=Path, default=Path("data/prepared"))
     p.add_argument("--evaluation", type=Path, default=Path("reports/evaluate/evaluation.json"))
+    p.add_argument("--per-example", type=Path, default=Path("reports/evaluate/per_example.npz"))
     p.add_argument("--trials", type=Path, default=Path("reports/search/trials.csv"))
     p.add_argument("--pca-metrics", type=Path, default=Path("reports/pca/metrics.json"))
     p.add_argument("--study", type=Path, default=Path("reports/search/study.json"))
@@ -23,8 +25,8 @@ def main() -> None:
     p.add_argument("--no-tracking", action="store_true", help="skip MLflow")
     args = p.parse_args()
     tracking = None if args.no_tracking else tracking_uri(config.project_root(Path.cwd()))
-    stages.report(args.params, args.data, args.evaluation, args.trials, args.pca_metrics, args.study, args.models,
-                  args.basis, args.out, tracking)
+    stages.report(args.params, args.data, args.evaluation, args.per_example, args.trials, args.pca_metrics,
+                  args.study, args.models, args.basis, args.out, tracking)
 
 
 if __name__ == "__main__":

@@ -1,9 +1,13 @@
-"""Test-split evaluation of the best VAE and autoencoder of every latent size, and PCA at k.
+"""Test-split evaluation of every model the search kept (the best of each latent size and arm,
+and its seed replicates) and of PCA at every searched size.
 
-All per-example quantities are in nats averaged over test examples; squared errors use
-z = mu(x). Definitions: distortion and rate reported apart (Alemi et al. 2018, "Fixing a Broken
-ELBO"), the importance-weighted bound (Burda, Grosse and Salakhutdinov 2016, "Importance Weighted
-Autoencoders"), active units (the same paper); the README's table "What the study reports".
+Every quantity is kept per test example (an npz), so each statistic of the report can be
+recomputed from this stage's outputs; evaluation.json holds the means. Per example: the IWAE-K
+bound on the negative log-likelihood (Burda et al. 2016), distortion D, rate R (nats), the
+squared error from z = mu(x), and whether a linear probe on the code gets the label right.
+
+A model far worse than predicting the training mean (and so than PCA at any k) is flagged, with
+the reason: diverged or broken training. It is shown, never averaged in and never recommended.
 """
 
 from __future__ import annotations
@@ -14,11 +18,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latentstudy import npz
 from latentstudy import pca as pca_mod
-from latentstudy.models import AutoEncoder, best_path, kl_per_dim, load_checkpoint, n_params, reconstruct
+from latentstudy.models import AutoEncoder, kl_per_dim, load_checkpoint, n_params, reconstruct
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u | x]) > 0.01
 CHUNK = 256
+FAR = 3.0  # "far worse": more than this times the trivial model's squared error (or NLL)
+ARMS = ("vae", "ae")
+# Per-example arrays kept in the npz, per arm (probe_correct too, when the data has labels).
+QUANTITIES = {"vae": ("iwae_nll_nats", "distortion_nats", "rate_nats", "sse_per_image"),
+              "ae": ("distortion_nats", "sse_per_image"), "pca": ("sse_per_image", "bce_nats")}
 
 
 @torch.no_grad()
@@ -34,38 +44,68 @@ def reconstructions(model: AutoEncoder, x: np.ndarray) -> np.ndarray:
     return torch.cat([reconstruct(model, xt[i : i + CHUNK]) for i in range(0, len(xt), CHUNK)]).numpy()
 
 
+def example_errors(x: np.ndarray, x_hat: np.ndarray) -> dict[str, np.ndarray]:
+    """Squared error and Bernoulli cross-entropy of each example's reconstruction (n,)."""
+    x = np.asarray(x, dtype=np.float64)
+    p = np.clip(x_hat, pca_mod.BCE_EPS, 1 - pca_mod.BCE_EPS)
+    return {"sse_per_image": ((x - x_hat) ** 2).sum(axis=1),
+            "bce_nats": -(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(axis=1)}
+
+
 @torch.no_grad()
-def vae_bounds(model: AutoEncoder, x: np.ndarray, samples: int, seed: int) -> dict[str, float]:
-    """Distortion (MC over K samples), rate (closed form), D + R, and the IWAE-K bound.
+def vae_terms(model: AutoEncoder, x: np.ndarray, samples: int, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Per-example D (MC over K samples), R (closed form), the IWAE-K NLL bound and the same
+    samples' negative ELBO; and the mean KL of each latent unit.
 
     log w_i = log p(x|z_i) + log p(z_i) - log q(z_i|x); the IWAE bound is log mean_i w_i, never
-    below the mean of log w_i, so the reported -IWAE is at most the same samples' negative ELBO.
+    below the mean of log w_i, so -IWAE is at most the same samples' negative ELBO.
     """
     gen = torch.Generator().manual_seed(seed)
     xt = torch.as_tensor(x)
-    sums = np.zeros(4)
-    per_unit = None
+    parts: dict[str, list] = {"distortion_nats": [], "rate_nats": [], "iwae_nll_nats": [], "neg_elbo_mc_nats": []}
+    per_unit = torch.zeros(model.spec.latent_dim, dtype=torch.float64)
     chunk = max(1, CHUNK * 16 // samples)
     for i in range(0, len(xt), chunk):
         xb = xt[i : i + chunk]
         mu, logvar = model.encode(xb)
         kl = kl_per_dim(mu, logvar)
-        std = torch.exp(0.5 * logvar)
         eps = torch.randn((samples, *mu.shape), generator=gen)
-        z = mu + std * eps  # (K, n, k)
+        z = mu + torch.exp(0.5 * logvar) * eps  # (K, n, k)
         xk = xb.expand(samples, *xb.shape).reshape(-1, xb.shape[1])
         log_px = -model.distortion(xk, model.decode(z.reshape(-1, z.shape[-1]))).view(samples, -1)
         log_pz = -0.5 * (z.pow(2) + math.log(2 * math.pi)).sum(-1)
         log_qz = -0.5 * (eps.pow(2) + math.log(2 * math.pi) + logvar).sum(-1)
         log_w = log_px + log_pz - log_qz
-        iwae = torch.logsumexp(log_w, 0) - math.log(samples)
-        sums += [(-log_px.mean(0)).sum().item(), kl.sum(1).sum().item(), (-iwae).sum().item(),
-                 (-log_w.mean(0)).sum().item()]
-        per_unit = kl.sum(0) if per_unit is None else per_unit + kl.sum(0)
-    d, r, iwae_nll, elbo_mc = sums / len(x)
-    return {"distortion_nats": d, "rate_nats": r, "neg_elbo_nats": d + r, "iwae_nll_nats": iwae_nll,
-            "neg_elbo_mc_nats": elbo_mc, "kl_per_dim_nats": (per_unit / len(x)).tolist(),
-            "iwae_samples": samples}
+        parts["distortion_nats"].append(-log_px.mean(0))
+        parts["rate_nats"].append(kl.sum(1))
+        parts["iwae_nll_nats"].append(-(torch.logsumexp(log_w, 0) - math.log(samples)))
+        parts["neg_elbo_mc_nats"].append(-log_w.mean(0))
+        per_unit += kl.sum(0).double()
+    values = {key: torch.cat(v).double().numpy() for key, v in parts.items()}
+    return values, (per_unit / len(x)).numpy()
+
+
+def vae_bounds(model: AutoEncoder, x: np.ndarray, samples: int, seed: int) -> dict[str, float]:
+    """The means of vae_terms: D, R, D + R, the IWAE-K bound, and the KL of each unit."""
+    values, per_unit = vae_terms(model, x, samples, seed)
+    out = {key: float(v.mean()) for key, v in values.items()}
+    out["neg_elbo_nats"] = out["distortion_nats"] + out["rate_nats"]
+    return {**out, "kl_per_dim_nats": per_unit.tolist(), "iwae_samples": samples}
+
+
+@torch.no_grad()
+def per_example(model: AutoEncoder, x: np.ndarray, samples: int, seed: int) -> tuple[dict[str, np.ndarray],
+                                                                                     np.ndarray | None]:
+    """Every per-example quantity of one model on x (n,), VAE bounds with K samples; and a
+    VAE's mean KL per latent unit (None for the autoencoder)."""
+    out = example_errors(x, reconstructions(model, x))
+    if model.spec.variational:
+        values, per_unit = vae_terms(model, x, samples, seed)
+        return {**out, **values}, per_unit
+    xt = torch.as_tensor(x)
+    out["distortion_nats"] = torch.cat([model.distortion(xt[i : i + CHUNK], model.decode(model.encode(
+        xt[i : i + CHUNK])[0])) for i in range(0, len(xt), CHUNK)]).double().numpy()
+    return out, None
 
 
 def unit_variance(mu: np.ndarray) -> np.ndarray:
@@ -79,72 +119,193 @@ def active_units(mu: np.ndarray, threshold: float = ACTIVE_THRESHOLD) -> tuple[i
     return int((var > threshold).sum()), var.tolist()
 
 
-def probe_accuracy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray,
-                   seed: int) -> float:
-    """Test accuracy of a logistic regression on standardised features (a linear probe)."""
+def probe_correct(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray,
+                  seed: int) -> np.ndarray | None:
+    """Per test example: does a logistic regression on standardised features (a linear probe)
+    predict its label? None with fewer than two classes."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
     if len(np.unique(y_train)) < 2:
-        return float("nan")
+        return None
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000, random_state=seed))
     clf.fit(f_train, y_train)
-    return float(clf.score(f_test, y_test))
+    return clf.predict(f_test) == y_test
 
 
-def evaluate_model(path: Path, x_test: np.ndarray, probe: tuple | None, samples: int, seed: int) -> dict:
-    """Everything the table reports for one trained model (VAE or autoencoder)."""
-    model, meta = load_checkpoint(path)
-    mu = latents(model, x_test)
-    out = {"latent_dim": model.spec.latent_dim, "n_params": n_params(model), "beta": meta.get("beta"),
-           "lr": meta.get("lr"), "train_seconds": meta.get("seconds"), "trial": meta.get("trial"),
-           "study": meta.get("study"), "epochs_run": meta.get("epochs_run")}
-    out.update(pca_mod.errors(x_test, reconstructions(model, x_test)))
+def probe_accuracy(f_train: np.ndarray, y_train: np.ndarray, f_test: np.ndarray, y_test: np.ndarray,
+                   seed: int) -> float:
+    correct = probe_correct(f_train, y_train, f_test, y_test, seed)
+    return float("nan") if correct is None else float(correct.mean())
+
+
+# --- sanity: a model worse than the trivial one is diverged, not a candidate ----------------------
+
+
+def baseline(mean: np.ndarray, x: np.ndarray) -> dict[str, float]:
+    """The trivial models: predict the training mean for every example. Their squared error,
+    and the NLL of independent-pixel Bernoulli and isotropic Gaussian densities around it."""
+    x = np.asarray(x, dtype=np.float64)
+    errs = example_errors(x, np.broadcast_to(mean, x.shape))
+    sse = float(errs["sse_per_image"].mean())
+    var = sse / x.shape[1]
+    gaussian = 0.5 * x.shape[1] * (math.log(2 * math.pi * var) + 1) if var > 0 else float("nan")
+    return {"sse_per_image": sse, "bernoulli_nll_nats": float(errs["bce_nats"].mean()),
+            "gaussian_nll_nats": gaussian}
+
+
+def flag(means: dict[str, float], base: dict[str, float], likelihood: str, pca_sse: float | None = None) -> str | None:
+    """Why a model's test values are absurd (diverged), or None for a sane model."""
+    bad = [key for key, v in means.items() if v is None or not math.isfinite(v)]
+    if bad:
+        return f"non-finite {bad[0]}"
+    sse, ref = means["sse_per_image"], base["sse_per_image"]
+    if ref > 0 and sse > FAR * ref:
+        pca = f"PCA at this size {pca_sse:.3g}, " if pca_sse is not None else ""
+        return (f"far worse than trivial: squared error {sse:.3g} per example, over {FAR:g}x that of "
+                f"predicting the training mean ({pca}mean {ref:.3g})")
+    nll, trivial = means.get("iwae_nll_nats"), base.get(f"{likelihood}_nll_nats")
+    if nll is not None and trivial is not None and math.isfinite(trivial) and nll > trivial + (FAR - 1) * abs(trivial):
+        return (f"far worse than trivial: NLL bound {nll:.4g} nats, over {FAR:g}x the independent-pixel "
+                f"model's {trivial:.4g}")
+    return None
+
+
+# --- the stage ----------------------------------------------------------------------------------
+
+
+def model_summary(model: AutoEncoder, meta: dict, values: dict[str, np.ndarray], mu: np.ndarray) -> dict:
+    """One model's means and facts for evaluation.json."""
+    out = {"seed": meta.get("seed"), "trial": meta.get("trial"), "study": meta.get("study"),
+           **{key: float(v.mean()) for key, v in values.items() if key != "probe_correct"}}
+    if "probe_correct" in values:
+        out["probe_accuracy"] = float(values["probe_correct"].mean())
     if model.spec.variational:
-        out.update(vae_bounds(model, x_test, samples, seed))
-        out["active_units"], out["mu_variance"] = active_units(mu)
-        out["collapsed_units"] = model.spec.latent_dim - out["active_units"]
-    else:
-        with torch.no_grad():
-            xt = torch.as_tensor(x_test)
-            out["distortion_nats"] = float(model.distortion(xt, model.decode(torch.as_tensor(mu))).mean())
-    if probe is not None:
-        x_train, y_train, y_test = probe
-        out["probe_accuracy"] = probe_accuracy(latents(model, x_train), y_train, mu, y_test, seed)
+        out["neg_elbo_nats"] = out["distortion_nats"] + out["rate_nats"]
+        out["active_units"] = active_units(mu)[0]
     return out
 
 
-def evaluate_pca(basis: pca_mod.PCABasis, x_test: np.ndarray, k: int, probe: tuple | None, seed: int) -> dict:
+def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, probe: tuple | None, samples: int,
+                  seed: int, base: dict, pca_sse: float) -> tuple[dict | None, dict[str, np.ndarray], list[str | None]]:
+    """The models of one size and arm (the search's best first, then its replicates): the row's
+    entry (means over the sane models; facts of the best), stacked per-example arrays, flags."""
+    if not entries:
+        return None, {}, []
+    models, arrays, flags = [], {}, []
+    for entry in entries:
+        model, meta = load_checkpoint(models_dir / entry["file"])
+        mu = latents(model, x_test)
+        values, per_unit = per_example(model, x_test, samples, seed)
+        if probe is not None:
+            x_train, y_train, y_test = probe
+            correct = probe_correct(latents(model, x_train), y_train, mu, y_test, seed)
+            if correct is not None:
+                values["probe_correct"] = correct
+        summary = model_summary(model, meta, values, mu)
+        means = {k: summary[k] for k in ("sse_per_image", "distortion_nats", "iwae_nll_nats", "rate_nats") if k in summary}
+        summary["flag"] = flag(means, base, model.spec.likelihood, pca_sse)
+        summary["replicate"] = entry["replicate"]
+        models.append(summary)
+        flags.append(summary["flag"])
+        for key, v in values.items():
+            arrays.setdefault(key, []).append(v)
+        if entry is entries[0]:  # the search's best; replicates follow it
+            best, best_meta, best_mu, best_kl = model, meta, mu, per_unit
+    sane = [m for m in models if m["flag"] is None] or models
+    row = {key: float(np.mean([m[key] for m in sane])) for key in models[0]
+           if key not in ("seed", "trial", "study", "flag", "replicate", "active_units")}
+    row.update({"latent_dim": best.spec.latent_dim, "n_params": n_params(best), "beta": best_meta.get("beta"),
+                "lr": best_meta.get("lr"), "train_seconds": best_meta.get("seconds"), "trial": best_meta.get("trial"),
+                "study": best_meta.get("study"), "epochs_run": best_meta.get("epochs_run"),
+                "mse_per_pixel": row["sse_per_image"] / x_test.shape[1], "models": models,
+                "n_sane": sum(m["flag"] is None for m in models),
+                "flag": None if any(m["flag"] is None for m in models) else models[0]["flag"]})
+    if best.spec.variational:
+        row["active_units"], row["mu_variance"] = active_units(best_mu)
+        row["collapsed_units"] = best.spec.latent_dim - row["active_units"]
+        row["kl_per_dim_nats"] = best_kl.tolist()
+        row["iwae_samples"] = samples
+    return row, {k: np.stack(v) for k, v in arrays.items()}, flags
+
+
+def evaluate_pca(basis: pca_mod.PCABasis, x_test: np.ndarray, k: int, probe: tuple | None,
+                 seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+    values = example_errors(x_test, pca_mod.reconstruct(basis, x_test, k))
     out = pca_mod.metrics_at(basis, x_test, k)
     if probe is not None:
         x_train, y_train, y_test = probe
         used = min(k, basis.n_components)
-        out["probe_accuracy"] = probe_accuracy(pca_mod.encode(basis, x_train, used), y_train,
-                                               pca_mod.encode(basis, x_test, used), y_test, seed)
-    return out
+        correct = probe_correct(pca_mod.encode(basis, x_train, used), y_train, pca_mod.encode(basis, x_test, used),
+                                y_test, seed)
+        if correct is not None:
+            values["probe_correct"] = correct
+            out["probe_accuracy"] = float(correct.mean())
+    return out, values
 
 
-def run(latent_dims: list[int], models_dir: Path, basis: pca_mod.PCABasis, x_train: np.ndarray,
+def run(sizes: list[dict], models: list[dict], models_dir: Path, basis: pca_mod.PCABasis, x_train: np.ndarray,
         y_train: np.ndarray | None, x_test: np.ndarray, y_test: np.ndarray | None, samples: int,
-        probe_max_train: int, seed: int, log=print) -> dict:
-    """Evaluate every latent size; sizes whose search found no model are reported as missing."""
+        probe_max_train: int, seed: int, log=print) -> tuple[dict, dict[str, np.ndarray]]:
+    """Evaluate every searched size (sizes: the search's, with why each was searched) and every
+    model (models: the search's list of checkpoints). Returns evaluation.json and the npz arrays."""
     probe = None
     if y_train is not None and y_test is not None:
         keep = np.random.default_rng(seed).permutation(len(x_train))[:probe_max_train]
         probe = (x_train[keep], y_train[keep], y_test)
-    rows = []
-    for k in latent_dims:
-        row = {"latent_dim": k, "compression_ratio": x_test.shape[1] / k,
-               "pca": evaluate_pca(basis, x_test, k, probe, seed)}
-        for arm in ("ae", "vae"):
-            path = best_path(models_dir, k, arm)
-            row[arm] = evaluate_model(path, x_test, probe, samples, seed) if path.is_file() else None
+    base = baseline(basis.mean, x_test)
+    rows, arrays = [], {"baseline_sse_per_image": example_errors(x_test, np.broadcast_to(basis.mean, x_test.shape))[
+        "sse_per_image"]}
+    stacks: dict[str, dict[str, list]] = {arm: {} for arm in ("pca", *ARMS)}
+    for size in sizes:
+        k = size["latent_dim"]
+        pca_row, pca_values = evaluate_pca(basis, x_test, k, probe, seed)
+        row = {"latent_dim": k, "compression_ratio": x_test.shape[1] / k, "phase": size.get("phase", "grid"),
+               "reason": size.get("reason", ""), "pca": pca_row}
+        _append(stacks["pca"], k, 0, False, pca_values)
+        for arm in ARMS:
+            entries = sorted((m for m in models if m["latent_dim"] == k and m["arm"] == arm),
+                             key=lambda m: m["replicate"])
+            row[arm], values, flags = evaluate_size(entries, models_dir, x_test, probe, samples, seed, base,
+                                                    pca_row["sse_per_image"])
+            for i, entry in enumerate(entries):
+                _append(stacks[arm], k, entry["replicate"], flags[i] is not None,
+                        {key: v[i] for key, v in values.items()})
         rows.append(row)
-        vae = row["vae"] or {}
-        log(f"[evaluate] k={k:<4} PCA sse {row['pca']['sse_per_image']:.3f}"
-            + (f" | AE sse {row['ae']['sse_per_image']:.3f}" if row["ae"] else " | AE missing")
-            + (f" | VAE sse {vae['sse_per_image']:.3f} D {vae['distortion_nats']:.2f} R {vae['rate_nats']:.2f}"
-               f" IWAE {vae['iwae_nll_nats']:.2f} AU {vae['active_units']}/{k}" if vae else " | VAE missing"))
+        log(line(row))
+    for arm, stack in stacks.items():
+        for key, items in stack.items():
+            arrays[f"{arm}_{key}"] = np.array(items)
     return {"input_dim": int(x_test.shape[1]), "n_test": int(len(x_test)), "has_labels": probe is not None,
-            "rows": rows}
+            "baseline": base, "rows": rows}, arrays
+
+
+def _append(stack: dict[str, list], k: int, replicate: int, flagged: bool, values: dict[str, np.ndarray]) -> None:
+    for key, value in {"latent_dim": k, "replicate": replicate, "flagged": flagged}.items():
+        stack.setdefault(key, []).append(value)
+    for key, v in values.items():
+        stack.setdefault(key, []).append(np.asarray(v, dtype=np.float32))
+
+
+def line(row: dict) -> str:
+    k, vae, ae = row["latent_dim"], row["vae"], row["ae"]
+    added = " (added)" if row["phase"] == "added" else ""
+    parts = [f"[evaluate] k={k:<4}{added} PCA sse {row['pca']['sse_per_image']:.3f}"]
+    parts.append(f"AE sse {ae['sse_per_image']:.3f} ({len(ae['models'])} models)" if ae else "AE missing")
+    parts.append(f"VAE sse {vae['sse_per_image']:.3f} D {vae['distortion_nats']:.2f} R {vae['rate_nats']:.2f} "
+                 f"IWAE {vae['iwae_nll_nats']:.2f} AU {vae['active_units']}/{k} ({len(vae['models'])} models)"
+                 if vae else "VAE missing")
+    flags = [f"{arm} replicate {m['replicate']}: {m['flag']}" for arm in ARMS for m in (row[arm] or {}).get("models", [])
+             if m["flag"]]
+    return " | ".join(parts) + "".join(f"\n[evaluate] k={k} FLAGGED {f}" for f in flags)
+
+
+def save_per_example(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    npz.save(path, **arrays)
+
+
+def load_per_example(path: Path) -> dict[str, np.ndarray]:
+    with np.load(path) as f:
+        return {key: f[key] for key in f.files}

@@ -77,8 +77,10 @@ def reconstruction_strip(model, x: np.ndarray, image_shape: list[int] | None, pa
 
 
 def finished_vae(trials):
-    """The finished (COMPLETE) VAE trials of trials.csv."""
-    return trials[(trials["arm"] == "vae") & (trials["state"] == "COMPLETE")]
+    """The search's finished (COMPLETE) VAE trials of trials.csv; seed replicates repeat a
+    configuration, so they are left out of the per-size histories."""
+    own = trials["phase"] != "replicate" if "phase" in trials else True
+    return trials[(trials["arm"] == "vae") & (trials["state"] == "COMPLETE") & own]
 
 
 def _by_size(done, draw) -> None:
@@ -109,6 +111,40 @@ def _log_k_axis(ax, ks: list[int]) -> None:
     ax.minorticks_off()
     ax.set_xlabel("latent size k")
     ax.grid(alpha=0.3)
+
+
+def criterion_curves(panels: list[dict], added: list[int], path: Path) -> None:
+    """The main figure: one panel per purpose, its criterion against k with 95% error bars.
+
+    Each panel: {"title", "ylabel", "ks", "value", "low", "high", "chosen", "likely", and
+    optionally "reference": (label, ks, values)}. Sizes the search added are hollow markers;
+    the chosen k is a dashed line and the 90% set a shaded band.
+    """
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
+    for ax, p in zip(axes[0], panels):
+        ks, value = np.array(p["ks"]), np.array(p["value"])
+        err = np.vstack([value - np.array(p["low"]), np.array(p["high"]) - value])
+        ax.errorbar(ks, value, yerr=err, fmt="-", color="tab:blue", ecolor="tab:blue", capsize=3, lw=1.3,
+                    label="model (95% interval)")
+        grid = ~np.isin(ks, added)
+        ax.plot(ks[grid], value[grid], "o", color="tab:blue", ms=5)
+        if (~grid).any():
+            ax.plot(ks[~grid], value[~grid], "o", mfc="white", mec="tab:red", mew=1.5, ms=7,
+                    label="added by the search")
+        if p.get("reference"):
+            label, rks, rvalues = p["reference"]
+            ax.plot(rks, rvalues, "s--", color="0.5", ms=3, lw=1, label=label)
+        lo, hi = min(p["likely"]), max(p["likely"])
+        ax.axvspan(lo / 1.12, hi * 1.12, color="tab:green", alpha=0.12, label="90% set of the rule")
+        ax.axvline(p["chosen"], color="tab:green", ls="--", lw=1.2)
+        ax.set_title(p["title"], fontsize=10)
+        ax.set_ylabel(p["ylabel"])
+        _log_k_axis(ax, sorted(set(p["ks"]) | set(p.get("reference", (None, [], []))[1])))
+        ax.text(p["chosen"], 1.0, f" k={p['chosen']}", transform=ax.get_xaxis_transform(), va="top", ha="left",
+                fontsize=8, color="darkgreen")
+        ax.legend(fontsize=7)
+    _save(fig, path)
 
 
 def distortion_curves(table, recommended: int | None, path: Path) -> None:

@@ -1,46 +1,158 @@
-"""The recommended latent size, computed from the curves, and the paragraph that explains it.
+"""The answer to "how big should the latent space be?": one per purpose, each with its interval
+and stability, the headline among them, and the cross-checks that support or question it.
 
-Primary rule: the smallest k whose VAE test distortion is within `tolerance` of the best
-(relative to the best distortion; relative to the curve's span when the best is not positive,
-as a Gaussian decoder's distortion can be). Cross-checks: the knee of the curve (Kneedle on
-log k), the active units, the data's intrinsic dimension and PCA's k for 90/95% variance.
+Each purpose has a criterion that is comparable across k whatever beta trained the model:
+- generation, the VAE as a density model: the IWAE-K bound on the test negative log-likelihood;
+- reconstruction, the autoencoder as a code: the test squared error per example;
+- representation (labelled data): linear-probe accuracy on the VAE's mean codes mu(x).
+The rule is stats.choose: the smallest k within one standard error of the best.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from latentstudy import stats
+from latentstudy.config import StudyError
 
 
 @dataclass(frozen=True)
-class Recommendation:
-    latent_dim: int
-    beta: float | None
-    tolerance: float
-    best_latent_dim: int
-    best_distortion: float
-    threshold: float
-    knee_latent_dim: int | None
-    active_units: int | None
-    max_active_units: int | None
-    intrinsic_twonn: float | None
-    intrinsic_mle: float | None
-    pca_components: dict[str, int]
-    curve: str  # which curve: "vae" or, when no VAE finished, "ae"
-    text: str
+class Purpose:
+    name: str
+    arm: str  # the model family whose criterion decides: "vae" or "ae"
+    quantity: str  # the per-example value (evaluate.QUANTITIES, or probe_correct)
+    criterion: str  # in words, for people
+    short: str  # a table header
+    unit: str
+    higher_is_better: bool = False
+
+    def lowered(self, values: np.ndarray) -> np.ndarray:
+        """The values oriented for the rule (lower is better): accuracy becomes error rate."""
+        return 1.0 - values if self.higher_is_better else np.asarray(values, dtype=np.float64)
+
+    def shown(self, value: float) -> float:
+        """A lowered value back in the criterion's own orientation."""
+        return 1.0 - value if self.higher_is_better else value
+
+
+PURPOSES = {
+    "generation": Purpose("generation", "vae", "iwae_nll_nats", "test negative log-likelihood bound (IWAE)",
+                          "NLL bound", "nats per example"),
+    "reconstruction": Purpose("reconstruction", "ae", "sse_per_image", "autoencoder test squared error",
+                              "squared error", "per example"),
+    "representation": Purpose("representation", "vae", "probe_correct", "linear-probe accuracy on the VAE's codes",
+                              "probe accuracy", "", higher_is_better=True),
+}
+
+RULE = ("For each purpose the criterion is measured on every test example at every latent size. The test "
+        "examples are resampled {draws} times, the same resample for every size, and each size's seed "
+        "replicates are resampled too; the spread of the resampled means is each size's standard error (SE), "
+        "and the spread of its difference to the best size is the SE of that difference, much smaller because "
+        "hard examples are hard at every size. The answer is the smallest k that is worse than the best by no "
+        "more than one SE of their difference{margin}: the simplest model the data cannot tell from the best "
+        "(the one-standard-error rule). Stability is how often the same rule picks each k across the "
+        "resamples; the 90% set holds the sizes it picks in 90% of them. The search applied the same rule to "
+        "the validation split to decide which sizes to add and which to retrain with more seeds; the numbers "
+        "here are on the test split only.")
+
+
+def unavailable(purpose: str, has_model: bool, has_labels: bool) -> str | None:
+    """Why a purpose cannot be answered for this study, or None."""
+    if purpose == "representation" and not has_labels:
+        return "the data has no labels to probe"
+    if not has_model:
+        return f"no {'VAE' if PURPOSES[purpose].arm == 'vae' else 'autoencoder'} finished at any size"
+    return None
+
+
+def check_purpose(requested: str, has_labels: bool) -> None:
+    """A purpose the data cannot serve is a user error, caught before any work."""
+    if requested == "representation" and not has_labels:
+        raise StudyError("report.purpose = representation but the data has no labels; allowed here: auto, "
+                         "generation or reconstruction (or give labels: data.labels_key)")
+
+
+def headline(requested: str, has_vae: bool) -> tuple[str, str]:
+    """(the headline purpose, why it is the headline)."""
+    if requested != "auto":
+        return requested, f"report.purpose = {requested}"
+    if has_vae:
+        return "generation", "report.purpose = auto, and the VAE arm finished: the VAE as a density model"
+    return "reconstruction", "report.purpose = auto, and no VAE finished: the autoencoder as a code"
+
+
+# --- one purpose's answer -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Answer:
+    purpose: Purpose
+    choice: stats.Choice | None
+    excluded: dict[int, str] = field(default_factory=dict)  # sizes left out of the curve, and why
+    missing: str | None = None  # why there is no answer at all
+
+    @property
+    def k(self) -> int | None:
+        return self.choice.chosen if self.choice else None
+
+    def at(self, k: int) -> tuple[float, float, float, float]:
+        """(value, SE, 95% low, 95% high) at k, in the criterion's own orientation."""
+        c, p = self.choice, self.purpose
+        i = c.ks.index(k)
+        ends = sorted((p.shown(c.low[i]), p.shown(c.high[i])))
+        return p.shown(c.value[i]), c.se[i], ends[0], ends[1]
+
+    @property
+    def still_improving(self) -> bool:
+        """The best size is the largest searched: the curve may go on improving past the grid."""
+        c = self.choice
+        return c is not None and len(c.ks) > 1 and c.best == c.ks[-1]
+
+    def summary(self) -> str:
+        """e.g. "k = 6, chosen in 84% of resamples; 90% set {5, 6}"."""
+        if self.choice is None:
+            return f"no answer: {self.missing}"
+        c = self.choice
+        return (f"k = {c.chosen}, chosen in {c.shares[c.chosen]:.0%} of resamples; "
+                f"90% set {{{', '.join(map(str, c.likely))}}}")
+
+    def interval(self) -> tuple[int, int] | None:
+        return (min(self.choice.likely), max(self.choice.likely)) if self.choice else None
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        out = {"purpose": self.purpose.name, "criterion": self.purpose.criterion, "latent_dim": self.k,
+               "missing": self.missing, "excluded": {str(k): v for k, v in self.excluded.items()}}
+        c = self.choice
+        if c is None:
+            return out
+        value, se, low, high = self.at(c.chosen)
+        out.update({
+            "interval": list(self.interval()), "likely_set": c.likely, "stability": c.shares[c.chosen],
+            "shares": {str(k): round(v, 4) for k, v in c.shares.items() if v > 0}, "best_latent_dim": c.best,
+            "value": value, "se": se, "ci95": [low, high], "tolerance": c.tolerance, "bootstrap": c.draws,
+            "still_improving": self.still_improving,
+            "curve": [{"latent_dim": k, "value": self.at(k)[0], "se": c.se[i], "ci95": list(self.at(k)[2:]),
+                       "diff_to_best": (-1 if self.purpose.higher_is_better else 1) * c.diff[i],
+                       "diff_se": c.diff_se[i], "models": c.models[i]} for i, k in enumerate(c.ks)],
+        })
+        return out
 
 
-def within_tolerance(ks: list[int], values: list[float], tolerance: float) -> tuple[int, float, int, float]:
-    """(smallest k within tolerance of the best, the threshold, the best k, the best value)."""
-    best_i = min(range(len(values)), key=lambda i: (values[i], ks[i]))
-    best = values[best_i]
-    scale = abs(best) if best > 0 else (max(values) - best)
-    threshold = best + tolerance * scale
-    chosen = min(k for k, v in zip(ks, values) if v <= threshold)
-    return chosen, threshold, ks[best_i], best
+def answer(purpose: Purpose, curves: dict[int, np.ndarray], excluded: dict[int, str], draws: int, seed: int,
+           tolerance: float, missing: str | None = None) -> Answer:
+    """The rule on one purpose's curve: curves maps k to its (models, examples) values in the
+    criterion's own orientation; sizes in `excluded` (no model, diverged) are left out."""
+    ks = sorted(k for k in curves if k not in excluded)
+    if missing is not None or not ks:
+        return Answer(purpose, None, excluded, missing or "every size is excluded (see the flagged models)")
+    values = [purpose.lowered(np.asarray(curves[k], dtype=np.float64)) for k in ks]
+    return Answer(purpose, stats.choose(ks, values, draws, seed, tolerance), excluded)
+
+
+# --- cross-checks ---------------------------------------------------------------------------------
 
 
 def knee(ks: list[int], values: list[float]) -> int | None:
@@ -63,52 +175,124 @@ def knee(ks: list[int], values: list[float]) -> int | None:
     return ks[i] if gaps[i] > 0 else None
 
 
-def recommend(ks: list[int], distortion: list[float | None], betas: list[float | None],
-              active: list[int | None], tolerance: float, intrinsic: dict, pca_components: dict[str, int],
-              curve: str = "vae") -> Recommendation:
-    """Pick k from the distortion curve (sizes without a model are skipped) and explain why."""
-    pairs = [(k, d, b, a) for k, d, b, a in zip(ks, distortion, betas, active) if d is not None]
-    if not pairs:
-        raise ValueError("no latent size has a trained model to recommend from")
-    ks_ok = [p[0] for p in pairs]
-    values = [p[1] for p in pairs]
-    chosen, threshold, best_k, best = within_tolerance(ks_ok, values, tolerance)
-    at = dict((p[0], p) for p in pairs)[chosen]
-    knee_k = knee(ks_ok, values)
-    actives = [p[3] for p in pairs if p[3] is not None]
-    rec = Recommendation(
-        latent_dim=chosen, beta=at[2], tolerance=tolerance, best_latent_dim=best_k, best_distortion=best,
-        threshold=threshold, knee_latent_dim=knee_k, active_units=at[3],
-        max_active_units=max(actives) if actives else None, intrinsic_twonn=intrinsic.get("twonn"),
-        intrinsic_mle=intrinsic.get("mle"), pca_components=pca_components, curve=curve, text="")
-    return replace(rec, text=explain(rec))
+def knee_stability(choice: stats.Choice) -> tuple[int | None, dict[int, float], list[int]]:
+    """The knee of the curve, how often each k is the knee over the resampled curves, and the
+    90% set of knees (resamples without a knee count as none)."""
+    at = knee(choice.ks, choice.value)
+    picks = [knee(choice.ks, row.tolist()) for row in choice.samples]
+    counts = np.array([sum(p == k for p in picks) for k in choice.ks], dtype=float) / len(picks)
+    return at, {k: float(s) for k, s in zip(choice.ks, counts) if s > 0}, \
+        [choice.ks[i] for i in stats.likely_set(counts)] if counts.sum() > 0 else []
 
 
-def explain(r: Recommendation) -> str:
-    model = "VAE" if r.curve == "vae" else "autoencoder"
-    parts = [
-        f"Recommended latent size: k = {r.latent_dim}"
-        + (f" with beta = {r.beta:.3g}." if r.beta is not None else "."),
-        f"It is the smallest size whose {model} test distortion is within {r.tolerance:.0%} of the best "
-        f"({r.best_distortion:.2f} nats at k = {r.best_latent_dim}; threshold {r.threshold:.2f} nats): "
-        "larger latent spaces buy almost no reconstruction.",
-    ]
-    if r.knee_latent_dim is not None:
-        agree = "agrees" if r.knee_latent_dim == r.latent_dim else "differs"
-        parts.append(f"The knee of the distortion curve is at k = {r.knee_latent_dim}, which {agree}.")
-    if r.active_units is not None:
-        wasted = r.latent_dim - r.active_units
-        parts.append(
-            f"At k = {r.latent_dim} the VAE uses {r.active_units} active unit{'s' * (r.active_units != 1)}"
-            + (f" ({wasted} collapsed to the prior: capacity it does not use)" if wasted > 0 else " (all of them)")
-            + f"; across all sizes it never uses more than {r.max_active_units}.")
-    ids = [f"TwoNN {r.intrinsic_twonn:.1f}" if r.intrinsic_twonn is not None else None,
-           f"Levina-Bickel {r.intrinsic_mle:.1f}" if r.intrinsic_mle is not None else None]
-    ids = [s for s in ids if s]
+def pca_components(residuals: np.ndarray, total: np.ndarray, targets: list[float], draws: int,
+                   seed: int) -> dict[str, list[int]]:
+    """Components PCA needs for each explained-variance target on the test split, with a 95%
+    interval over resampled test examples: {target: [k, low, high]}.
+
+    residuals: (n, r) each example's squared residual after 1..r components; total: (n,) its
+    squared distance to the mean.
+    """
+    def needed(ratio: np.ndarray, t: float) -> int:
+        hit = np.flatnonzero(ratio >= t - 1e-12)
+        return int(hit[0]) + 1 if len(hit) else len(ratio)
+
+    ratio = 1 - residuals.mean(axis=0) / max(total.mean(), 1e-300)
+    boot = np.concatenate([1 - (w @ residuals) / np.maximum(w @ total, 1e-300)[:, None]
+                           for w in stats.weights(len(total), draws, seed)])
+    out = {}
+    for t in targets:
+        per_draw = np.array([needed(row, t) for row in boot])
+        out[f"{t:g}"] = [needed(ratio, t), int(np.percentile(per_draw, 2.5)), int(np.percentile(per_draw, 97.5))]
+    return out
+
+
+@dataclass(frozen=True)
+class Checks:
+    """Cross-checks of the headline answer, each with its interval or stability."""
+
+    knee: int | None
+    knee_shares: dict[int, float]
+    knee_likely: list[int]
+    active_units: list[int]  # of each model at the headline k (the best first, then replicates)
+    max_active_units: int | None
+    intrinsic: dict  # prepare's estimates with their intervals and rejections
+    pca_components: dict[str, list[int]]  # target -> [k, low, high] on the test split
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    answers: dict[str, Answer]
+    headline: str
+    why: str
+    checks: Checks
+    text: str = ""
+
+    @property
+    def main(self) -> Answer:
+        return self.answers[self.headline]
+
+    @property
+    def latent_dim(self) -> int | None:
+        return self.main.k
+
+    def to_dict(self) -> dict:
+        c = self.checks
+        return {"headline": self.headline, "why": self.why, "latent_dim": self.latent_dim,
+                "answers": {name: a.to_dict() for name, a in self.answers.items()},
+                "checks": {"knee": c.knee, "knee_shares": {str(k): v for k, v in c.knee_shares.items()},
+                           "knee_likely_set": c.knee_likely, "active_units": c.active_units,
+                           "max_active_units": c.max_active_units, "intrinsic_dim": c.intrinsic,
+                           "pca_components": c.pca_components},
+                "text": self.text}
+
+
+def fmt(value: float) -> str:
+    return f"{value:.3f}" if abs(value) < 10 else f"{value:.2f}"
+
+
+def explain(rec: Recommendation, replicated: dict[str, list[int]], added: list[int]) -> str:
+    """The paragraph under the answers: the headline, why, the rule's numbers, the cross-checks."""
+    a, c = rec.main, rec.checks
+    if a.choice is None:
+        return f"No {a.purpose.name} answer: {a.missing}."
+    ch, p = a.choice, a.purpose
+    value, se, *_ = a.at(ch.chosen)
+    best, best_se, *_ = a.at(ch.best)
+    i = ch.ks.index(ch.chosen)
+    margin = f" plus the {ch.tolerance:g} x |best| margin" if ch.tolerance else ""
+    parts = [f"Headline ({rec.why}): {p.name}, {a.summary()}."]
+    if ch.chosen == ch.best:
+        parts.append(f"k = {ch.chosen} has the best {p.criterion}, {fmt(value)} ± {fmt(se)} {p.unit}"
+                     + ("" if ch.chosen == ch.ks[0] else "; every smaller size is worse by more than one SE")
+                     + ".")
+    else:
+        parts.append(f"The best {p.criterion} is {fmt(best)} ± {fmt(best_se)} {p.unit} at k = {ch.best}; k = "
+                     f"{ch.chosen} is {fmt(abs(ch.diff[i]))} {'below' if p.higher_is_better else 'above'} it, within "
+                     f"one SE of the difference ({fmt(ch.diff_se[i])}){margin}, and every smaller size is not.")
+    if a.still_improving:
+        parts.append(f"The criterion still improves at the largest size searched (k = {ch.best}): larger sizes "
+                     "may do better; add them to study.latent_dims.")
+    reps = replicated.get(p.arm, [])
+    parts.append(f"Sizes with seed replicates in their interval: {', '.join(map(str, reps)) or 'none'}."
+                 + (f" Sizes added by the search: {', '.join(map(str, added))}." if added else ""))
+    others = [f"{name} {other.summary()}" for name, other in rec.answers.items() if name != rec.headline]
+    if others:
+        parts.append("Other purposes: " + "; ".join(others) + ".")
+    if c.knee is not None:
+        share = c.knee_shares.get(c.knee, 0.0)
+        parts.append(f"The knee of the {p.name} curve is at k = {c.knee} (in {share:.0%} of resamples).")
+    if c.active_units:
+        spread = f" (replicates: {min(c.active_units)}-{max(c.active_units)})" if len(c.active_units) > 1 else ""
+        parts.append(f"At k = {rec.latent_dim} the VAE uses {c.active_units[0]} active "
+                     f"unit{'s' * (c.active_units[0] != 1)}{spread}; across all "
+                     f"sizes at most {c.max_active_units}.")
+    ids = [f"{label} {c.intrinsic[key]:.1f} (95% {c.intrinsic[key + '_interval'][0]:.1f}-"
+           f"{c.intrinsic[key + '_interval'][1]:.1f})" for key, label in (("twonn", "TwoNN"), ("mle", "Levina-Bickel"))
+           if c.intrinsic.get(key) is not None and c.intrinsic.get(key + "_interval")]
     if ids:
-        parts.append(f"The data's intrinsic dimension is estimated at {' and '.join(ids)}: where a good "
-                     "nonlinear code's distortion curve should flatten.")
-    if r.pca_components:
-        needed = ", ".join(f"{float(t):.0%} needs {k}" for t, k in r.pca_components.items())
-        parts.append(f"A linear code (PCA) needs more for the same variance: {needed} components.")
+        parts.append(f"The data's intrinsic dimension is estimated at {' and '.join(ids)}.")
+    if c.pca_components:
+        needed = ", ".join(f"{float(t):.0%} needs {k} (95% {lo}-{hi})" for t, (k, lo, hi) in c.pca_components.items())
+        parts.append(f"PCA on the test split: {needed} components.")
     return " ".join(parts)

@@ -100,36 +100,50 @@ def pca(params: Path, prepared: Path, metrics_json: Path, curve_csv: Path, basis
 
 def search(params: Path, prepared: Path, root: Path, models_dir: Path, trials_csv: Path, metrics_json: Path,
            study_json: Path, tracking: str | None) -> None:
+    from latentstudy import data, recommend
     from latentstudy.search import coordinator
+    from latentstudy.search.validation import Rule
 
     study = config.load_section(params, "study")
     cfg = config.load_section(params, "search")
+    rep = config.load_section(params, "report")
+    ev = config.load_section(params, "evaluate")
+    recommend.check_purpose(rep.purpose, data.load_summary(prepared)["has_labels"])
+    # The search decides which sizes to add and to replicate with the report's rule, on validation.
+    rule = Rule(rep.purpose, rep.tolerance, rep.bootstrap, study.seed, ev.iwae_samples, ev.probe_max_train)
     with outputs(models_dir, trials_csv, metrics_json, study_json):
-        coordinator.run(study, cfg, prepared, root, models_dir, trials_csv, metrics_json, study_json, tracking)
+        coordinator.run(study, cfg, prepared, root, models_dir, trials_csv, metrics_json, study_json, tracking, rule)
 
 
-def evaluate(params: Path, prepared: Path, models_dir: Path, basis_path: Path, out_json: Path) -> dict:
+def evaluate(params: Path, prepared: Path, models_dir: Path, study_json: Path, basis_path: Path, out_json: Path,
+             per_example_npz: Path) -> dict:
     from latentstudy import data
     from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
 
-    study = config.load_section(params, "study")
     cfg = config.load_section(params, "evaluate")
+    searched = _read_json(study_json)
+    if "sizes" not in searched or "models" not in searched:
+        raise StudyError(f"{study_json}: lists no searched sizes or models (an older search); rerun the search "
+                         "stage: dvc repro -f search")
     x_train, y_train = data.load_split(prepared, "train")
     x_test, y_test = data.load_split(prepared, "test")
     basis = pca_mod.load(basis_path)
-    with outputs(out_json):
-        result = evaluate_mod.run(study.latent_dims, models_dir, basis, x_train, y_train, x_test, y_test,
-                                  cfg.iwae_samples, cfg.probe_max_train, cfg.seed)
+    with outputs(out_json, per_example_npz):
+        result, arrays = evaluate_mod.run(searched["sizes"], searched["models"], models_dir, basis, x_train, y_train,
+                                          x_test, y_test, cfg.iwae_samples, cfg.probe_max_train, cfg.seed)
         write_json(out_json, result)
+        evaluate_mod.save_per_example(per_example_npz, arrays)
     return result
 
 
-def report(params: Path, prepared: Path, evaluation_json: Path, trials_csv: Path, pca_metrics: Path,
-           study_json: Path, models_dir: Path, basis_path: Path, out_dir: Path, tracking: str | None) -> None:
+def report(params: Path, prepared: Path, evaluation_json: Path, per_example_npz: Path, trials_csv: Path,
+           pca_metrics: Path, study_json: Path, models_dir: Path, basis_path: Path, out_dir: Path,
+           tracking: str | None) -> None:
     import pandas as pd
 
-    from latentstudy import data, report as rep
+    from latentstudy import data, recommend, report as rep
+    from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
     from latentstudy.tracking import require_reachable
 
@@ -137,15 +151,20 @@ def report(params: Path, prepared: Path, evaluation_json: Path, trials_csv: Path
     if tracking:
         require_reachable(tracking)  # now, not after the report's work
     x_test, y_test = data.load_split(prepared, "test")
-    study = _read_json(study_json)
-    inp = rep.Inputs(_read_json(evaluation_json), pd.read_csv(trials_csv), data.load_summary(prepared),
-                     _read_json(pca_metrics), study, x_test, y_test, models_dir, pca_mod.load(basis_path))
+    summary = data.load_summary(prepared)
+    recommend.check_purpose(cfg.purpose, summary["has_labels"])
+    if not per_example_npz.is_file():
+        raise StudyError(f"{per_example_npz}: not found; run the stages before the report (dvc repro)")
+    inp = rep.Inputs(_read_json(evaluation_json), evaluate_mod.load_per_example(per_example_npz),
+                     pd.read_csv(trials_csv), summary, _read_json(pca_metrics), _read_json(study_json), x_test, y_test,
+                     models_dir, pca_mod.load(basis_path))
     table = rep.build_table(inp.evaluation)
-    rec = rep.pick_recommendation(table, cfg.tolerance, inp.summary, inp.pca_metrics)
     paths = rep.output_paths(out_dir)
-    with outputs(*paths.values()):
+    with outputs(*paths.values(), rep.staging(out_dir)):
+        rec = rep.recommendation(cfg, inp)
         rep.write(cfg, inp, table, rec, paths)
-    print(f"[report] {rec.text}")
+    for name, answer in rec.answers.items():
+        print(f"[report] {name}{' (headline)' if name == rec.headline else ''}: {answer.summary()}")
     print(f"[report] wrote {paths['html']}, {paths['table']}, {paths['metrics']}")
     if tracking:
         rep.log_to_mlflow(tracking, inp, table, rec, paths, config.as_dict(cfg))

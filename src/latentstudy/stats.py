@@ -14,13 +14,24 @@ difference to the best size, plus an optional practical margin (tolerance x |bes
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 
 import numpy as np
 
 LEVEL = 0.95  # intervals of values and differences
 SET_LEVEL = 0.9  # the set of sizes the rule picks in this share of resamples
 CHUNK = 64  # bootstrap draws per matrix product
+
+
+def weights(n: int, draws: int, seed: int) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of n examples as (b, n) chunks of weights (counts / n): the mean of a
+    column of values under each resample is weights @ values. The same seed, the same resamples."""
+    rng = np.random.default_rng([seed, 0])
+    for start in range(0, draws, CHUNK):
+        b = min(CHUNK, draws - start)
+        idx = rng.integers(0, n, size=(b, n))
+        yield np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n) / n
 
 
 def resample(values: list[np.ndarray], draws: int, seed: int) -> np.ndarray:
@@ -32,17 +43,16 @@ def resample(values: list[np.ndarray], draws: int, seed: int) -> np.ndarray:
     n = values[0].shape[1]
     if any(v.ndim != 2 or v.shape[1] != n or len(v) == 0 for v in values):
         raise ValueError("every size needs an (models, examples) array over the same examples")
-    examples = np.random.default_rng([seed, 0])
     models = np.random.default_rng([seed, 1])
     out = np.empty((draws, len(values)))
-    for start in range(0, draws, CHUNK):
-        b = min(CHUNK, draws - start)
-        idx = examples.integers(0, n, size=(b, n))
-        weights = np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n) / n
+    start = 0
+    for w in weights(n, draws, seed):
+        b = len(w)
         for j, v in enumerate(values):
-            means = weights @ v.T.astype(np.float64)  # (b, R_k)
+            means = w @ v.T.astype(np.float64)  # (b, R_k)
             pick = models.integers(0, len(v), size=(b, len(v)))
             out[start : start + b, j] = np.take_along_axis(means, pick, axis=1).mean(axis=1)
+        start += b
     return out
 
 
@@ -112,6 +122,7 @@ class Choice:
     shares: dict[int, float]  # how often the rule picks each k over the resamples
     likely: list[int]  # the 90% set of k
     draws: int
+    samples: np.ndarray = field(repr=False, compare=False)  # (draws, K) the resampled curves
 
     @property
     def threshold(self) -> float:
@@ -137,4 +148,4 @@ def choose(ks: list[int], values: list[np.ndarray], draws: int, seed: int, toler
         high=high.tolist(), diff=(means - means[best]).tolist(), diff_se=se_pair[:, best].tolist(),
         diff_low=dlow.tolist(), diff_high=dhigh.tolist(), models=[len(v) for v in values], best=ks[best],
         chosen=ks[chosen], tolerance=tolerance, shares={k: float(s) for k, s in zip(ks, shares)},
-        likely=[ks[i] for i in likely_set(shares)], draws=draws)
+        likely=[ks[i] for i in likely_set(shares)], draws=draws, samples=boot)

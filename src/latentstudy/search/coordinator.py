@@ -1,11 +1,17 @@
 """The coordinator (the search stage's process): creates the stores, the studies and the MLflow
 parent run, starts worker processes on every device, prints progress until every unit has its
 finished trials, then writes the outputs. Workers elsewhere may join through a shared storage.
+
+It runs the search in phases, one `coordinate` each: the grid; the refinement, which adds a
+latent size wherever the headline purpose's one-SE rule, applied to validation values, leaves a
+gap of more than 1 below its choice (at most study.refine_max sizes); and the replicates, which
+retrain the best configuration of the sizes that decide an answer with more seeds.
 """
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
+import math
 import os
 import shutil
 import subprocess
@@ -15,9 +21,23 @@ from dataclasses import asdict
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyConfig, StudyError
-from latentstudy.search import runs, weights
+from latentstudy.search import keys
 from latentstudy.search.outputs import best_trials, write_outputs
-from latentstudy.search.plan import ARMS, Plan, Unit, counts, make_plan, needs_work
+from latentstudy.search.plan import (
+    ADDED,
+    REPLICATE,
+    Plan,
+    Unit,
+    counts,
+    grid_units,
+    grow,
+    make_plan,
+    needs_work,
+    next_size,
+    replicate_seeds,
+    replicate_unit,
+    sizes,
+)
 from latentstudy.search.store import (
     create_studies,
     open_storage,
@@ -68,7 +88,7 @@ def progress_line(plan: Plan, snap: list, started: float, done_before: int, fina
     best = {}
     for unit, trials in snap:
         values = [t.value for t in trials if t.state.name == "COMPLETE"]
-        if values and unit.arm == "vae":
+        if values and unit.arm == "vae" and unit.phase != REPLICATE:
             best[unit.latent_dim] = min(values)
     elapsed = time.monotonic() - started
     new = complete - done_before
@@ -81,11 +101,15 @@ def progress_line(plan: Plan, snap: list, started: float, done_before: int, fina
 
 
 def shortfalls(snap: list) -> list[str]:
-    """One line per unit that stopped below its budget because max_trials_per_dim trials had started."""
+    """One line per unit that stopped below its budget because max_trials_per_dim trials had started
+    (or, for replicates, because a replicate failed)."""
     lines = []
     for unit, trials in snap:
         c = counts(trials)
-        if c["COMPLETE"] < unit.budget:
+        if c["COMPLETE"] < unit.budget and unit.phase == REPLICATE:
+            lines.append(f"[search] k={unit.latent_dim} {unit.arm}: {c['COMPLETE']} of {unit.budget} replicates "
+                         f"finished ({c['FAIL']} failed; reasons in trials.csv); the interval uses those that did.")
+        elif c["COMPLETE"] < unit.budget:
             lines.append(f"[search] k={unit.latent_dim} {unit.arm}: {c['COMPLETE']} of {unit.budget} trials finished; "
                          f"search.max_trials_per_dim = {unit.limit} trials started ({c['PRUNED']} pruned, "
                          f"{c['FAIL']} failed). Raise it, or prune less (search.pruner), for the full budget.")
@@ -122,9 +146,9 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
     started = time.monotonic()
     done_before = sum(counts(t)["COMPLETE"] for _, t in snapshot(plan, storage))
     devices = sorted({e["CUDA_VISIBLE_DEVICES"] and f"cuda:{e['CUDA_VISIBLE_DEVICES']}" or d for d, e in slots})
-    print(f"[search] study {plan.prefix}: {len(plan.units)} Optuna studies "
-          f"({len(plan.units) // len(ARMS)} latent sizes x {'/'.join(ARMS)}), {len(slots)} worker(s) on "
-          f"{', '.join(devices)}", flush=True)
+    print(f"[search] study {plan.prefix}: {len(plan.units)} Optuna studies ({len(sizes(plan))} latent sizes"
+          f"{f', {sum(u.phase == REPLICATE for u in plan.units)} replicate units' if any(u.phase == REPLICATE for u in plan.units) else ''}"
+          f"), {len(slots)} worker(s) on {', '.join(devices)}", flush=True)
     procs: list[subprocess.Popen] = []
     last, last_time = "", 0.0
     try:
@@ -154,9 +178,123 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
     print("\n".join([progress_line(plan, snap, started, done_before, final=True), *shortfalls(snap)]), flush=True)
 
 
+# --- phases after the grid ---------------------------------------------------------------------
+
+
+def enqueue_once(study, params: dict, attrs: dict) -> bool:
+    """Enqueue a trial unless one carrying the same attrs exists (a rerun resumes, never repeats)."""
+    for t in study.get_trials(deepcopy=False):
+        if all(t.user_attrs.get(key) == value for key, value in attrs.items()):
+            return False
+    study.enqueue_trial(params, user_attrs=attrs)
+    return True
+
+
+def arm_params(trial, arm: str) -> dict:
+    return {"lr": trial.params["lr"], **({"beta": trial.params["beta"]} if arm == "vae" else {})}
+
+
+def neighbour_start(best: dict, k: int, arm: str) -> tuple[dict, str] | None:
+    """The first trial of an added size: the geometric mean of its neighbours' best parameters."""
+    below = [kk for kk, a in best if a == arm and kk < k]
+    above = [kk for kk, a in best if a == arm and kk > k]
+    near = [best[(max(below), arm)]] if below else []
+    near += [best[(min(above), arm)]] if above else []
+    if not near:
+        return None
+    params = {name: float(math.exp(sum(math.log(arm_params(t, arm)[name]) for t in near) / len(near)))
+              for name in arm_params(near[0], arm)}
+    return params, ",".join(f"k{kk}" for kk in ([max(below)] if below else []) + ([min(above)] if above else []))
+
+
+def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_phase) -> Plan:
+    """Add sizes below the headline answer until it and the next smaller searched size are
+    adjacent, or refine_max sizes are added. run_phase(plan, enqueue) trains what the plan lacks."""
+    purpose = validation.headline(plan)
+    added = 0
+    while True:
+        answer = validation.answer(plan, purpose)
+        if answer.choice is None:
+            print(f"[search] refinement skipped: no {purpose} answer on validation ({answer.missing})", flush=True)
+            return plan
+        chosen, searched = answer.k, sizes(plan)
+        new = next_size(chosen, searched)
+        if new is None or added >= refine_max:
+            why = (f"it and the next smaller size are adjacent" if new is None else
+                   f"study.refine_max = {refine_max} sizes added; raise it to resolve k further")
+            print(f"[search] refinement done: on validation the {purpose} rule chooses k = {chosen} "
+                  f"({answer.summary()}); {why}", flush=True)
+            if answer.still_improving:
+                print(f"[search] note: the {purpose} criterion still improves at the largest size searched "
+                      f"(k = {searched[-1]}); add larger sizes to study.latent_dims to see where it flattens",
+                      flush=True)
+            return plan
+        below = [k for k in searched if k < chosen]
+        reason = (f"added by the search: on validation the {purpose} rule chose k = {chosen} and the next smaller "
+                  + (f"searched size is {below[-1]}" if below else "size is none") + f"; k = {new} lies between")
+        best = best_trials([(u, t) for u, t in snapshot(plan, validation.storage) if u.phase != REPLICATE])
+        plan = grow(plan, grid_units(plan.prefix, [new], search, ADDED, reason))
+        enqueue = {}
+        for unit in plan.units[-2:]:
+            start = neighbour_start(best, new, unit.arm)
+            if start:
+                enqueue[unit.study_name] = [(start[0], {keys.INIT_FROM: start[1]})]
+        added += 1
+        print(f"[search] refinement {added}/{refine_max}: adding k = {new} ({reason})", flush=True)
+        run_phase(plan, enqueue)
+
+
+def replicate(plan: Plan, replicates: int, validation, run_phase) -> Plan:
+    """Retrain the best configuration of every size that decides an answer (any purpose) with
+    `replicates` more seeds, as enqueued trials of a replicate unit per size and arm."""
+    from latentstudy import recommend
+    from latentstudy.search.validation import deciding_sizes
+
+    if replicates == 0:
+        return plan
+    wanted: set[tuple[int, str]] = set()
+    for name, purpose in recommend.PURPOSES.items():
+        wanted |= {(k, purpose.arm) for k in deciding_sizes(validation.answer(plan, name))}
+    best = best_trials([(u, t) for u, t in snapshot(plan, validation.storage) if u.phase != REPLICATE])
+    units, enqueue = [], {}
+    for k, arm in sorted(wanted):
+        trial = best[(k, arm)]
+        unit = replicate_unit(plan.prefix, k, arm, replicates)
+        units.append(unit)
+        enqueue[unit.study_name] = [(arm_params(trial, arm), {keys.SEED: seed, keys.REPLICATE_OF: trial.number})
+                                    for seed in replicate_seeds(trial.user_attrs[keys.SEED], replicates)]
+    if not units:
+        return plan
+    listed = "; ".join(f"{arm} k = {', '.join(str(k) for k, a in sorted(wanted) if a == arm)}"
+                       for arm in ("vae", "ae") if any(a == arm for _, a in wanted))
+    print(f"[search] replicates: {replicates} more seed(s) for the sizes that decide an answer on validation "
+          f"({listed})", flush=True)
+    plan = grow(plan, tuple(units))
+    run_phase(plan, enqueue)
+    return plan
+
+
+def reconcile(plan: Plan, storage, tracker, experiment_id: str) -> None:
+    """Make every trial run's MLflow status agree with its Optuna state (after kills, retries)."""
+    state_of = {}
+    for unit, trials in snapshot(plan, storage):
+        for t in trials:
+            if keys.MLFLOW_RUN_ID in t.user_attrs:
+                state_of[t.user_attrs[keys.MLFLOW_RUN_ID]] = t.state.name
+    for run in tracker.runs(experiment_id, plan.prefix, "trial"):
+        state = state_of.get(run.info.run_id)
+        lost = state == "FAIL" and run.data.tags.get("optuna.state") != "FAIL"
+        want = "KILLED" if state is None or lost else FINISHED_STATUS.get(state, "RUNNING")
+        if run.info.status != want:
+            tracker.set_status(run.info.run_id, want)
+
+
 def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, models_dir: Path,
-        trials_csv: Path, metrics_json: Path, study_json: Path, tracking: str | None) -> Plan:
-    """The search stage: plan, create stores, run workers, write the best models and the tables."""
+        trials_csv: Path, metrics_json: Path, study_json: Path, tracking: str | None, rule) -> Plan:
+    """The search stage: plan, create stores, run workers phase by phase (grid, refinement,
+    replicates), write the best and replicate models and the tables. rule: validation.Rule."""
+    from latentstudy.search.validation import Validation
+
     from latentstudy import data
     from latentstudy.tracking import Tracker, experiment_name, require_reachable
 
@@ -170,32 +308,34 @@ def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, mo
     tracker = Tracker(tracking) if tracking else None
     if tracker:
         params = {"study": asdict(study), "search": asdict(search), "data_fingerprint": plan.fingerprint}
-        plan = runs.open_study_run(plan, tracker, params)
-    create_studies(plan, storage)
-    runs.tidy_earlier(plan, storage, tracker, tracking, url.startswith("journal:"))
-    with runs.parent_run_ends(tracker, plan.parent_run_id) if tracker else contextlib.nullcontext():
-        if tracker:
-            runs.restore(plan, snapshot(plan, storage), tracker)
-        search_and_write(plan, storage, url, tracker, search, prepared, store, models_dir, trials_csv,
-                         metrics_json, study_json)
-    return plan
-
-
-def search_and_write(plan: Plan, storage, url: str, tracker, search: SearchConfig, prepared: Path, store: Path,
-                     models_dir: Path, trials_csv: Path, metrics_json: Path, study_json: Path) -> None:
+        plan = dataclasses.replace(plan, experiment_id=experiment_id,
+                                   parent_run_id=tracker.study_run(experiment_id, plan.prefix, params))
     slots = worker_slots(search.device, search.workers_per_device, search.cpu_workers)
     checkpoints = store / "checkpoints"
-    coordinate(plan, storage, url, tracker.uri if tracker else None, prepared, checkpoints, slots)
+    scratch = store / "scratch"
+
+    def run_phase(plan: Plan, enqueue: dict[str, list]) -> None:
+        import optuna
+
+        create_studies(plan, storage)  # the grown plan into every study: workers load it at start
+        for name, trials in enqueue.items():
+            target = optuna.load_study(study_name=name, storage=storage)
+            for params, attrs in trials:
+                enqueue_once(target, params, attrs)
+        coordinate(plan, storage, url, tracking, prepared, checkpoints, slots)
+
+    run_phase(plan, {})
     snap = snapshot(plan, storage)
-    missing = [u.study_name for u, t in snap if counts(t)["COMPLETE"] == 0]
-    if len(missing) == len(plan.units):
+    if all(counts(t)["COMPLETE"] == 0 for _, t in snap):
         raise StudyError("no trial finished at any latent size; see the failure reasons above "
                          "(search.lr range, search.train settings)")
-    scratch = store / "scratch"
-    run_of = runs.restore(plan, snap, tracker) if tracker else {}
-    found = weights.gather(plan, best_trials(snap), run_of, tracker, prepared, scratch)
-    write_outputs(plan, snap, url, tracker, plan.experiment_id, prepared, models_dir, trials_csv, metrics_json,
-                  study_json, scratch, found, run_of)
+    validation = Validation(prepared, storage, tracker, scratch, rule)
+    plan = refine(plan, search, study.refine_max, validation, run_phase)
+    plan = replicate(plan, search.replicates, validation, run_phase)
+    snap = snapshot(plan, storage)
+    missing = [u.study_name for u, t in snap if counts(t)["COMPLETE"] == 0 and u.phase != REPLICATE]
+    write_outputs(plan, storage, url, tracker, experiment_id, prepared, models_dir, trials_csv, metrics_json,
+                  study_json, scratch)
     if tracker:
         runs.reconcile(tracker, plan.experiment_id, plan.prefix, snap)
     shutil.rmtree(scratch, ignore_errors=True)

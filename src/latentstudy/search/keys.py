@@ -5,6 +5,8 @@ coordinator, read by the outputs, the reapers and remote workers. One spelling e
 PLAN = "plan"  # the Plan as JSON, so a worker anywhere can join with the prefix alone
 LATENT_DIM = "latent_dim"
 ARM = "arm"
+PHASE = "phase"  # grid | added | replicate
+REASON = "reason"  # why the search added this size (or what a replicate unit is)
 
 # Trial attributes: where it ran (liveness), what it cost and what it reached
 HOST = "host"
@@ -15,6 +17,8 @@ WORKER = "worker"
 MLFLOW_RUN_ID = "mlflow_run_id"
 SEED = "seed"  # the training seed; a trial enqueued with one (a replicate) keeps it
 RETRY_OF = "retry_of"  # the number of the lost trial this one retries
+REPLICATE_OF = "replicate_of"  # the grid or added trial whose configuration this one retrains
+INIT_FROM = "init_from"  # an added size's first trial: the neighbours whose best parameters it starts from
 METRICS = "metrics"  # validation values at the best epoch (or the last, when pruned)
 EPOCHS_RUN = "epochs_run"
 BEST_EPOCH = "best_epoch"

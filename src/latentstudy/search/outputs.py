@@ -1,6 +1,7 @@
 """The search stage's outputs, read from the Optuna storage: the best model of every latent size
-and arm (from the checkpoints search.weights found), trials.csv with one row per trial (and its
-MLflow run as the tracking store has it now), metrics.json and study.json.
+and arm and its seed replicates (copied from the trial's checkpoint, or fetched from MLflow when
+it ran elsewhere), trials.csv with one row per trial, metrics.json and study.json, which lists
+the searched sizes (and why each was searched) and every model: what evaluate and report read.
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ import shutil
 from pathlib import Path
 
 from latentstudy.search import keys
-from latentstudy.search.plan import Plan, counts
-from latentstudy.search.store import _redact
+from latentstudy.search.plan import ADDED, GRID, REPLICATE, Plan, counts, sizes
+from latentstudy.search.store import _redact, snapshot
 
-CSV_COLUMNS = ["study", "number", "latent_dim", "arm", "beta", "lr", "state", "fail_reason", "retry_of",
-               "epochs_run", "best_epoch", "val_distortion_nats", "val_rate_nats", "val_neg_elbo_nats",
+CSV_COLUMNS = ["study", "number", "latent_dim", "arm", "phase", "beta", "lr", "seed", "state", "fail_reason",
+               "retry_of", "replicate_of", "epochs_run", "best_epoch", "val_distortion_nats", "val_rate_nats", "val_neg_elbo_nats",
                "val_sse_per_image", "objective_value", "seconds", "n_params", "device", "worker", "mlflow_run_id"]
 
 
@@ -33,8 +34,9 @@ def trial_rows(snap: list, runs: dict[int, str]) -> list[dict]:
                     reason += f"; retried as trial {retries[t.number]}"
             rows.append({
                 "study": unit.study_name, "number": t.number, "latent_dim": unit.latent_dim, "arm": unit.arm,
-                "beta": t.params.get("beta"), "lr": t.params.get("lr"), "state": t.state.name,
-                "fail_reason": reason, "retry_of": t.user_attrs.get(keys.RETRY_OF),
+                "phase": unit.phase, "beta": t.params.get("beta"), "lr": t.params.get("lr"),
+                "seed": t.user_attrs.get(keys.SEED), "state": t.state.name, "fail_reason": reason,
+                "retry_of": t.user_attrs.get(keys.RETRY_OF), "replicate_of": t.user_attrs.get(keys.REPLICATE_OF),
                 "epochs_run": t.user_attrs.get(keys.EPOCHS_RUN), "best_epoch": t.user_attrs.get(keys.BEST_EPOCH),
                 "val_distortion_nats": m.get("val_distortion"), "val_rate_nats": m.get("val_rate"),
                 "val_neg_elbo_nats": m.get("val_neg_elbo"), "val_sse_per_image": m.get("val_sse"),
@@ -46,25 +48,53 @@ def trial_rows(snap: list, runs: dict[int, str]) -> list[dict]:
 
 
 def best_trials(snap: list) -> dict[tuple[int, str], object]:
+    """The best finished trial of each size and arm (replicates are not candidates)."""
     best = {}
     for unit, trials in snap:
         done = [t for t in trials if t.state.name == "COMPLETE"]
+        if unit.phase == REPLICATE:
+            continue
         if done:
             best[(unit.latent_dim, unit.arm)] = min(done, key=lambda t: (t.value, t.number))
     return best
 
 
+def fetch_checkpoint(trial, tracker, scratch: Path) -> Path:
+    """The trial's checkpoint: on this disk when the worker shared it, else from MLflow."""
+    path = Path(trial.user_attrs[keys.CHECKPOINT])
+    if path.is_file():
+        return path
+    if tracker is None or keys.MLFLOW_RUN_ID not in trial.user_attrs:
+        raise StudyError(f"{path}: checkpoint of trial {trial.number} not found and no MLflow run to fetch it from")
+    return tracker.download(trial.user_attrs[keys.MLFLOW_RUN_ID], f"checkpoint/{path.name}", scratch)
+
+
+def replicate_trials(snap: list) -> dict[tuple[int, str], list]:
+    """The finished replicates of each size and arm, in trial order (a sampled trial in a
+    replicate unit, which a race could start, is not a replicate: it lacks replicate_of)."""
+    out: dict[tuple[int, str], list] = {}
+    for unit, trials in snap:
+        if unit.phase == REPLICATE:
+            out[(unit.latent_dim, unit.arm)] = [t for t in trials if t.state.name == "COMPLETE"
+                                                and keys.REPLICATE_OF in t.user_attrs]
+    return out
+
+
 def metrics_summary(plan: Plan, snap: list, best: dict) -> dict:
     out = {"study": plan.prefix, "latent_dims": {}}
+    reps = replicate_trials(snap)
     for unit, trials in snap:
+        if unit.phase == REPLICATE:
+            continue
         c = counts(trials)
-        entry = out["latent_dims"].setdefault(f"k{unit.latent_dim}", {})
+        entry = out["latent_dims"].setdefault(f"k{unit.latent_dim}", {"added": unit.phase == ADDED})
         t = best.get((unit.latent_dim, unit.arm))
         m = t.user_attrs.get(keys.METRICS, {}) if t else {}
         entry[unit.arm] = {"complete": c["COMPLETE"], "failed": c["FAIL"], "pruned": c["PRUNED"],
                            "val_neg_elbo_nats": m.get("val_neg_elbo"), "val_distortion_nats": m.get("val_distortion"),
                            "val_sse_per_image": m.get("val_sse"), "beta": t.params.get("beta") if t else None,
-                           "lr": t.params.get("lr") if t else None}
+                           "lr": t.params.get("lr") if t else None,
+                           "replicates": len(reps.get((unit.latent_dim, unit.arm), []))}
     return out
 
 
@@ -79,10 +109,12 @@ def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str 
     models_dir.mkdir(parents=True, exist_ok=True)
     summary = data.load_summary(prepared)
     x_val = data.load_split(prepared, "val")[0][:8]
+    listed = []
     for (k, arm), trial in best.items():
         dest = models.best_path(models_dir, k, arm)
-        shutil.copyfile(weights[(k, arm)], dest)
-        run_id = runs.get(trial._trial_id)
+        shutil.copyfile(fetch_checkpoint(trial, tracker, scratch), dest)
+        listed.append(model_entry(k, arm, dest, 0, trial))
+        run_id = trial.user_attrs.get(keys.MLFLOW_RUN_ID)
         if tracker and run_id:
             model, _ = models.load_checkpoint(dest)
             grid = scratch / f"reconstructions-k{k}-{arm}.png"
@@ -90,9 +122,19 @@ def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str 
             tracker.log_artifact(run_id, grid, "figures")
             tracker.log_artifact(run_id, dest, "model")
             tracker.set_tags(run_id, {"latentstudy.best_of_size": "true"})
+    for (k, arm), trials in replicate_trials(snap).items():
+        for i, trial in enumerate(trials, start=1):
+            dest = models.best_path(models_dir, k, arm).with_name(f"k{k}-{arm}-r{i}.pt")
+            shutil.copyfile(fetch_checkpoint(trial, tracker, scratch), dest)
+            listed.append(model_entry(k, arm, dest, i, trial))
+    if tracker:  # the grid's runs are the default; mark the others in MLflow
+        for unit, trials in snap:
+            runs = [t.user_attrs[keys.MLFLOW_RUN_ID] for t in trials if keys.MLFLOW_RUN_ID in t.user_attrs]
+            for run_id in runs if unit.phase != GRID else []:
+                tracker.set_tags(run_id, {"latentstudy.phase": unit.phase})
     trials_csv.parent.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame(trial_rows(snap, runs), columns=CSV_COLUMNS)
-    for col in ("retry_of", "epochs_run", "best_epoch", "n_params"):
+    table = pd.DataFrame(trial_rows(snap), columns=CSV_COLUMNS)
+    for col in ("retry_of", "replicate_of", "seed", "epochs_run", "best_epoch", "n_params"):
         table[col] = table[col].astype("Int64")
     table.to_csv(trials_csv, index=False)
     metrics_json.write_text(json.dumps(metrics_summary(plan, snap, best), indent=2) + "\n")
@@ -100,5 +142,24 @@ def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str 
         "prefix": plan.prefix, "storage": url if url.startswith("journal:") else _redact(url),
         "experiment": plan.experiment, "experiment_id": experiment_id, "parent_run_id": plan.parent_run_id,
         "studies": [u.study_name for u in plan.units], "objective": plan.config.objective,
-        "latent_dims": sorted({u.latent_dim for u in plan.units}), "seed": plan.seed, "search": plan.search,
+        "latent_dims": sizes(plan), "sizes": searched_sizes(plan),
+        "replicates": {arm: sorted({m["latent_dim"] for m in listed if m["arm"] == arm and m["replicate"] > 0})
+                       for arm in ("vae", "ae")},
+        "models": sorted(listed, key=lambda m: (m["latent_dim"], m["arm"], m["replicate"])),
+        "seed": plan.seed, "search": plan.search,
     }, indent=2) + "\n")
+
+
+def model_entry(k: int, arm: str, path: Path, replicate: int, trial) -> dict:
+    """One kept model as study.json lists it for the stages after the search."""
+    return {"latent_dim": k, "arm": arm, "file": path.name, "replicate": replicate,
+            "seed": trial.user_attrs.get(keys.SEED), "trial": trial.number}
+
+
+def searched_sizes(plan: Plan) -> list[dict]:
+    """Every searched size with its phase and, for added ones, the reason."""
+    out = {}
+    for unit in plan.units:
+        if unit.phase != REPLICATE and unit.latent_dim not in out:
+            out[unit.latent_dim] = {"latent_dim": unit.latent_dim, "phase": unit.phase, "reason": unit.reason}
+    return [out[k] for k in sorted(out)]

@@ -5,21 +5,27 @@ tunes lr for the plain autoencoder. The prefix carries a hash of everything that
 trial's outcome (search params minus budgets and devices, the seed, the data fingerprint), so
 different params never share trials and a rerun with the same params resumes. The plan is
 stored in every study, so a worker anywhere can join with the prefix alone.
+
+The plan grows in phases: the grid; sizes the refinement adds between grid points (units like
+the grid's, with the reason); and replicate units, `<prefix>-k<k>-<arm>-rep`, which run only
+their enqueued trials: the best configuration of a size retrained with other seeds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 from latentstudy.config import SearchConfig, StudyConfig, build
 
 ARMS = ("vae", "ae")
 # Everything in SearchConfig changes results except these: budgets, devices, storage.
 RUNTIME_KEYS = ("trials_per_dim", "ae_trials_per_dim", "max_trials_per_dim", "device",
-                "workers_per_device", "cpu_workers", "storage", "heartbeat_seconds")
+                "workers_per_device", "cpu_workers", "storage", "heartbeat_seconds", "replicates")
+GRID, ADDED, REPLICATE = "grid", "added", "replicate"  # a unit's phase
 
 
 @dataclass(frozen=True)
@@ -31,6 +37,8 @@ class Unit:
     study_name: str
     budget: int  # COMPLETE trials wanted
     limit: int  # trials started at most (failed and pruned ones count)
+    phase: str = GRID  # grid | added (by the refinement) | replicate (enqueued seeds only)
+    reason: str = ""  # why the search added this size
 
 
 @dataclass(frozen=True)
@@ -74,13 +82,55 @@ def make_plan(study: StudyConfig, search: SearchConfig, summary: dict, experimen
     study.check_input_dim(summary["input_dim"])
     choose_arch(search.model.arch, summary["image_shape"])  # fail now, not in every worker
     prefix = study_prefix(summary["dataset"], search, study.seed, summary["fingerprint"])
-    units = tuple(
-        Unit(k, arm, f"{prefix}-k{k}-{arm}",
-             search.trials_per_dim if arm == "vae" else search.ae_trials_per_dim, search.max_trials_per_dim)
-        for k in study.latent_dims for arm in ARMS
-    )
-    return Plan(prefix, units, asdict(search), study.seed, summary["input_dim"], summary["image_shape"],
+    return Plan(prefix, grid_units(prefix, study.latent_dims, search), asdict(search), study.seed, summary["input_dim"], summary["image_shape"],
                 summary["fingerprint"], experiment)
+
+
+def grid_units(prefix: str, ks: list[int], search: SearchConfig, phase: str = GRID, reason: str = "") -> tuple[Unit, ...]:
+    """Both arms of each size, with the grid's budgets."""
+    return tuple(Unit(k, arm, f"{prefix}-k{k}-{arm}", search.trials_per_dim if arm == "vae" else search.ae_trials_per_dim,
+                      search.max_trials_per_dim, phase, reason) for k in ks for arm in ARMS)
+
+
+def replicate_unit(prefix: str, k: int, arm: str, replicates: int) -> Unit:
+    """A unit that runs only its enqueued trials; room for retries of lost ones."""
+    return Unit(k, arm, f"{prefix}-k{k}-{arm}-rep", replicates, 3 * replicates, REPLICATE,
+                f"the best configuration retrained with {replicates} more seed{'s' * (replicates != 1)}")
+
+
+def grow(plan: Plan, units: tuple[Unit, ...]) -> Plan:
+    """The plan with units it does not hold yet appended (a rerun finds them again)."""
+    names = {u.study_name for u in plan.units}
+    return replace(plan, units=plan.units + tuple(u for u in units if u.study_name not in names))
+
+
+def sizes(plan: Plan) -> list[int]:
+    """Every latent size searched so far (grid and added), ascending."""
+    return sorted({u.latent_dim for u in plan.units if u.phase != REPLICATE})
+
+
+def next_size(chosen: int, searched: list[int]) -> int | None:
+    """The size to add below the chosen one: the geometric midpoint between it and the next
+    smaller searched size (or 1), rounded; None when they are adjacent or the chosen is 1."""
+    below = [k for k in searched if k < chosen]
+    low = below[-1] if below else 0
+    if chosen - low <= 1:
+        return None
+    mid = round(math.sqrt(max(low, 1) * chosen))
+    return min(max(mid, low + 1), chosen - 1)
+
+
+def replicate_seeds(seed: int, count: int) -> list[int]:
+    """Training seeds for replicates of a trial trained with `seed`: different from it and from
+    each other."""
+    seeds: list[int] = []
+    step = 0
+    while len(seeds) < count:
+        step += 1
+        candidate = (seed + 1_000_003 * step) % 2**31
+        if candidate != seed and candidate not in seeds:
+            seeds.append(candidate)
+    return seeds
 
 
 def unit_seed(plan: Plan, unit: Unit) -> int:
@@ -96,6 +146,9 @@ def counts(trials) -> dict[str, int]:
 
 def needs_work(unit: Unit, c: dict[str, int]) -> bool:
     """Below budget, or a retry of a lost trial is waiting (it runs even if a racing worker already
-    filled the budget: a retry that never runs would be reported as retried), within the limit."""
+    filled the budget: a retry that never runs would be reported as retried), within the limit.
+    A replicate unit runs only what is enqueued: a sampled trial would not be a replicate."""
     started = c["COMPLETE"] + c["RUNNING"] + c["FAIL"] + c["PRUNED"]
+    if unit.phase == REPLICATE:
+        return c["WAITING"] > 0 and started < unit.limit
     return (c["COMPLETE"] + c["RUNNING"] < unit.budget or c["WAITING"] > 0) and started < unit.limit

@@ -67,6 +67,9 @@ def create_studies(plan: Plan, storage) -> None:
         study.set_user_attr(keys.PLAN, plan.to_json())
         study.set_user_attr(keys.LATENT_DIM, unit.latent_dim)
         study.set_user_attr(keys.ARM, unit.arm)
+        study.set_user_attr(keys.PHASE, unit.phase)
+        if unit.reason:
+            study.set_user_attr(keys.REASON, unit.reason)
 
 
 def load_plan(storage, prefix: str) -> Plan:
@@ -123,8 +126,9 @@ def _alive_here(attrs: dict) -> bool | None:
 
 def retry_lost(study, trial, tracking: str | None) -> None:
     """A trial whose worker died: enqueue its parameters (and seed) again; its MLflow run ends KILLED."""
-    seed = {keys.SEED: trial.user_attrs[keys.SEED]} if keys.SEED in trial.user_attrs else {}
-    study.enqueue_trial(trial.params, user_attrs={keys.RETRY_OF: trial.number, **seed})
+    # The seed, and what a replicate replicates, travel with the retry.
+    kept = {key: trial.user_attrs[key] for key in (keys.SEED, keys.REPLICATE_OF) if key in trial.user_attrs}
+    study.enqueue_trial(trial.params, user_attrs={keys.RETRY_OF: trial.number, **kept})
     run_id = trial.user_attrs.get(keys.MLFLOW_RUN_ID)
     if tracking and run_id:
         from latentstudy.tracking import Tracker

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyError
-from latentstudy.search import keys, runs
-from latentstudy.search.plan import Plan, Unit, counts, needs_work, unit_seed
+from latentstudy.search import keys
+from latentstudy.search.plan import REPLICATE, Plan, Unit, counts, needs_work, unit_seed
 from latentstudy.search.store import process_tag, reap_lost
 
 
@@ -79,8 +79,10 @@ def run_worker(ctx: WorkerContext) -> int:
     # Our own line reports each failure; Optuna would add a traceback for every failed trial.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     cfg = ctx.plan.config
+    # Replicates are never pruned: each is a measurement of the seed spread, not a candidate.
     studies = {u.study_name: optuna.load_study(study_name=u.study_name, storage=ctx.storage,
-                                               sampler=_sampler(ctx.plan, u, ctx.worker), pruner=_pruner(cfg))
+                                               sampler=_sampler(ctx.plan, u, ctx.worker),
+                                               pruner=optuna.pruners.NopPruner() if u.phase == REPLICATE else _pruner(cfg))
                for u in ctx.plan.units}
     ran = 0
     while (unit := next_unit(ctx.plan, studies)) is not None:

@@ -1,0 +1,99 @@
+"""What the search decides on: the per-example validation values of the best model of every
+searched size and arm, computed from their checkpoints (never from the test split), and each
+purpose's one-SE rule applied to them. The refinement adds sizes where the headline purpose's
+answer sits between grid points; the replicate phase retrains the sizes that decide an answer.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from latentstudy import evaluate, recommend
+from latentstudy.search.outputs import best_trials, fetch_checkpoint
+from latentstudy.search.plan import REPLICATE, Plan
+from latentstudy.search.store import snapshot
+
+
+@dataclass(frozen=True)
+class Rule:
+    """The report's rule settings, applied here to the validation split."""
+
+    headline: str  # report.purpose (auto resolves once the grid has run)
+    tolerance: float
+    draws: int
+    seed: int
+    iwae_samples: int
+    probe_max_train: int
+
+
+class Validation:
+    """Per-example validation values of the search's best models, cached per trial."""
+
+    def __init__(self, prepared: Path, storage, tracker, scratch: Path, rule: Rule):
+        from latentstudy import data
+
+        self.storage, self.tracker, self.scratch, self.rule = storage, tracker, scratch, rule
+        x_train, y_train = data.load_split(prepared, "train")
+        self.x_val, y_val = data.load_split(prepared, "val")
+        self.base = evaluate.baseline(x_train.mean(axis=0), self.x_val)
+        self.probe = None
+        if y_train is not None and y_val is not None:
+            keep = np.random.default_rng(rule.seed).permutation(len(x_train))[: rule.probe_max_train]
+            self.probe = (x_train[keep], y_train[keep], y_val)
+        self._cache: dict[tuple[str, int], tuple[dict, str | None]] = {}
+
+    def values(self, unit_name: str, trial) -> tuple[dict[str, np.ndarray], str | None]:
+        """(per-example values, the reason it is flagged as diverged or None) of one trial's model."""
+        key = (unit_name, trial.number)
+        if key not in self._cache:
+            from latentstudy.models import load_checkpoint
+
+            model, _ = load_checkpoint(fetch_checkpoint(trial, self.tracker, self.scratch))
+            values, _ = evaluate.per_example(model, self.x_val, self.rule.iwae_samples, self.rule.seed)
+            if self.probe is not None and model.spec.variational:
+                x_train, y_train, y_val = self.probe
+                correct = evaluate.probe_correct(evaluate.latents(model, x_train), y_train,
+                                                 evaluate.latents(model, self.x_val), y_val, self.rule.seed)
+                if correct is not None:
+                    values["probe_correct"] = correct
+            means = {k: float(values[k].mean()) for k in ("sse_per_image", "iwae_nll_nats") if k in values}
+            self._cache[key] = values, evaluate.flag(means, self.base, model.spec.likelihood)
+        return self._cache[key]
+
+    def answer(self, plan: Plan, purpose: str) -> recommend.Answer:
+        """The purpose's rule on the validation values of the best model of every searched size."""
+        p = recommend.PURPOSES[purpose]
+        snap = [(u, t) for u, t in snapshot(plan, self.storage) if u.phase != REPLICATE]
+        best = best_trials(snap)
+        names = {(u.latent_dim, u.arm): u.study_name for u, _ in snap}
+        curves, excluded = {}, {}
+        for (k, arm), trial in sorted(best.items()):
+            if arm != p.arm:
+                continue
+            values, reason = self.values(names[(k, arm)], trial)
+            if p.quantity not in values:
+                continue
+            curves[k] = values[p.quantity][None]
+            if reason:
+                excluded[k] = reason
+        missing = recommend.unavailable(purpose, bool(curves), self.probe is not None)
+        return recommend.answer(p, curves, excluded, self.rule.draws, self.rule.seed, self.rule.tolerance, missing)
+
+    def headline(self, plan: Plan) -> str:
+        """The headline purpose: report.purpose, or for auto generation when a VAE finished."""
+        best = best_trials([(u, t) for u, t in snapshot(plan, self.storage) if u.phase != REPLICATE])
+        return recommend.headline(self.rule.headline, any(arm == "vae" for _, arm in best))[0]
+
+
+def deciding_sizes(answer: recommend.Answer) -> list[int]:
+    """The sizes that decide an answer: the chosen one, the next smaller one (which the rule
+    turned down) and the best; their seed spread is what moves the answer."""
+    c = answer.choice
+    if c is None:
+        return []
+    i = c.ks.index(c.chosen)
+    return sorted({c.chosen, c.best, *([c.ks[i - 1]] if i > 0 else [])})
+
