@@ -37,10 +37,23 @@ def test_iwae_bound_is_never_looser_than_the_elbo(trained_vae):
     assert len(b["kl_per_dim_nats"]) == 4 and sum(b["kl_per_dim_nats"]) == pytest.approx(b["rate_nats"], rel=1e-5)
 
 
+def test_per_example_values_average_to_the_bounds(trained_vae):
+    path, x, _ = trained_vae
+    model, _ = models.load_checkpoint(path)
+    values, per_unit = evaluate.per_example(model, x[300:], samples=16, seed=0)
+    means = evaluate.vae_bounds(model, x[300:], samples=16, seed=0)
+    assert {k: v.shape for k, v in values.items()} == {k: (100,) for k in (
+        "sse_per_image", "bce_nats", "distortion_nats", "rate_nats", "iwae_nll_nats", "neg_elbo_mc_nats")}
+    for key in ("distortion_nats", "rate_nats", "iwae_nll_nats"):
+        assert values[key].mean() == pytest.approx(means[key])
+    assert (values["iwae_nll_nats"] <= values["neg_elbo_mc_nats"] + 1e-9).all()  # per example, same samples
+    assert per_unit.tolist() == pytest.approx(means["kl_per_dim_nats"])
+
+
 def test_active_units_counts_planted_dead_units(trained_vae, tmp_path):
     path, x, _ = trained_vae
     model, meta = models.load_checkpoint(path)
-    assert evaluate.evaluate_model(path, x[300:], None, samples=8, seed=0)["active_units"] == 4
+    assert evaluate.active_units(evaluate.latents(model, x[300:]))[0] == 4
     head = model.encoder[-1]  # rows 0..k-1 give mu, k..2k-1 give log sigma^2
     with torch.no_grad():
         for unit in (1, 3):
@@ -48,30 +61,63 @@ def test_active_units_counts_planted_dead_units(trained_vae, tmp_path):
             head.bias[unit] = 0.0
             head.weight[4 + unit].zero_()  # sigma = 1: exactly the prior
             head.bias[4 + unit] = 0.0
-    dead = tmp_path / "dead.pt"
-    models.save_checkpoint(dead, model, meta)
-    out = evaluate.evaluate_model(dead, x[300:], None, samples=8, seed=0)
-    assert out["active_units"] == 2 and out["collapsed_units"] == 2
-    assert out["kl_per_dim_nats"][1] == pytest.approx(0.0, abs=1e-6)
-    assert out["kl_per_dim_nats"][3] == pytest.approx(0.0, abs=1e-6)
+    assert evaluate.active_units(evaluate.latents(model, x[300:]))[0] == 2
+    _, kl = evaluate.per_example(model, x[300:], samples=8, seed=0)
+    assert kl[1] == pytest.approx(0.0, abs=1e-6) and kl[3] == pytest.approx(0.0, abs=1e-6)
     assert evaluate.active_units(np.array([[0.0, 1.0], [0.0, -1.0], [0.0, 0.5]]))[0] == 1
 
 
 def test_linear_probe_reads_labels_from_the_code(trained_vae):
     path, x, labels = trained_vae
-    probe = (x[:300], labels[:300], labels[300:])
-    out = evaluate.evaluate_model(path, x[300:], probe, samples=4, seed=0)
-    assert out["probe_accuracy"] > 0.9  # three well separated clusters
+    model, _ = models.load_checkpoint(path)
+    correct = evaluate.probe_correct(evaluate.latents(model, x[:300]), labels[:300], evaluate.latents(model, x[300:]),
+                                     labels[300:], 0)
+    assert correct.shape == (100,) and correct.mean() > 0.9  # three well separated clusters
     basis = pca.fit(x[:300])
-    assert evaluate.evaluate_pca(basis, x[300:], 2, probe, 0)["probe_accuracy"] > 0.9
+    row, values = evaluate.evaluate_pca(basis, x[300:], 2, (x[:300], labels[:300], labels[300:]), 0)
+    assert row["probe_accuracy"] > 0.9 and values["probe_correct"].mean() == row["probe_accuracy"]
+    assert values["sse_per_image"].mean() == pytest.approx(row["sse_per_image"])
 
 
-def test_run_reports_missing_models_as_missing(trained_vae, tmp_path):
+def test_a_model_far_worse_than_the_mean_is_flagged(trained_vae, tmp_path):
+    path, x, _ = trained_vae
+    model, meta = models.load_checkpoint(path)
+    base = evaluate.baseline(x[:300].mean(axis=0), x[300:])
+    sane = {"sse_per_image": 1.0, "iwae_nll_nats": 5.0}
+    assert evaluate.flag(sane, base, "bernoulli") is None
+    assert evaluate.flag({**sane, "sse_per_image": 2.4e24}, base, "bernoulli", 2.27).startswith(
+        "far worse than trivial: squared error 2.4e+24 per example, over 3x that of predicting the training mean "
+        "(PCA at this size 2.27, mean ")
+    assert "NLL bound 5.3e+10 nats" in evaluate.flag({**sane, "iwae_nll_nats": 5.3e10}, base, "bernoulli")
+    assert evaluate.flag({**sane, "iwae_nll_nats": float("nan")}, base, "bernoulli") == "non-finite iwae_nll_nats"
+    with torch.no_grad():  # a decoder blown up like a diverged run's
+        for param in model.decoder.parameters():
+            param.mul_(1e4)
+    dead = tmp_path / "k4-vae.pt"
+    models.save_checkpoint(dead, model, meta)
+    row, _, flags = evaluate.evaluate_size([{"file": "k4-vae.pt", "replicate": 0}], tmp_path, x[300:], None, 4, 0, base,
+                                           1.0)
+    assert flags[0] and flags[0].startswith("far worse than trivial") and row["flag"] == flags[0]
+
+
+def test_run_keeps_every_model_per_example_and_averages_the_sane_replicates(trained_vae, tmp_path):
     path, x, labels = trained_vae
-    (tmp_path / "k4-vae.pt").write_bytes(path.read_bytes())
-    result = evaluate.run([2, 4], tmp_path, pca.fit(x[:300]), x[:300], labels[:300], x[300:], labels[300:],
-                          samples=4, probe_max_train=100, seed=0, log=lambda line: None)
+    for name in ("k4-vae.pt", "k4-vae-r1.pt"):
+        (tmp_path / name).write_bytes(path.read_bytes())
+    sizes = [{"latent_dim": 2, "phase": "added", "reason": "because"}, {"latent_dim": 4, "phase": "grid", "reason": ""}]
+    kept = [{"latent_dim": 4, "arm": "vae", "file": "k4-vae.pt", "replicate": 0},
+            {"latent_dim": 4, "arm": "vae", "file": "k4-vae-r1.pt", "replicate": 1}]
+    result, arrays = evaluate.run(sizes, kept, tmp_path, pca.fit(x[:300]), x[:300], labels[:300], x[300:], labels[300:],
+                                  samples=4, probe_max_train=100, seed=0, log=lambda line: None)
     rows = {r["latent_dim"]: r for r in result["rows"]}
     assert rows[2]["vae"] is None and rows[2]["ae"] is None and rows[2]["pca"]["sse_per_image"] > 0
-    assert rows[4]["vae"]["iwae_nll_nats"] <= rows[4]["vae"]["neg_elbo_nats"]
+    assert rows[2]["phase"] == "added" and rows[2]["reason"] == "because"
+    vae = rows[4]["vae"]
+    assert vae["iwae_nll_nats"] <= vae["neg_elbo_nats"] and len(vae["models"]) == 2 and vae["n_sane"] == 2
     assert rows[4]["compression_ratio"] == 4.0 and result["has_labels"]
+    assert arrays["vae_iwae_nll_nats"].shape == (2, 100) and arrays["vae_replicate"].tolist() == [0, 1]
+    assert arrays["vae_probe_correct"].shape == (2, 100) and arrays["pca_latent_dim"].tolist() == [2, 4]
+    assert vae["iwae_nll_nats"] == pytest.approx(arrays["vae_iwae_nll_nats"].mean(), rel=1e-5)
+    evaluate.save_per_example(tmp_path / "out" / "per_example.npz", arrays)
+    back = evaluate.load_per_example(tmp_path / "out" / "per_example.npz")
+    assert set(back) == set(arrays) and np.array_equal(back["vae_flagged"], arrays["vae_flagged"])

@@ -1,39 +1,63 @@
+import numpy as np
 import pytest
 
-from latentstudy.recommend import knee, recommend, within_tolerance
-
-INTRINSIC = {"twonn": 3.1, "mle": 2.9}
-
-
-def test_smallest_size_within_tolerance_of_the_best():
-    ks = [1, 2, 4, 8, 16]
-    d = [100.0, 60.0, 31.0, 30.0, 29.8]  # flattens at k = 4
-    rec = recommend(ks, d, [0.5, 0.7, 0.9, 1.1, 1.3], [1, 2, 4, 5, 5], 0.05, INTRINSIC, {"0.9": 7})
-    assert rec.latent_dim == 4 and rec.beta == 0.9 and rec.best_latent_dim == 16
-    assert rec.threshold == pytest.approx(29.8 * 1.05)
-    assert rec.knee_latent_dim == 4 and rec.active_units == 4 and rec.max_active_units == 5
-    for fragment in ("k = 4", "beta = 0.9", "within 5%", "29.80", "knee", "agrees", "TwoNN 3.1", "90% needs 7"):
-        assert fragment in rec.text
+from latentstudy import recommend
+from latentstudy.config import StudyError
+from latentstudy.recommend import PURPOSES, answer, headline, knee
 
 
-def test_tolerance_moves_the_choice():
-    ks, d = [1, 2, 4, 8], [50.0, 40.0, 33.0, 30.0]
-    assert within_tolerance(ks, d, 0.0)[0] == 8
-    assert within_tolerance(ks, d, 0.12)[0] == 4
-    assert within_tolerance(ks, d, 0.5)[0] == 2
+def planted(means: dict[int, float], n=400, noise=0.2, seed=0, models=1) -> dict[int, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    shared = rng.normal(0, 2.0, size=n)
+    return {k: np.stack([shared + m + rng.normal(0, noise, size=n) for _ in range(models)]) for k, m in means.items()}
 
 
-def test_negative_distortions_use_the_span_of_the_curve():
-    # Gaussian decoders have densities: distortion in nats can be below zero.
-    ks, d = [1, 2, 4, 8], [-10.0, -50.0, -60.0, -61.0]
-    chosen, threshold, best_k, best = within_tolerance(ks, d, 0.05)
-    assert (best_k, best) == (8, -61.0) and threshold == pytest.approx(-61.0 + 0.05 * 51.0) and chosen == 4
+def test_generation_answer_on_a_planted_nll_curve():
+    # Flat from k = 6 on: which flat size is best, and whether 6 is within one SE of it, is noise;
+    # with this seed the rule picks 6, most often among the resamples, and the 90% set says how sure.
+    curves = planted({2: 30.0, 4: 25.0, 6: 24.0, 8: 24.0, 16: 24.0}, seed=2)
+    a = answer(PURPOSES["generation"], curves, {}, 500, 0, 0.0)
+    assert a.k == 6 and a.interval() == (6, 8) and a.choice.likely == [6, 8]
+    assert a.choice.shares[6] == max(a.choice.shares.values()) and a.choice.shares[4] == 0
+    value, se, low, high = a.at(6)
+    assert low < value < high and se > 0
+    assert a.summary().startswith("k = 6, chosen in ") and "90% set {" in a.summary()
+    d = a.to_dict()
+    assert d["latent_dim"] == 6 and d["curve"][0]["latent_dim"] == 2 and d["curve"][0]["diff_to_best"] > 5
 
 
-def test_sizes_without_a_model_are_skipped_and_collapse_is_explained():
-    rec = recommend([2, 4, 8], [None, 20.0, 19.9], [None, 1.0, 1.0], [None, 1, 1], 0.05, {}, {})
-    assert rec.latent_dim == 4
-    assert "3 collapsed to the prior" in rec.text
+def test_representation_prefers_higher_accuracy_and_shows_it_as_accuracy():
+    rng = np.random.default_rng(0)
+    accuracy = {2: 0.5, 4: 0.8, 8: 0.9, 16: 0.9}
+    curves = {k: (rng.uniform(size=(1, 2000)) < p).astype(float) for k, p in accuracy.items()}
+    a = answer(PURPOSES["representation"], curves, {}, 400, 0, 0.0)
+    assert a.k == 8
+    value, _, low, high = a.at(8)
+    assert value == pytest.approx(0.9, abs=0.03) and low < value < high <= 1.0
+
+
+def test_excluded_sizes_are_left_out_and_nothing_left_is_no_answer():
+    curves = planted({2: 30.0, 4: 20.0, 8: 25.0})
+    a = answer(PURPOSES["generation"], curves, {4: "far worse than trivial: ..."}, 200, 0, 0.0)
+    assert a.choice.ks == [2, 8] and a.k == 8
+    none = answer(PURPOSES["generation"], curves, {2: "x", 4: "x", 8: "x"}, 200, 0, 0.0)
+    assert none.choice is None and none.k is None and "excluded" in none.summary()
+
+
+def test_still_improving_at_the_largest_size():
+    a = answer(PURPOSES["reconstruction"], planted({2: 9.0, 4: 6.0, 8: 3.0}), {}, 200, 0, 0.0)
+    assert a.k == 8 and a.still_improving
+
+
+def test_headline_and_purposes_the_data_cannot_serve():
+    assert headline("auto", True)[0] == "generation"
+    assert headline("auto", False)[0] == "reconstruction"
+    assert headline("representation", True) == ("representation", "report.purpose = representation")
+    assert recommend.unavailable("representation", True, False) == "the data has no labels to probe"
+    assert "no VAE finished" in recommend.unavailable("generation", False, True)
+    with pytest.raises(StudyError, match="report.purpose = representation but the data has no labels"):
+        recommend.check_purpose("representation", has_labels=False)
+    recommend.check_purpose("representation", has_labels=True)
 
 
 def test_knee_of_a_planted_elbow_and_of_flat_curves():
@@ -42,6 +66,40 @@ def test_knee_of_a_planted_elbow_and_of_flat_curves():
     assert knee([1, 2], [3.0, 1.0]) is None
 
 
-def test_nothing_to_recommend_from():
-    with pytest.raises(ValueError):
-        recommend([2, 4], [None, None], [None, None], [None, None], 0.05, {}, {})
+def test_knee_stability_over_resampled_curves():
+    a = answer(PURPOSES["generation"], planted({1: 10.0, 2: 5.0, 4: 2.0, 8: 1.6, 16: 1.5, 32: 1.45}, noise=0.05),
+               {}, 300, 0, 0.0)
+    at, shares, likely = recommend.knee_stability(a.choice)
+    assert at == 4 and shares[4] > 0.9 and likely == [4]
+
+
+def test_pca_components_with_an_interval():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(500, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
+    total = (x**2).sum(axis=1)
+    residuals = total[:, None] - np.cumsum(x**2, axis=1)
+    got = recommend.pca_components(residuals, total, [0.9, 0.99], 200, 0)
+    k90, lo, hi = got["0.9"]
+    assert k90 == 2 and lo <= 2 <= hi
+    assert got["0.99"][0] == 3  # variances 25, 9, 1, ...: 0.708, 0.963, 0.991
+
+
+def test_explanation_names_the_rule_numbers_and_the_cross_checks():
+    curves = planted({2: 30.0, 4: 25.0, 8: 24.9, 16: 24.8}, models=2)
+    answers = {"generation": answer(PURPOSES["generation"], curves, {}, 300, 0, 0.0),
+               "reconstruction": answer(PURPOSES["reconstruction"], planted({2: 5.0, 4: 3.0, 8: 2.0, 16: 1.0}),
+                                        {}, 300, 0, 0.0),
+               "representation": answer(PURPOSES["representation"], {}, {}, 300, 0, 0.0, "the data has no labels")}
+    checks = recommend.Checks(4, {4: 0.8, 8: 0.2}, [4, 8], [4, 3], 7, {"twonn": 3.1, "twonn_interval": [2.8, 3.4]},
+                              {"0.9": [7, 6, 8]})
+    rec = recommend.Recommendation(answers, "generation", "report.purpose = auto", checks)
+    text = recommend.explain(rec, {"vae": [4, 8]}, [8])
+    k = rec.latent_dim
+    for fragment in (f"generation, k = {k}", "one SE", "Sizes with seed replicates in their interval: 4, 8",
+                     "Sizes added by the search: 8", "reconstruction k = 16", "representation no answer",
+                     "knee of the generation curve is at k = 4 (in 80% of resamples)", "4 active units (replicates: 3-4)",
+                     "TwoNN 3.1 (95% 2.8-3.4)", "90% needs 7 (95% 6-8)", "still improves"):
+        if fragment == "still improves":
+            assert (fragment in text) == answers["generation"].still_improving
+        else:
+            assert fragment in text, fragment

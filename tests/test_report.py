@@ -1,52 +1,137 @@
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
 
-from latentstudy import figures, report
-from latentstudy.recommend import recommend
+from latentstudy import config, figures, page, pca, report
+from latentstudy.config import StudyError
+
+N = 60  # test examples
 
 
-def evaluation(ks=(2, 4, 8)) -> dict:
+def evaluation(ks=(2, 4, 8), added=(4,), flag=None) -> dict:
     rows = []
     for k in ks:
+        models = [{"replicate": 0, "flag": None, "active_units": min(k, 4)}]
         vae = {"sse_per_image": 10.0 / k, "mse_per_pixel": 0.1 / k, "bce_nats": 50.0 / k, "distortion_nats": 40.0 / k + 20,
                "rate_nats": float(k), "neg_elbo_nats": 40.0 / k + 20 + k, "iwae_nll_nats": 40.0 / k + 19 + k,
                "active_units": min(k, 4), "collapsed_units": k - min(k, 4), "probe_accuracy": 0.9, "beta": 1.0,
-               "lr": 1e-3, "n_params": 100, "train_seconds": 1.0}
+               "lr": 1e-3, "n_params": 100, "train_seconds": 1.0, "models": models, "flag": None}
         ae = {"sse_per_image": 8.0 / k, "mse_per_pixel": 0.08 / k, "bce_nats": 45.0 / k, "distortion_nats": 45.0 / k,
-              "probe_accuracy": 0.92, "lr": 2e-3, "n_params": 90, "train_seconds": 0.5}
-        pca = {"sse_per_image": 12.0 / k, "mse_per_pixel": 0.12 / k, "bce_nats": 60.0 / k,
-               "explained_variance_ratio": 1 - 1 / k, "probe_accuracy": 0.8}
-        rows.append({"latent_dim": k, "compression_ratio": 64 / k, "pca": pca, "ae": ae, "vae": vae})
+              "probe_accuracy": 0.92, "lr": 2e-3, "n_params": 90, "train_seconds": 0.5,
+              "models": [{"replicate": 0, "flag": None}], "flag": None}
+        pca_ = {"sse_per_image": 12.0 / k, "mse_per_pixel": 0.12 / k, "bce_nats": 60.0 / k,
+                "explained_variance_ratio": 1 - 1 / k, "probe_accuracy": 0.8}
+        rows.append({"latent_dim": k, "compression_ratio": 64 / k, "phase": "added" if k in added else "grid",
+                     "reason": "added by the search: test" if k in added else "", "pca": pca_, "ae": ae, "vae": vae})
     rows[-1]["ae"] = None  # a size whose autoencoder never finished
-    return {"rows": rows, "input_dim": 64, "n_test": 10, "has_labels": True}
+    if flag:
+        for row in rows:
+            row["vae"]["flag"] = row["vae"]["models"][0]["flag"] = flag
+    return {"rows": rows, "input_dim": 64, "n_test": N, "has_labels": False}
 
 
-def test_table_has_one_row_per_size_and_the_ratios():
+def per_example(ks=(2, 4, 8), flagged=()) -> dict[str, np.ndarray]:
+    """Planted values: the NLL falls to k = 4 and is flat after; the autoencoder's error falls."""
+    rng = np.random.default_rng(0)
+    hard = rng.exponential(3.0, size=N)
+    nll = {2: 30.0, 4: 24.0, 8: 24.0}
+    out = {"vae_latent_dim": np.array(ks), "vae_replicate": np.zeros(len(ks), int),
+           "vae_flagged": np.array([k in flagged for k in ks]),
+           "vae_iwae_nll_nats": np.stack([hard + nll[k] + rng.normal(0, 0.3, N) for k in ks]),
+           "ae_latent_dim": np.array(ks[:-1]), "ae_replicate": np.zeros(len(ks) - 1, int),
+           "ae_flagged": np.zeros(len(ks) - 1, bool),
+           "ae_sse_per_image": np.stack([hard + 8.0 / k + rng.normal(0, 0.1, N) for k in ks[:-1]])}
+    return out
+
+
+def inputs(tmp_path: Path, ev=None, arrays=None) -> report.Inputs:
+    rng = np.random.default_rng(1)
+    x = rng.uniform(size=(N, 64)).astype(np.float32)
+    summary = {"dataset": "digits", "source": "test", "n_examples": 3 * N, "input_dim": 64, "image_shape": [8, 8],
+               "counts": {"train": N, "val": N, "test": N}, "scaling": {}, "intrinsic_dim": {"twonn": 5.0}}
+    trials = pd.DataFrame(columns=["arm", "state", "phase", "latent_dim", "number", "objective_value"])
+    return report.Inputs(ev or evaluation(), arrays or per_example(), trials, summary,
+                         {"components_for_variance": {"0.9": 40}}, {"seed": 0, "replicates": {"vae": [4]}}, x, None,
+                         tmp_path, pca.fit(x))
+
+
+def test_table_has_one_row_per_size_the_ratios_and_what_the_search_added():
     table = report.build_table(evaluation())
     assert table["latent_dim"].tolist() == [2, 4, 8]
     assert table.loc[0, "pca_over_vae_sse"] == pytest.approx(1.2)
     assert table.loc[0, "pca_over_ae_sse"] == pytest.approx(1.5)
     assert pd.isna(table.loc[2, "ae_sse_per_image"]) and pd.isna(table.loc[2, "pca_over_ae_sse"])
+    assert table["phase"].tolist() == ["grid", "added", "grid"] and table.loc[0, "vae_models"] == 1
 
 
-def test_html_table_marks_the_recommended_row_and_missing_cells():
-    table = report.build_table(evaluation())
-    html = report.table_html(table, 4)
+def test_html_table_marks_the_answer_the_added_size_and_flagged_models():
+    table = report.build_table(evaluation(flag="far worse than trivial: planted"))
+    html = page.table_html(table, 4)
     assert html.count("<tr") == 2 + 3 and html.count('class="chosen"') == 1
     chosen = html.split('class="chosen">')[1].split("</tr>")[0]
-    assert "<td>4</td>" in chosen
+    assert 'class="added" title="added by the search: test">4+</td>' in chosen
     assert "<td>–</td>" in html  # the missing autoencoder at k = 8
+    assert html.count('class="flag" title="far worse than trivial: planted"') == 3 * 9  # every VAE cell (9 columns) of 3 sizes
 
 
-def test_headline_metrics_follow_the_recommendation():
-    table = report.build_table(evaluation())
-    rec = recommend(table.latent_dim.tolist(), table.vae_distortion_nats.tolist(), table.vae_beta.tolist(),
-                    table.vae_active_units.tolist(), 0.3, {}, {"0.9": 5})
-    metrics = report.headline_metrics(table, rec)
-    assert metrics["recommended_latent_dim"] == rec.latent_dim
-    assert set(metrics["latent_dims"]) == {"k2", "k4", "k8"}
-    assert metrics["latent_dims"]["k8"]["ae_sse_per_image"] is None
+def test_answers_come_from_the_per_example_values(tmp_path):
+    cfg = config.ReportConfig(bootstrap=200)
+    rec = report.recommendation(cfg, inputs(tmp_path))
+    assert rec.headline == "generation" and rec.latent_dim == 4
+    assert rec.answers["reconstruction"].k == 4  # the autoencoder's error still falls: its best size
+    assert rec.answers["representation"].choice is None  # no labels
+    assert "Sizes added by the search: 4" in rec.text and rec.checks.pca_components["0.9"][0] > 0
+    metrics = report.headline_metrics(report.build_table(evaluation()), rec)
+    assert metrics["answers"]["generation"]["latent_dim"] == 4 and metrics["added_sizes"] == 1
+    assert metrics["latent_dims"]["k4"]["added"] is True and metrics["latent_dims"]["k8"]["ae_sse_per_image"] is None
+    assert set(report.mlflow_metrics(report.build_table(evaluation()), rec)) >= {
+        "generation_latent_dim", "generation_interval_low", "generation_interval_high", "generation_stability",
+        "generation_ci95_low", "reconstruction_latent_dim"}
+
+
+def test_a_flagged_model_is_never_the_answer(tmp_path):
+    arrays = per_example(flagged=(4,))
+    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, arrays=arrays))
+    assert rec.answers["generation"].choice.ks == [2, 8] and rec.latent_dim == 8
+
+
+def test_nothing_sane_ends_the_report_with_one_line(tmp_path):
+    ev = evaluation(flag="far worse than trivial: squared error 2.4e+24 per example")
+    arrays = per_example(flagged=(2, 4, 8))
+    with pytest.raises(StudyError) as err:
+        report.recommendation(config.ReportConfig(bootstrap=200, purpose="generation"), inputs(tmp_path, ev, arrays))
+    message = str(err.value)
+    assert "no sane generation answer" in message and "k=2: far worse than trivial" in message
+    assert "nothing is recommended" in message and "\n" not in message
+
+
+def test_outputs_are_staged_then_moved_whole(tmp_path):
+    out = tmp_path / "reports"
+    paths = report.output_paths(out)
+    tmp = report.staging(out)
+    (tmp / "figures").mkdir(parents=True)
+    (tmp / "figures" / "answers.png").write_bytes(b"\x89PNG half")  # what a kill -9 left mid-write
+    staged = report.output_paths(tmp)
+    (out / "figures").mkdir(parents=True)
+    (out / "figures" / "old.png").write_bytes(b"old")
+    staged["figures"].joinpath("new.png").write_bytes(b"new")
+    for key in ("table", "metrics", "recommendation", "html"):
+        staged[key].write_text(key)
+    staged["plots"].parent.mkdir(parents=True)
+    staged["plots"].write_text("plots")
+    report.publish(staged, paths)
+    assert sorted(p.name for p in (out / "figures").iterdir()) == ["answers.png", "new.png"]
+    assert paths["html"].read_text() == "html" and paths["plots"].read_text() == "plots"
+    assert not (out / "figures.old").exists()
+
+
+def test_settings_are_a_collapsed_table_not_a_json_dump(tmp_path):
+    inp = inputs(tmp_path)
+    html = page.settings_html(page.settings_of(config.ReportConfig(), inp))
+    assert html.startswith('<details id="settings"><summary>All settings')
+    assert "<td>report.bootstrap</td><td>1000</td>" in html and "{" not in html
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -56,5 +141,7 @@ def test_pareto_front_keeps_only_undominated_points():
 
 
 def test_sample_dims_prefers_the_recommended_size():
-    assert report.sample_dims([2, 4, 8, 16], 8, 3) == [2, 8, 16]
-    assert report.sample_dims([4], 4, 3) == [4]
+    from latentstudy import gallery
+
+    assert gallery.sample_dims([2, 4, 8, 16], 8, 3) == [2, 8, 16]
+    assert gallery.sample_dims([4], 4, 3) == [4]
