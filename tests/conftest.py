@@ -64,6 +64,7 @@ TINY_SEARCH = {
     "train": {"epochs": 6, "batch_size": 64, "patience": 3},
     "device": "cpu",
     "cpu_workers": 1,
+    "replicates": 0,  # tests that want the replicate phase ask for it
 }
 
 TINY_DATA = {"name": "digits", "limit": 300, "intrinsic_max_points": 300}

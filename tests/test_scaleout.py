@@ -38,9 +38,9 @@ PIPELINE = ROOT / "pipeline"
 SCENARIO_PARAMS = {
     "data": {"name": "manifold", "manifold": {"intrinsic_dim": 2, "ambient_dim": 12, "n": 600, "seed": 0},
              "intrinsic_max_points": 600},
-    "study": {"latent_dims": [2, 4], "seed": 0},
+    "study": {"latent_dims": [2, 4], "seed": 0, "refine_max": 0},  # the grid only: scale-out is under test
     "search": {
-        "trials_per_dim": 3, "ae_trials_per_dim": 2, "max_trials_per_dim": 8, "pruner": "none",
+        "replicates": 0, "trials_per_dim": 3, "ae_trials_per_dim": 2, "max_trials_per_dim": 8, "pruner": "none",
         "beta": {"low": 0.5, "high": 2.0}, "lr": {"low": 1.0e-3, "high": 5.0e-3},
         "model": {"arch": "mlp", "likelihood": "bernoulli", "hidden": [32]},
         "train": {"epochs": 30, "batch_size": 32, "patience": 30},

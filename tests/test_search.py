@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 import signal
 import subprocess
@@ -10,6 +11,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 import pytest
@@ -28,7 +30,7 @@ def prepared(tmp_path_factory) -> Path:
     return root / "data"
 
 
-def search_params(tmp_path: Path, dims=(2, 4), **overrides) -> Path:
+def search_params(tmp_path: Path, dims=(2, 4), refine_max=0, **overrides) -> Path:
     s = copy.deepcopy(TINY_SEARCH)
     for key, value in overrides.items():
         target = s
@@ -36,7 +38,8 @@ def search_params(tmp_path: Path, dims=(2, 4), **overrides) -> Path:
         for p in path:
             target = target[p]
         target[last] = value
-    return write_params(tmp_path / "params.yaml", study={"latent_dims": list(dims), "seed": 0}, search=s)
+    return write_params(tmp_path / "params.yaml", study={"latent_dims": list(dims), "seed": 0, "refine_max": refine_max},
+                        search=s, evaluate={"iwae_samples": 8}, report={"bootstrap": 200})
 
 
 def run_stage(tmp_path: Path, params: Path, prepared: Path, tracking: str | None):
@@ -91,19 +94,34 @@ def test_a_unit_capped_below_its_budget_is_named_at_the_end():
 
 
 def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_uri, cpu_threads):
-    params = search_params(tmp_path, cpu_workers=2, trials_per_dim=3)
+    params = search_params(tmp_path, cpu_workers=2, trials_per_dim=3, replicates=2)
     out = run_stage(tmp_path, params, prepared, tracking_uri)
     plan, storage = studies_of(tmp_path, params, prepared)
     trials = pd.read_csv(out / "trials.csv")
     all_trials = []
     for unit in plan.units:
         got = optuna.load_study(study_name=unit.study_name, storage=storage).get_trials()
-        all_trials += got
         assert sorted(t.number for t in got) == list(range(len(got)))  # none lost, none duplicated
         assert sum(t.state.name == "COMPLETE" for t in got) >= unit.budget
         assert not [t for t in got if t.state.name in ("RUNNING", "WAITING")]
         assert (out / "models" / f"k{unit.latent_dim}-{unit.arm}.pt").is_file()
+    for name in optuna.study.get_all_study_names(storage):
+        all_trials += optuna.load_study(study_name=name, storage=storage).get_trials()
     assert len(trials) == len(all_trials)
+
+    # Replicates: the best configuration of each deciding size, retrained with new seeds, all recorded.
+    reps = trials[trials.phase == "replicate"]
+    assert len(reps) >= 4 and (reps.state == "COMPLETE").all() and set(reps.study.str.endswith("-rep")) == {True}
+    for (k, arm), group in reps.groupby(["latent_dim", "arm"]):
+        original = trials[(trials.phase == "grid") & (trials.latent_dim == k) & (trials.arm == arm)
+                          & (trials.number == group.replicate_of.iloc[0])].iloc[0]
+        assert len(group) == 2 and group.replicate_of.nunique() == 1
+        assert (group.lr == original.lr).all() and (arm == "ae" or (group.beta == original.beta).all())
+        assert len({original.seed, *group.seed}) == 3  # three different seeds
+    listed = json.loads((out / "study.json").read_text())
+    files = {m["file"] for m in listed["models"] if m["replicate"] > 0}
+    assert len(files) == len(reps) and all((out / "models" / f).is_file() for f in files)
+    assert listed["replicates"]["vae"] == sorted(reps[reps.arm == "vae"].latent_dim.unique())
     assert set(trials["worker"]) == {"w0", "w1"}  # both processes did work
     assert trials.duplicated(["study", "number"]).sum() == 0
 
@@ -116,6 +134,7 @@ def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_
     keys = {(r.data.tags["optuna.study"], int(r.data.tags["optuna.trial_number"])) for r in runs}
     assert len(keys) == len(runs)
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs)
+    assert sum(r.data.tags.get("latentstudy.phase") == "replicate" for r in runs) == len(reps)
     assert {r.info.run_id for r in runs} == set(trials["mlflow_run_id"])
     finished = [r for r in runs if r.data.tags.get("optuna.state") == "COMPLETE"]
     assert len(finished) == sum(t.state.name == "COMPLETE" for t in all_trials)
@@ -243,3 +262,74 @@ def test_kill_9_mid_search_then_resume(prepared, tmp_path, tracking_uri):
         assert by_trial[key].info.status == "KILLED"
     complete = [t for t in after.values() if t.state.name == "COMPLETE"]
     assert sum(r.info.status == "FINISHED" and r.data.tags.get("optuna.state") == "COMPLETE" for r in runs) == len(complete)
+
+
+class PlantedValidation:
+    """The refinement's view of the validation split, planted: a criterion that falls to a floor
+    at `flat_from` and stays there, the same on every example up to a shared difficulty."""
+
+    def __init__(self, storage, flat_from: int):
+        self.storage, self.flat_from = storage, flat_from
+
+    def headline(self, plan) -> str:
+        return "generation"
+
+    def answer(self, plan, purpose):
+        from latentstudy import recommend
+
+        shared = np.random.default_rng(0).exponential(3.0, size=200)
+        curves = {k: (shared + 24.0 + max(0, self.flat_from - k))[None] for k in planning.sizes(plan)}
+        return recommend.answer(recommend.PURPOSES[purpose], curves, {}, 100, 0, 0.0)
+
+
+def fake_training(storage, ran: list):
+    """run_phase without workers: create the grown plan's studies, enqueue, finish one trial per new unit."""
+    from optuna.distributions import FloatDistribution
+
+    dists = {"beta": FloatDistribution(0.1, 10, log=True), "lr": FloatDistribution(1e-5, 1.0, log=True)}
+
+    def run_phase(plan, enqueue):
+        store.create_studies(plan, storage)
+        for name, items in enqueue.items():
+            for params, attrs in items:
+                coordinator.enqueue_once(optuna.load_study(study_name=name, storage=storage), params, attrs)
+        for unit in plan.units:
+            study = optuna.load_study(study_name=unit.study_name, storage=storage)
+            if not [t for t in study.get_trials() if t.state.name == "COMPLETE"]:
+                lr = 1e-3 * unit.latent_dim
+                study.add_trial(optuna.trial.create_trial(
+                    params={"beta": 1.0, "lr": lr} if unit.arm == "vae" else {"lr": lr},
+                    distributions=dists if unit.arm == "vae" else {"lr": dists["lr"]}, value=1.0,
+                    user_attrs={"seed": unit.latent_dim}))
+        ran.append(sorted(u.latent_dim for u in plan.units if u.phase == planning.ADDED and u.arm == "vae"))
+
+    return run_phase
+
+
+@pytest.mark.parametrize("grid, flat_from, refine_max, added", [
+    ([2, 4, 8, 16], 6, 4, [6, 5]),  # 8 -> midpoint of 4 and 8 is 6 -> then 5; 5 loses to 6, which is adjacent
+    ([2, 4, 8, 16], 6, 1, [6]),  # stops at refine_max
+    ([4, 8], 1, 4, [2, 1]),  # the smallest grid size is chosen: try below it, down to 1
+    ([2, 4, 8], 2, 4, [1]),  # 2 is chosen, 1 is tried and loses: 2 and 1 are adjacent, done
+    ([2, 4, 8], 2, 0, []),  # refine_max 0: refinement off
+])
+def test_refinement_adds_the_expected_sizes_on_a_planted_validation_curve(prepared, grid, flat_from, refine_max,
+                                                                          added):
+    storage = optuna.storages.InMemoryStorage()
+    plan = planning.make_plan(config.StudyConfig(latent_dims=grid), config.SearchConfig(), data.load_summary(prepared),
+                              "latentstudy-digits")
+    ran = []
+    run_phase = fake_training(storage, ran)
+    run_phase(plan, {})
+    final = coordinator.refine(plan, config.SearchConfig(), refine_max, PlantedValidation(storage, flat_from), run_phase)
+    got = [u.latent_dim for u in final.units if u.phase == planning.ADDED and u.arm == "vae"]
+    assert got == added
+    assert ran[1:] == [sorted(added[: i + 1]) for i in range(len(added))]  # one phase per added size
+    for unit in final.units[len(plan.units):]:
+        study = optuna.load_study(study_name=unit.study_name, storage=storage)
+        assert study.user_attrs["phase"] == "added" and "rule chose k = " in study.user_attrs["reason"]
+        first = study.get_trials()[0]
+        assert first.state.name == "WAITING" and first.user_attrs["init_from"]  # neighbours' best parameters
+    if added[:1] == [6]:
+        first = optuna.load_study(study_name=f"{plan.prefix}-k6-vae", storage=storage).get_trials()[0]
+        assert first.system_attrs["fixed_params"]["lr"] == pytest.approx(1e-3 * (4 * 8) ** 0.5) and first.user_attrs["init_from"] == "k4,k8"
