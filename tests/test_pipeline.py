@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
@@ -25,9 +26,11 @@ STAGES = ("prepare", "pca", "search", "evaluate", "report")
 
 
 def tiny_params() -> dict:
-    return {"data": dict(TINY_DATA, limit=400), "study": {"latent_dims": [2, 3], "seed": 0},
-            "pca": {"variance_targets": [0.9, 0.95]}, "search": TINY_SEARCH,
-            "evaluate": {"iwae_samples": 16}, "report": {"tolerance": 0.05}}
+    # The search adds one size to the grid [2, 4] (3, or 1 below the grid) and one seed replicate
+    # to the sizes that decide an answer: evaluate and report must carry both end to end.
+    return {"data": dict(TINY_DATA, limit=400), "study": {"latent_dims": [2, 4], "seed": 0, "refine_max": 1},
+            "pca": {"variance_targets": [0.9, 0.95]}, "search": dict(TINY_SEARCH, replicates=1),
+            "evaluate": {"iwae_samples": 16}, "report": {"bootstrap": 200}}
 
 
 def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -78,14 +81,26 @@ def repo(tmp_path_factory) -> Path:
 @pytest.mark.e2e
 def test_repro_writes_every_output(repo):
     table = pd.read_csv(repo / "reports" / "table.csv")
-    assert table["latent_dim"].tolist() == [2, 3]
+    study = json.loads((repo / "reports" / "search" / "study.json").read_text())
+    [added] = [s["latent_dim"] for s in study["sizes"] if s["phase"] == "added"]
+    assert added in (1, 3) and table["latent_dim"].tolist() == sorted([2, 4, added])
+    assert table.set_index("latent_dim").loc[added, "phase"] == "added"
     for col in ("pca_sse_per_image", "ae_sse_per_image", "vae_sse_per_image", "vae_distortion_nats",
                 "vae_rate_nats", "vae_neg_elbo_nats", "vae_iwae_nll_nats", "vae_active_units",
                 "vae_probe_accuracy", "pca_over_vae_sse"):
         assert all(math.isfinite(v) for v in table[col]), col
     assert (table["vae_iwae_nll_nats"] <= table["vae_neg_elbo_nats"]).all()
+    assert (table["vae_models"] == 2).any()  # a deciding size with its replicate
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
-    assert metrics["recommended_latent_dim"] in (2, 3)
+    assert metrics["recommended_latent_dim"] in table["latent_dim"].tolist() and metrics["added_sizes"] == 1
+    for purpose in ("generation", "reconstruction", "representation"):
+        answer = metrics["answers"][purpose]
+        assert answer["interval_low"] <= answer["latent_dim"] <= answer["interval_high"]
+        assert answer["ci95_low"] <= answer["value"] <= answer["ci95_high"] and 0 < answer["stability"] <= 1
+    with np.load(repo / "reports" / "evaluate" / "per_example.npz") as f:
+        assert f["vae_iwae_nll_nats"].shape == (len(f["vae_latent_dim"]), 60) and added in f["pca_latent_dim"]
+    rec = json.loads((repo / "reports" / "recommendation.json").read_text())
+    assert rec["headline"] == "generation" and rec["latent_dim"] == metrics["recommended_latent_dim"]
 
     page = (repo / "reports" / "index.html").read_text()
     figures = sorted((repo / "reports" / "figures").glob("*.png"))
@@ -94,7 +109,10 @@ def test_repro_writes_every_output(repo):
         assert f'id="fig-{fig.stem}"' in page
     assert page.count("data:image/png;base64,") >= len(figures)
     assert 'id="recommendation"' in page and 'id="table"' in page and 'id="explorer"' in page
+    assert 'id="fig-answers"' in page and f'class="added" title="added by the search' in page
+    assert '<details id="settings">' in page and "How the answer is chosen" in page
     assert "http://" not in page and "https://" not in page  # self-contained: no CDN, no fetches
+    assert not (repo / "reports" / ".report.tmp").exists()
 
     assert (repo / "models" / "search" / "k2-vae.pt").is_file() and (repo / "models" / "pca.npz").is_file()
     assert not (repo / "mlruns").exists()
@@ -106,6 +124,7 @@ def test_repro_writes_every_output(repo):
     artifacts = {a.path for a in tracker.client.list_artifacts(reports[0].info.run_id)}
     assert "reconstruction_vs_compression.json" in artifacts and "report" in artifacts
     assert reports[0].data.metrics["recommended_latent_dim"] == metrics["recommended_latent_dim"]
+    assert reports[0].data.metrics["generation_interval_low"] == metrics["answers"]["generation"]["interval_low"]
 
 
 @pytest.mark.e2e
@@ -120,8 +139,12 @@ def test_dvc_metrics_and_plots(repo):
 @pytest.mark.e2e
 def test_reruns_only_what_changed(repo):
     assert "Data and pipelines are up to date" in sh(repo, "dvc", "repro").stdout
-    set_param(repo, "report.tolerance", 0.2)
+    set_param(repo, "report.recon_examples", 4)
     assert ran(sh(repo, "dvc", "repro")) == {"report"}
+    # The search decides with the report's rule: it reruns, resumes from its storage, and writes
+    # the same models, so the evaluation is not repeated.
+    set_param(repo, "report.tolerance", 0.01)
+    assert ran(sh(repo, "dvc", "repro")) == {"search", "report"}
     set_param(repo, "pca.variance_targets", [0.8])
     assert ran(sh(repo, "dvc", "repro")) == {"pca", "report"}  # the PCA basis is unchanged: no re-evaluation
     set_param(repo, "search.beta.high", 3.0)
@@ -130,12 +153,12 @@ def test_reruns_only_what_changed(repo):
 
 @pytest.mark.e2e
 def test_dvc_experiment_with_a_new_grid(repo):
-    sh(repo, "dvc", "exp", "run", "-S", "study.latent_dims=[2,4]", "-n", "grid24")
+    sh(repo, "dvc", "exp", "run", "-S", "study.latent_dims=[2,5]", "-n", "grid25")
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
     blob = json.dumps(shown)
-    assert "grid24" in blob and "recommended_latent_dim" in blob
+    assert "grid25" in blob and "recommended_latent_dim" in blob
     table = pd.read_csv(repo / "reports" / "table.csv")
-    assert table["latent_dim"].tolist() == [2, 4]
+    assert {2, 5} <= set(table["latent_dim"]) and len(table) <= 3
 
 
 @pytest.mark.e2e
@@ -166,6 +189,20 @@ def test_stage_script_errors_are_one_line_exit_2(tmp_path, params, fragment):
     assert not (tmp_path / "out").exists()
 
 
+def test_representation_on_data_without_labels_is_one_line_exit_2(tmp_path):
+    params = write_params(tmp_path / "params.yaml", report={"purpose": "representation"},
+                          data={"name": "manifold", "manifold": {"n": 200}, "intrinsic_max_points": 200})
+    stages.prepare(params, tmp_path / "data", tmp_path)
+    res = subprocess.run([sys.executable, str(ROOT / "pipeline" / "search.py"), "--data", "data", "--no-tracking"],
+                         cwd=tmp_path,
+                         capture_output=True, text=True)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "error: report.purpose = representation but the data has no labels; allowed here: auto, generation or "
+        "reconstruction (or give labels: data.labels_key)"]
+    assert not (tmp_path / "models").exists() and not (tmp_path / ".latentstudy").exists()
+
+
 def test_prepare_failure_halfway_leaves_nothing(tmp_path, monkeypatch):
     from latentstudy.data import prepare
 
@@ -180,8 +217,9 @@ def test_prepare_failure_halfway_leaves_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.e2e
-def test_manifold_recommendation_finds_the_true_dimension(tmp_path, cpu_threads):
-    """Three latent factors embedded in 16 dimensions: the recommended k is 3 +- 1.
+def test_manifold_generation_answer_is_resolved_to_the_unit(tmp_path, cpu_threads):
+    """Three latent factors embedded in 16 dimensions, a coarse grid [2, 4, 8]: the search adds
+    sizes between grid points on validation, and the generation answer on test is 3 or 4.
 
     A Gaussian decoder (Bernoulli on continuous data collapses the posterior) and KL warm-up
     (without it some sizes collapse to one unit and the curve is erratic)."""
@@ -189,39 +227,27 @@ def test_manifold_recommendation_finds_the_true_dimension(tmp_path, cpu_threads)
         tmp_path / "params.yaml",
         data={"name": "manifold", "manifold": {"intrinsic_dim": 3, "ambient_dim": 16, "n": 1500, "seed": 0},
               "intrinsic_max_points": 1500},
-        study={"latent_dims": [1, 2, 3, 4, 6, 8], "seed": 0},
+        study={"latent_dims": [2, 4, 8], "seed": 0, "refine_max": 4},
         search={"trials_per_dim": 2, "ae_trials_per_dim": 1, "beta": {"low": 0.5, "high": 1.0},
-                "lr": {"low": 2.0e-3, "high": 5.0e-3}, "pruner": "none",
+                "lr": {"low": 2.0e-3, "high": 5.0e-3}, "pruner": "none", "replicates": 0,
                 "model": {"arch": "mlp", "hidden": [64, 64], "likelihood": "gaussian"},
                 "train": {"epochs": 100, "batch_size": 64, "patience": 15, "kl_warmup_epochs": 20},
                 "device": "cpu", "cpu_workers": 1},
-        evaluate={"iwae_samples": 8}, report={"tolerance": 0.05})
+        evaluate={"iwae_samples": 8}, report={"bootstrap": 500})
     prepared, out = tmp_path / "data", tmp_path / "reports"
     stages.prepare(params, prepared, tmp_path)
     stages.pca(params, prepared, out / "pca.json", out / "curve.csv", tmp_path / "pca.npz")
     stages.search(params, prepared, tmp_path, tmp_path / "models", out / "trials.csv", out / "search.json",
                   out / "study.json", None)
-    stages.evaluate(params, prepared, tmp_path / "models", tmp_path / "pca.npz", out / "evaluation.json")
-    stages.report(params, prepared, out / "evaluation.json", out / "trials.csv", out / "pca.json", out / "study.json",
-                  tmp_path / "models", tmp_path / "pca.npz", out, None)
+    stages.evaluate(params, prepared, tmp_path / "models", out / "study.json", tmp_path / "pca.npz",
+                    out / "evaluation.json", out / "per_example.npz")
+    stages.report(params, prepared, out / "evaluation.json", out / "per_example.npz", out / "trials.csv",
+                  out / "pca.json", out / "study.json", tmp_path / "models", tmp_path / "pca.npz", out, None)
     rec = json.loads((out / "recommendation.json").read_text())
-    assert abs(rec["latent_dim"] - 3) <= 1, rec["text"]
-    assert abs(rec["knee_latent_dim"] - 3) <= 1, rec["text"]
-    assert rec["intrinsic_twonn"] == pytest.approx(3, abs=0.5)
-
-
-def test_latent_sizes_far_above_the_input_dimension_stop_pca_and_search(tmp_path):
-    """latent_dims: [2, 100000] once ran and wrote 2.5 GB; now the first stage that knows D refuses it."""
-    from latentstudy import config, data
-    from latentstudy.config import StudyError
-    from latentstudy.search.plan import make_plan
-
-    params = write_params(tmp_path / "params.yaml", data=TINY_DATA, study={"latent_dims": [2, 100000]})
-    stages.prepare(params, tmp_path / "prepared", tmp_path)
-    message = "study.latent_dims has 100000, above 128 = twice the data's input dimension D = 64"
-    with pytest.raises(StudyError, match=message):
-        stages.pca(params, tmp_path / "prepared", tmp_path / "pca.json", tmp_path / "curve.csv", tmp_path / "pca.npz")
-    assert not (tmp_path / "pca.npz").exists() and not (tmp_path / "pca.json").exists()
-    with pytest.raises(StudyError, match=message):
-        make_plan(config.load_section(params, "study"), config.load_section(params, "search"),
-                  data.load_summary(tmp_path / "prepared"), "latentstudy-digits")
+    searched = json.loads((out / "study.json").read_text())["sizes"]
+    added = [s["latent_dim"] for s in searched if s["phase"] == "added"]
+    generation = rec["answers"]["generation"]
+    assert added and all(k not in (2, 4, 8) for k in added), searched
+    assert generation["latent_dim"] in (3, 4), rec["text"]
+    assert abs(rec["checks"]["knee"] - 3) <= 1, rec["text"]
+    assert rec["checks"]["intrinsic_dim"]["twonn"] == pytest.approx(3, abs=0.5)
