@@ -30,7 +30,9 @@ def tiny_params() -> dict:
     # to the sizes that decide an answer: evaluate and report must carry both end to end.
     return {"data": dict(TINY_DATA, limit=400), "study": {"latent_dims": [2, 4], "seed": 0, "refine_max": 1},
             "pca": {"variance_targets": [0.9, 0.95]}, "search": dict(TINY_SEARCH, replicates=1),
-            "evaluate": {"iwae_samples": 16}, "report": {"bootstrap": 200}}
+            # dvc.yaml names these keys for the search (its rule); DVC wants them in params.yaml
+            "evaluate": {"iwae_samples": 16, "probe_max_train": 1000},
+            "report": {"purpose": "auto", "tolerance": 0.0, "bootstrap": 200}}
 
 
 def sh(repo: Path, *cmd: str, check: bool = True) -> subprocess.CompletedProcess:
