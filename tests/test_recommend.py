@@ -45,8 +45,11 @@ def test_excluded_sizes_are_left_out_and_nothing_left_is_no_answer():
 
 
 def test_still_improving_at_the_largest_size():
-    a = answer(PURPOSES["reconstruction"], planted({2: 9.0, 4: 6.0, 8: 3.0}), {}, 200, 0, 0.0)
+    a = answer(PURPOSES["reconstruction"], planted({2: 9.0, 4: 6.0, 8: 3.0}), {}, 200, 0, 0.0, input_dim=64)
     assert a.k == 8 and a.still_improving
+    # At k >= D a code can be the identity: past it, larger sizes cannot help, whatever the noise says.
+    assert not answer(PURPOSES["reconstruction"], planted({2: 9.0, 64: 6.0, 96: 3.0}), {}, 200, 0, 0.0,
+                      input_dim=64).still_improving
 
 
 def test_headline_and_purposes_the_data_cannot_serve():

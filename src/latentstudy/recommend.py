@@ -81,7 +81,7 @@ def headline(requested: str, has_vae: bool) -> tuple[str, str]:
         return requested, f"report.purpose = {requested}"
     if has_vae:
         return "generation", "report.purpose = auto, and the VAE arm finished: the VAE as a density model"
-    return "reconstruction", "report.purpose = auto, and no VAE finished: the autoencoder as a code"
+    return "reconstruction", "report.purpose = auto, and no sane VAE finished: the autoencoder as a code"
 
 
 # --- one purpose's answer -------------------------------------------------------------------------
@@ -93,6 +93,7 @@ class Answer:
     choice: stats.Choice | None
     excluded: dict[int, str] = field(default_factory=dict)  # sizes left out of the curve, and why
     missing: str | None = None  # why there is no answer at all
+    input_dim: int | None = None  # D: at k >= D a code can be the identity, so larger k cannot help
 
     @property
     def k(self) -> int | None:
@@ -107,9 +108,10 @@ class Answer:
 
     @property
     def still_improving(self) -> bool:
-        """The best size is the largest searched: the curve may go on improving past the grid."""
+        """The best size is the largest searched, below D: the curve may improve past the grid."""
         c = self.choice
-        return c is not None and len(c.ks) > 1 and c.best == c.ks[-1]
+        below_d = self.input_dim is None or c is None or c.ks[-1] < self.input_dim
+        return c is not None and len(c.ks) > 1 and c.best == c.ks[-1] and below_d
 
     def summary(self) -> str:
         """e.g. "k = 6, chosen in 84% of resamples; 90% set {5, 6}"."""
@@ -142,14 +144,15 @@ class Answer:
 
 
 def answer(purpose: Purpose, curves: dict[int, np.ndarray], excluded: dict[int, str], draws: int, seed: int,
-           tolerance: float, missing: str | None = None) -> Answer:
+           tolerance: float, missing: str | None = None, input_dim: int | None = None) -> Answer:
     """The rule on one purpose's curve: curves maps k to its (models, examples) values in the
     criterion's own orientation; sizes in `excluded` (no model, diverged) are left out."""
     ks = sorted(k for k in curves if k not in excluded)
     if missing is not None or not ks:
-        return Answer(purpose, None, excluded, missing or "every size is excluded (see the flagged models)")
+        return Answer(purpose, None, excluded, missing or "every size is excluded (see the flagged models)",
+                      input_dim)
     values = [purpose.lowered(np.asarray(curves[k], dtype=np.float64)) for k in ks]
-    return Answer(purpose, stats.choose(ks, values, draws, seed, tolerance), excluded)
+    return Answer(purpose, stats.choose(ks, values, draws, seed, tolerance), excluded, None, input_dim)
 
 
 # --- cross-checks ---------------------------------------------------------------------------------

@@ -131,7 +131,7 @@ def recommendation(cfg, inp: Inputs) -> Recommendation:
         values, excluded = curves(purpose, inp)
         has_model = any(row[purpose.arm] for row in inp.evaluation["rows"])
         answers[name] = answer(purpose, values, excluded, cfg.bootstrap, seed, cfg.tolerance,
-                               unavailable(name, has_model, inp.evaluation["has_labels"]))
+                               unavailable(name, has_model, inp.evaluation["has_labels"]), inp.evaluation["input_dim"])
     name, why = headline(cfg.purpose, answers["generation"].choice is not None)
     main = answers[name]
     if main.choice is None:
@@ -245,8 +245,10 @@ def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dic
     main_figure(rec, table, added_sizes(inp.evaluation), fig_dir / "answers.png")
     add("answers.png", "The criteria against latent size",
         "One panel per purpose: the mean over test examples (and seed replicates, where a size has them) with "
-        "its 95% bootstrap interval. The dashed line is the chosen k, the band the sizes the rule picks in 90% "
-        "of resamples; hollow red markers are sizes the search added between grid points.")
+        "its 95% bootstrap interval. The rule compares sizes by their paired differences, whose intervals are far "
+        "narrower than these bars (recommendation.json has them). The dashed line is the chosen k, the band the "
+        "sizes the rule picks in 90% of resamples; hollow red markers are sizes the search added between grid "
+        "points.")
     figures.distortion_curves(table, rec.latent_dim, fig_dir / "distortion.png")
     add("distortion.png", "Distortion against latent size",
         "Squared error of every model, and the VAE's distortion, rate and bounds. PCA is the best linear code; "

@@ -175,7 +175,7 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
             p.kill()
         raise
     snap = snapshot(plan, storage)
-    print("\n".join([progress_line(plan, snap, started, done_before, final=True), *shortfalls(snap)]), flush=True)
+    print(progress_line(plan, snap, started, done_before, final=True), flush=True)
 
 
 # --- phases after the grid ---------------------------------------------------------------------
@@ -333,6 +333,8 @@ def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, mo
     plan = refine(plan, search, study.refine_max, validation, run_phase)
     plan = replicate(plan, search.replicates, validation, run_phase)
     snap = snapshot(plan, storage)
+    for line in shortfalls(snap):  # once, after the last phase
+        print(line, flush=True)
     missing = [u.study_name for u, t in snap if counts(t)["COMPLETE"] == 0 and u.phase != REPLICATE]
     write_outputs(plan, storage, url, tracker, experiment_id, prepared, models_dir, trials_csv, metrics_json,
                   study_json, scratch)

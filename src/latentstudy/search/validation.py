@@ -80,7 +80,8 @@ class Validation:
             if reason:
                 excluded[k] = reason
         missing = recommend.unavailable(purpose, bool(curves), self.probe is not None)
-        return recommend.answer(p, curves, excluded, self.rule.draws, self.rule.seed, self.rule.tolerance, missing)
+        return recommend.answer(p, curves, excluded, self.rule.draws, self.rule.seed, self.rule.tolerance, missing,
+                                plan.input_dim)
 
     def headline(self, plan: Plan) -> str:
         """The headline purpose: report.purpose, or for auto generation when a VAE finished."""
