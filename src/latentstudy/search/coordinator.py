@@ -146,9 +146,9 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
     started = time.monotonic()
     done_before = sum(counts(t)["COMPLETE"] for _, t in snapshot(plan, storage))
     devices = sorted({e["CUDA_VISIBLE_DEVICES"] and f"cuda:{e['CUDA_VISIBLE_DEVICES']}" or d for d, e in slots})
+    reps = sum(u.phase == REPLICATE for u in plan.units)
     print(f"[search] study {plan.prefix}: {len(plan.units)} Optuna studies ({len(sizes(plan))} latent sizes"
-          f"{f', {sum(u.phase == REPLICATE for u in plan.units)} replicate units' if any(u.phase == REPLICATE for u in plan.units) else ''}"
-          f"), {len(slots)} worker(s) on {', '.join(devices)}", flush=True)
+          f"{f', {reps} replicate units' if reps else ''}), {len(slots)} worker(s) on {', '.join(devices)}", flush=True)
     procs: list[subprocess.Popen] = []
     last, last_time = "", 0.0
     try:
@@ -195,16 +195,16 @@ def arm_params(trial, arm: str) -> dict:
 
 
 def neighbour_start(best: dict, k: int, arm: str) -> tuple[dict, str] | None:
-    """The first trial of an added size: the geometric mean of its neighbours' best parameters."""
+    """The first trial of an added size: the geometric mean of its neighbours' best parameters,
+    and which neighbours they are."""
     below = [kk for kk, a in best if a == arm and kk < k]
     above = [kk for kk, a in best if a == arm and kk > k]
-    near = [best[(max(below), arm)]] if below else []
-    near += [best[(min(above), arm)]] if above else []
+    near = ([max(below)] if below else []) + ([min(above)] if above else [])
     if not near:
         return None
-    params = {name: float(math.exp(sum(math.log(arm_params(t, arm)[name]) for t in near) / len(near)))
-              for name in arm_params(near[0], arm)}
-    return params, ",".join(f"k{kk}" for kk in ([max(below)] if below else []) + ([min(above)] if above else []))
+    params = [arm_params(best[(kk, arm)], arm) for kk in near]
+    mean = {name: float(math.exp(sum(math.log(p[name]) for p in params) / len(params))) for name in params[0]}
+    return mean, ",".join(f"k{kk}" for kk in near)
 
 
 def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_phase) -> Plan:
@@ -230,12 +230,14 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
                       flush=True)
             return plan
         below = [k for k in searched if k < chosen]
-        reason = (f"added by the search: on validation the {purpose} rule chose k = {chosen} and the next smaller "
-                  + (f"searched size is {below[-1]}" if below else "size is none") + f"; k = {new} lies between")
-        best = best_trials([(u, t) for u, t in snapshot(plan, validation.storage) if u.phase != REPLICATE])
-        plan = grow(plan, grid_units(plan.prefix, [new], search, ADDED, reason))
+        reason = (f"added by the search: on validation the {purpose} rule chose k = {chosen}, "
+                  + (f"the next smaller searched size is {below[-1]}" if below else "the smallest size searched")
+                  + f"; k = {new} lies {'between' if below else 'below'}")
+        best = best_trials(snapshot(plan, validation.storage))
+        units = grid_units(plan.prefix, [new], search, ADDED, reason)
+        plan = grow(plan, units)
         enqueue = {}
-        for unit in plan.units[-2:]:
+        for unit in units:
             start = neighbour_start(best, new, unit.arm)
             if start:
                 enqueue[unit.study_name] = [(start[0], {keys.INIT_FROM: start[1]})]
@@ -255,7 +257,7 @@ def replicate(plan: Plan, replicates: int, validation, run_phase) -> Plan:
     wanted: set[tuple[int, str]] = set()
     for name, purpose in recommend.PURPOSES.items():
         wanted |= {(k, purpose.arm) for k in deciding_sizes(validation.answer(plan, name))}
-    best = best_trials([(u, t) for u, t in snapshot(plan, validation.storage) if u.phase != REPLICATE])
+    best = best_trials(snapshot(plan, validation.storage))
     units, enqueue = [], {}
     for k, arm in sorted(wanted):
         trial = best[(k, arm)]

@@ -66,9 +66,9 @@ class Validation:
     def answer(self, plan: Plan, purpose: str) -> recommend.Answer:
         """The purpose's rule on the validation values of the best model of every searched size."""
         p = recommend.PURPOSES[purpose]
-        snap = [(u, t) for u, t in snapshot(plan, self.storage) if u.phase != REPLICATE]
-        best = best_trials(snap)
-        names = {(u.latent_dim, u.arm): u.study_name for u, _ in snap}
+        snap = snapshot(plan, self.storage)
+        best = best_trials(snap)  # the search's own trials: replicates are not candidates
+        names = {(u.latent_dim, u.arm): u.study_name for u, _ in snap if u.phase != REPLICATE}
         curves, excluded = {}, {}
         for (k, arm), trial in sorted(best.items()):
             if arm != p.arm:
@@ -85,7 +85,7 @@ class Validation:
 
     def headline(self, plan: Plan) -> str:
         """The headline purpose: report.purpose, or for auto generation when a VAE finished."""
-        best = best_trials([(u, t) for u, t in snapshot(plan, self.storage) if u.phase != REPLICATE])
+        best = best_trials(snapshot(plan, self.storage))
         return recommend.headline(self.rule.headline, any(arm == "vae" for _, arm in best))[0]
 
 
