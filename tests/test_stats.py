@@ -91,3 +91,19 @@ def test_bad_shapes_are_refused():
         stats.choose([2, 1], curve([1.0, 2.0]), 100, 0)
     with pytest.raises(ValueError):
         stats.resample([np.zeros((1, 5)), np.zeros((1, 6))], 100, 0)
+
+
+def test_sizes_with_and_without_replicates_compare_their_picks_with_the_seed_spread_added():
+    """The search's pick at each size is its best of several trials: luckier than fresh seeds.
+    Averaging replicates at one size but not the other would penalise the replicated size."""
+    rng = np.random.default_rng(0)
+    shared = rng.exponential(3.0, size=500)
+    lone = (shared + 10.0 + rng.normal(0, 0.05, 500))[None]
+    replicated = np.stack([shared + m + rng.normal(0, 0.05, 500) for m in (10.0, 11.0, 12.0)])
+    c = stats.choose([2, 4], [replicated, lone], 1000, seed=0)
+    assert not c.averaged and c.models == [3, 1]
+    assert c.value[0] == pytest.approx(10.0 + shared.mean(), abs=0.02)  # the pick, not the mean 11
+    assert c.chosen == 2  # equal picks: the smaller size
+    assert c.se[0] > 5 * c.se[1] and c.diff_se[0] > 0.3  # one model's seed luck, as measured
+    same = stats.choose([2, 4], [replicated, replicated + 0.5], 200, seed=0)
+    assert same.averaged and same.value[0] == pytest.approx(11.0 + shared.mean(), abs=0.02)

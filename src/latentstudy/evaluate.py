@@ -190,7 +190,8 @@ def model_summary(model: AutoEncoder, meta: dict, values: dict[str, np.ndarray],
 def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, probe: tuple | None, samples: int,
                   seed: int, base: dict, pca_sse: float) -> tuple[dict | None, dict[str, np.ndarray], list[str | None]]:
     """The models of one size and arm (the search's best first, then its replicates): the row's
-    entry (means over the sane models; facts of the best), stacked per-example arrays, flags."""
+    entry (the best model's values and flag; every model's in "models"), stacked per-example
+    arrays, flags."""
     if not entries:
         return None, {}, []
     models, arrays, flags = [], {}, []
@@ -213,15 +214,12 @@ def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, pro
             arrays.setdefault(key, []).append(v)
         if entry is entries[0]:  # the search's best; replicates follow it
             best, best_meta, best_mu, best_kl = model, meta, mu, per_unit
-    sane = [m for m in models if m["flag"] is None] or models
-    row = {key: float(np.mean([m[key] for m in sane])) for key in models[0]
-           if key not in ("seed", "trial", "study", "flag", "replicate", "active_units")}
+    row = {key: v for key, v in models[0].items() if key not in ("seed", "trial", "study", "replicate", "active_units")}
     row.update({"latent_dim": best.spec.latent_dim, "n_params": n_params(best), "beta": best_meta.get("beta"),
                 "lr": best_meta.get("lr"), "train_seconds": best_meta.get("seconds"), "trial": best_meta.get("trial"),
                 "study": best_meta.get("study"), "epochs_run": best_meta.get("epochs_run"),
                 "mse_per_pixel": row["sse_per_image"] / x_test.shape[1], "models": models,
-                "n_sane": sum(m["flag"] is None for m in models),
-                "flag": None if any(m["flag"] is None for m in models) else models[0]["flag"]})
+                "n_sane": sum(m["flag"] is None for m in models)})
     if best.spec.variational:
         row["active_units"], row["mu_variance"] = active_units(best_mu)
         row["collapsed_units"] = best.spec.latent_dim - row["active_units"]

@@ -63,7 +63,7 @@ def _cell(row: pd.Series, col: str, fmt_: str) -> str:
 
 
 def table_html(table: pd.DataFrame, chosen: int | None) -> str:
-    """The table; sizes the search added carry a + (the reason on hover), diverged models a !."""
+    """The table; sizes the search added carry a + (the reason on hover), flagged models a !."""
     cols = [c for c in HTML_COLUMNS if c[2] in table and table[c[2]].notna().any()]
     groups, spans = [], []
     for group, *_ in cols:
@@ -186,8 +186,9 @@ interval includes the spread between seeds): {html.escape(reps_text)}.</p>
 <h2>Reconstruction against compression</h2>
 <p>Test split; squared errors are summed over the {s['input_dim']} inputs and decoded from z = mu(x); nats are per
 example (D distortion, R rate, D+R the negative ELBO, IWAE the {iwae_k}-sample importance-weighted bound, never
-above D+R). Values are means over a size's seed replicates. The highlighted row is the headline answer; k+ marks a
-size the search added, ! a model flagged as diverged. Full table: <code>reports/table.csv</code>.</p>
+above D+R). Each value is the search's best model at that size (every model's values are in
+<code>reports/evaluate/evaluation.json</code>). The highlighted row is the headline answer; k+ marks a size the
+search added, ! a model far worse than trivial (diverged or broken training). Full table: <code>reports/table.csv</code>.</p>
 <div id="table">{table_html(table, rec.latent_dim)}</div>
 <h2>Figures</h2>
 {figs_html}

@@ -49,7 +49,9 @@ PURPOSES = {
 
 RULE = ("For each purpose the criterion is measured on every test example at every latent size. The test "
         "examples are resampled {draws} times, the same resample for every size, and each size's seed "
-        "replicates are resampled too; the spread of the resampled means is each size's standard error (SE), "
+        "replicates are resampled too (a size's value is the mean over its replicates when every size has "
+        "them; otherwise each size's value is the search's pick, which was the best of several trials, and the "
+        "replicates only add the measured spread between seeds to their size's interval); the spread of the resampled means is each size's standard error (SE), "
         "and the spread of its difference to the best size is the SE of that difference, much smaller because "
         "hard examples are hard at every size. The answer is the smallest k that is worse than the best by no "
         "more than one SE of their difference{margin}: the simplest model the data cannot tell from the best "

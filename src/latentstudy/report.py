@@ -86,8 +86,8 @@ class Inputs:
 
 
 def build_table(evaluation: dict) -> pd.DataFrame:
-    """One row per searched size: PCA, autoencoder and VAE side by side (means over each size's
-    sane seed replicates), how many models stand behind each, error ratios, and flags."""
+    """One row per searched size: PCA and the search's best autoencoder and VAE side by side, how
+    many models (seeds) stand behind each, error ratios, and flags."""
     rows = []
     for r in evaluation["rows"]:
         row = {"latent_dim": r["latent_dim"], "phase": r.get("phase", "grid"), "reason": r.get("reason", "")}
@@ -107,15 +107,15 @@ def build_table(evaluation: dict) -> pd.DataFrame:
 
 
 def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """The purpose's (models, examples) values per size, from the sane models only; and the
-    sizes left out with the reason (no model; every model diverged)."""
+    """The purpose's (models, examples) values per size, from the sane models only (the search's
+    pick first); and the sizes left out with the reason (no model; every model flagged)."""
     excluded = {}
     for row in inp.evaluation["rows"]:
         entry = row[purpose.arm]
         if entry is None:
             excluded[row["latent_dim"]] = "no finished trial"
-        elif entry.get("flag"):
-            excluded[row["latent_dim"]] = entry["flag"]
+        elif all(m["flag"] for m in entry["models"]):
+            excluded[row["latent_dim"]] = entry["models"][0]["flag"]
     key, arrays = f"{purpose.arm}_{purpose.quantity}", inp.per_example
     if key not in arrays:
         return {}, excluded
@@ -244,8 +244,9 @@ def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dic
 
     main_figure(rec, table, added_sizes(inp.evaluation), fig_dir / "answers.png")
     add("answers.png", "The criteria against latent size",
-        "One panel per purpose: the mean over test examples (and seed replicates, where a size has them) with "
-        "its 95% bootstrap interval. The rule compares sizes by their paired differences, whose intervals are far "
+        "One panel per purpose: the mean over test examples of each size's model (the mean over its seed "
+        "replicates when every size has them; else the search's pick, with the seed spread measured at the sizes "
+        "that have replicates added to their interval), with its 95% bootstrap interval. The rule compares sizes by their paired differences, whose intervals are far "
         "narrower than these bars (recommendation.json has them). The dashed line is the chosen k, the band the "
         "sizes the rule picks in 90% of resamples; hollow red markers are sizes the search added between grid "
         "points.")

@@ -5,7 +5,9 @@ Each latent size k comes as an (R_k, n) array: R_k models (the search's best and
 replicates) by n examples. One bootstrap draw resamples the n examples once, with the same
 indices for every k (Efron and Tibshirani 1993: the pairing makes differences between sizes
 far more precise than either size alone), and resamples each size's R_k models on its own, so
-the spread between seeds enters the interval as measured.
+the spread between seeds enters the interval as measured. When every size has as many models, a
+size's value is their mean; otherwise it is the search's pick (the first model) at every size,
+with the measured seed spread in the interval of the sizes that have replicates.
 
 The rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman, ESL 7.10): the smallest k whose
 value is within one standard error of the best. The standard error is that of the paired
@@ -34,11 +36,13 @@ def weights(n: int, draws: int, seed: int) -> Iterator[np.ndarray]:
         yield np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n) / n
 
 
-def resample(values: list[np.ndarray], draws: int, seed: int) -> np.ndarray:
-    """(draws, K): each size's mean over its models of the mean over examples, per bootstrap draw.
+def resample(values: list[np.ndarray], draws: int, seed: int, average: bool = True) -> np.ndarray:
+    """(draws, K): each size's value under each bootstrap draw.
 
-    Examples are resampled with the same indices for every size; each size's models are
-    resampled independently (seeds are not paired across sizes).
+    Examples are resampled with the same indices for every size. average=True: a size's value
+    is the mean over its models, which are resampled independently per size (seeds are not
+    paired across sizes). average=False: a size's value is its first model's; the spread between
+    its models enters each draw as one randomly drawn model's deviation from their mean.
     """
     n = values[0].shape[1]
     if any(v.ndim != 2 or v.shape[1] != n or len(v) == 0 for v in values):
@@ -50,15 +54,20 @@ def resample(values: list[np.ndarray], draws: int, seed: int) -> np.ndarray:
         b = len(w)
         for j, v in enumerate(values):
             means = w @ v.T.astype(np.float64)  # (b, R_k)
-            pick = models.integers(0, len(v), size=(b, len(v)))
-            out[start : start + b, j] = np.take_along_axis(means, pick, axis=1).mean(axis=1)
+            if average:
+                pick = models.integers(0, len(v), size=(b, len(v)))
+                out[start : start + b, j] = np.take_along_axis(means, pick, axis=1).mean(axis=1)
+            else:
+                pick = models.integers(0, len(v), size=(b, 1))
+                spread = np.take_along_axis(means, pick, axis=1)[:, 0] - means.mean(axis=1)
+                out[start : start + b, j] = means[:, 0] + spread
         start += b
     return out
 
 
-def point(values: list[np.ndarray]) -> np.ndarray:
-    """(K,): each size's mean over models of the mean over examples."""
-    return np.array([v.astype(np.float64).mean() for v in values])
+def point(values: list[np.ndarray], average: bool = True) -> np.ndarray:
+    """(K,): each size's mean over models (or its first model's) of the mean over examples."""
+    return np.array([(v if average else v[:1]).astype(np.float64).mean() for v in values])
 
 
 def interval(draws: np.ndarray, level: float = LEVEL) -> tuple[np.ndarray, np.ndarray]:
@@ -116,6 +125,7 @@ class Choice:
     diff_low: list[float]
     diff_high: list[float]
     models: list[int]  # models behind each size (1 + seed replicates)
+    averaged: bool  # values are means over each size's models (else each size's first model)
     best: int  # the best size (k, not an index)
     chosen: int
     tolerance: float
@@ -135,8 +145,12 @@ def choose(ks: list[int], values: list[np.ndarray], draws: int, seed: int, toler
     """The one-SE rule on a curve of per-example values, with intervals and stability."""
     if list(ks) != sorted(set(ks)) or len(ks) != len(values) or not ks:
         raise ValueError("sizes must be strictly increasing, one array each")
-    boot = resample(values, draws, seed)
-    means = point(values)
+    # Averaging only where every size has as many models: the first model of each size was picked
+    # as the best of several trials, so a mean with fresh seeds is lower in luck than a lone pick,
+    # and sizes with and without replicates would not compare like with like.
+    average = len({len(v) for v in values}) == 1
+    boot = resample(values, draws, seed, average)
+    means = point(values, average)
     se_pair = pairwise_se(boot)
     chosen, best = one_se_rule(means, se_pair, tolerance)
     diffs = boot - boot[:, [best]]
@@ -146,6 +160,7 @@ def choose(ks: list[int], values: list[np.ndarray], draws: int, seed: int, toler
     return Choice(
         ks=list(ks), value=means.tolist(), se=boot.std(axis=0, ddof=1).tolist(), low=low.tolist(),
         high=high.tolist(), diff=(means - means[best]).tolist(), diff_se=se_pair[:, best].tolist(),
-        diff_low=dlow.tolist(), diff_high=dhigh.tolist(), models=[len(v) for v in values], best=ks[best],
+        diff_low=dlow.tolist(), diff_high=dhigh.tolist(), models=[len(v) for v in values], averaged=average,
+        best=ks[best],
         chosen=ks[chosen], tolerance=tolerance, shares={k: float(s) for k, s in zip(ks, shares)},
         likely=[ks[i] for i in likely_set(shares)], draws=draws, samples=boot)
