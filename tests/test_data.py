@@ -197,13 +197,14 @@ def test_rows_stream_in_blocks_and_keep_their_order(tmp_path, monkeypatch):
     np.testing.assert_allclose(a["val"]["x"], source[rows], atol=1e-7)
 
 
-def test_an_intrinsic_dimension_that_is_not_finite_is_left_out(tmp_path, monkeypatch, capsys):
+def test_an_intrinsic_dimension_that_is_not_finite_is_left_out(tmp_path, monkeypatch):
     from latentstudy import intrinsic
 
-    monkeypatch.setattr(intrinsic, "estimates", lambda *a: {"twonn": float("inf"), "mle": -2.0, "n_points": 5})
+    monkeypatch.setattr(intrinsic, "_twonn_fit", lambda *a, **k: float("inf"))
     summary, _ = prepare_data(tmp_path, limit=100)
-    assert summary["intrinsic_dim"]["twonn"] is None and summary["intrinsic_dim"]["mle"] is None
-    assert "the twonn estimate inf is not finite and positive; not reported" in capsys.readouterr().out
+    est = summary["intrinsic_dim"]
+    assert est["twonn"] is None and est["twonn_interval"] is None and est["mle"] > 0
+    assert est["rejected"] == {"twonn": "the estimate inf is not a finite positive number"}
 
 
 def test_npz_members_are_numpys_own_format_for_every_shape(tmp_path):

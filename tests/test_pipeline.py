@@ -111,7 +111,7 @@ def test_repro_writes_every_output(repo):
         assert f'id="fig-{fig.stem}"' in page
     assert page.count("data:image/png;base64,") >= len(figures)
     assert 'id="recommendation"' in page and 'id="table"' in page and 'id="explorer"' in page
-    assert 'id="fig-answers"' in page and f'class="added" title="added by the search' in page
+    assert 'id="fig-answers"' in page and 'class="added" title="added by the search' in page
     assert '<details id="settings">' in page and "How the answer is chosen" in page
     assert "http://" not in page and "https://" not in page  # self-contained: no CDN, no fetches
     assert not (repo / "reports" / ".report.tmp").exists()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from latentstudy.models import choose_likelihood
 from latentstudy.recommend import RULE, Recommendation, fmt
 
 CSS = """
@@ -81,6 +82,13 @@ def table_html(table: pd.DataFrame, chosen: int | None) -> str:
         body.append(f"<tr{cls}>{cells}</tr>")
     return (f'<div class="tablewrap"><table><thead><tr>{head1}</tr><tr>{head2}</tr></thead>'
             f"<tbody>{''.join(body)}</tbody></table></div>")
+
+
+def likelihood_html(study: dict, summary: dict) -> str:
+    """Which decoder likelihood the models trained with, and why."""
+    requested = study.get("search", {}).get("model", {}).get("likelihood", "auto")
+    chosen, why = choose_likelihood(requested, summary["image_shape"])
+    return f'<p id="likelihood">Decoder likelihood: <b>{chosen}</b> ({html.escape(why)}).</p>'
 
 
 def figure_html(path: Path, title: str, caption: str) -> str:
@@ -189,6 +197,7 @@ example (D distortion, R rate, D+R the negative ELBO, IWAE the {iwae_k}-sample i
 above D+R). Each value is the search's best model at that size (every model's values are in
 <code>reports/evaluate/evaluation.json</code>). The highlighted row is the headline answer; k+ marks a size the
 search added, ! a model far worse than trivial (diverged or broken training). Full table: <code>reports/table.csv</code>.</p>
+{likelihood_html(inp.study, s)}
 <div id="table">{table_html(table, rec.latent_dim)}</div>
 <h2>Figures</h2>
 {figs_html}

@@ -52,8 +52,7 @@ def prepare(params: Path, out_dir: Path, root: Path) -> dict:
 
     cfg = config.load_section(params, "data")
     with outputs(out_dir):
-        splits, summary = data.prepare(cfg, root)
-        data.write_prepared(out_dir, splits, summary)
+        summary = prep.run(cfg, root, out_dir)
     counts, ids = summary["counts"], summary["intrinsic_dim"]
     print(f"[prepare] {summary['source']}: {summary['n_examples']} examples x {summary['input_dim']} features "
           f"-> train {counts['train']} / val {counts['val']} / test {counts['test']}; intrinsic dimension "

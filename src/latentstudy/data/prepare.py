@@ -252,20 +252,13 @@ def fingerprint(out_dir: Path, labels: bool) -> str:
 
 
 def intrinsic_dim(raw: Raw, lay: layout.Layout, train_rows: np.ndarray, scaling: dict, cfg: DataConfig) -> dict:
-    """TwoNN and MLE estimates on (a seeded subsample of) the training rows, as prepared.
-
-    An estimate that is not finite and positive says more about the data than its dimension
-    (duplicates, scrambled pixels): it is left out, with a line saying so."""
+    """TwoNN and MLE estimates with their intervals on (a seeded subsample of) the training rows,
+    as prepared. intrinsic.estimates leaves out an estimate that cannot be a dimension, with the
+    reason; the prepare stage prints it."""
     if len(train_rows) > cfg.intrinsic_max_points:
         pick = np.random.default_rng(cfg.seed).choice(len(train_rows), size=cfg.intrinsic_max_points, replace=False)
         train_rows = np.sort(train_rows[pick])
     sample = apply_scaling(lay.rows(raw.x[train_rows]), scaling)
     if raw.pages is not None:
         raw.pages.release(0, len(raw.x))
-    est = intrinsic.estimates(sample, cfg.intrinsic_max_points, cfg.seed)
-    for key in ("twonn", "mle"):
-        value = est.get(key)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            say(f"intrinsic dimension: the {key} estimate {value} is not finite and positive; not reported")
-            est[key] = None
-    return est
+    return intrinsic.estimates(sample, cfg.intrinsic_max_points, cfg.seed)

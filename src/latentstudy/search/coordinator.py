@@ -10,7 +10,7 @@ retrain the best configuration of the sizes that decide an answer with more seed
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import math
 import os
 import shutil
@@ -21,8 +21,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyConfig, StudyError
-from latentstudy.search import keys
-from latentstudy.search.outputs import best_trials, write_outputs
+from latentstudy.search import keys, runs, weights
+from latentstudy.search.outputs import best_trials, kept_trials, write_outputs
 from latentstudy.search.plan import (
     ADDED,
     REPLICATE,
@@ -220,7 +220,7 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
         chosen, searched = answer.k, sizes(plan)
         new = next_size(chosen, searched)
         if new is None or added >= refine_max:
-            why = (f"it and the next smaller size are adjacent" if new is None else
+            why = ("it and the next smaller size are adjacent" if new is None else
                    f"study.refine_max = {refine_max} sizes added; raise it to resolve k further")
             print(f"[search] refinement done: on validation the {purpose} rule chooses k = {chosen} "
                   f"({answer.summary()}); {why}", flush=True)
@@ -276,27 +276,10 @@ def replicate(plan: Plan, replicates: int, validation, run_phase) -> Plan:
     return plan
 
 
-def reconcile(plan: Plan, storage, tracker, experiment_id: str) -> None:
-    """Make every trial run's MLflow status agree with its Optuna state (after kills, retries)."""
-    state_of = {}
-    for unit, trials in snapshot(plan, storage):
-        for t in trials:
-            if keys.MLFLOW_RUN_ID in t.user_attrs:
-                state_of[t.user_attrs[keys.MLFLOW_RUN_ID]] = t.state.name
-    for run in tracker.runs(experiment_id, plan.prefix, "trial"):
-        state = state_of.get(run.info.run_id)
-        lost = state == "FAIL" and run.data.tags.get("optuna.state") != "FAIL"
-        want = "KILLED" if state is None or lost else FINISHED_STATUS.get(state, "RUNNING")
-        if run.info.status != want:
-            tracker.set_status(run.info.run_id, want)
-
-
 def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, models_dir: Path,
         trials_csv: Path, metrics_json: Path, study_json: Path, tracking: str | None, rule) -> Plan:
     """The search stage: plan, create stores, run workers phase by phase (grid, refinement,
     replicates), write the best and replicate models and the tables. rule: validation.Rule."""
-    from latentstudy.search.validation import Validation
-
     from latentstudy import data
     from latentstudy.tracking import Tracker, experiment_name, require_reachable
 
@@ -310,8 +293,22 @@ def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, mo
     tracker = Tracker(tracking) if tracking else None
     if tracker:
         params = {"study": asdict(study), "search": asdict(search), "data_fingerprint": plan.fingerprint}
-        plan = dataclasses.replace(plan, experiment_id=experiment_id,
-                                   parent_run_id=tracker.study_run(experiment_id, plan.prefix, params))
+        plan = runs.open_study_run(plan, tracker, params)
+    create_studies(plan, storage)
+    runs.tidy_earlier(plan, storage, tracker, tracking, url.startswith("journal:"))
+    with runs.parent_run_ends(tracker, plan.parent_run_id) if tracker else contextlib.nullcontext():
+        if tracker:
+            runs.restore(plan, snapshot(plan, storage), tracker)
+        plan = search_and_write(plan, storage, url, tracker, study, search, rule, prepared, store, models_dir,
+                                trials_csv, metrics_json, study_json)
+    return plan
+
+
+def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig, search: SearchConfig, rule,
+                     prepared: Path, store: Path, models_dir: Path, trials_csv: Path, metrics_json: Path,
+                     study_json: Path) -> Plan:
+    from latentstudy.search.validation import Validation
+
     slots = worker_slots(search.device, search.workers_per_device, search.cpu_workers)
     checkpoints = store / "checkpoints"
     scratch = store / "scratch"
@@ -324,24 +321,31 @@ def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, mo
             target = optuna.load_study(study_name=name, storage=storage)
             for params, attrs in trials:
                 enqueue_once(target, params, attrs)
-        coordinate(plan, storage, url, tracking, prepared, checkpoints, slots)
+        coordinate(plan, storage, url, tracker.uri if tracker else None, prepared, checkpoints, slots)
+
+    def checkpoint(unit: Unit, trial) -> Path:
+        run_of = runs.restore(plan, [(unit, [trial])], tracker) if tracker else {}
+        return weights.gather(plan, {0: (unit, trial)}, run_of, tracker, prepared, scratch)[0]
 
     run_phase(plan, {})
     snap = snapshot(plan, storage)
     if all(counts(t)["COMPLETE"] == 0 for _, t in snap):
         raise StudyError("no trial finished at any latent size; see the failure reasons above "
                          "(search.lr range, search.train settings)")
-    validation = Validation(prepared, storage, tracker, scratch, rule)
+    validation = Validation(prepared, storage, checkpoint, rule)
     plan = refine(plan, search, study.refine_max, validation, run_phase)
     plan = replicate(plan, search.replicates, validation, run_phase)
     snap = snapshot(plan, storage)
     for line in shortfalls(snap):  # once, after the last phase
         print(line, flush=True)
     missing = [u.study_name for u, t in snap if counts(t)["COMPLETE"] == 0 and u.phase != REPLICATE]
-    write_outputs(plan, storage, url, tracker, experiment_id, prepared, models_dir, trials_csv, metrics_json,
-                  study_json, scratch)
+    run_of = runs.restore(plan, snap, tracker) if tracker else {}
+    found = weights.gather(plan, kept_trials(snap), run_of, tracker, prepared, scratch)
+    write_outputs(plan, snap, url, tracker, plan.experiment_id, prepared, models_dir, trials_csv, metrics_json,
+                  study_json, scratch, found, run_of)
     if tracker:
         runs.reconcile(tracker, plan.experiment_id, plan.prefix, snap)
     shutil.rmtree(scratch, ignore_errors=True)
     for name in missing:
         print(f"[search] warning: {name} has no finished trial; it is left out of the models", flush=True)
+    return plan

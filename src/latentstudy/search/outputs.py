@@ -1,7 +1,8 @@
 """The search stage's outputs, read from the Optuna storage: the best model of every latent size
-and arm and its seed replicates (copied from the trial's checkpoint, or fetched from MLflow when
-it ran elsewhere), trials.csv with one row per trial, metrics.json and study.json, which lists
-the searched sizes (and why each was searched) and every model: what evaluate and report read.
+and arm and its seed replicates (from the checkpoints search.weights found), trials.csv with one
+row per trial (and its MLflow run as the tracking store has it now), metrics.json and study.json,
+which lists the searched sizes (and why each was searched) and every model: what evaluate and
+report read.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import shutil
 from pathlib import Path
 
 from latentstudy.search import keys
-from latentstudy.search.plan import ADDED, GRID, REPLICATE, Plan, counts, sizes
-from latentstudy.search.store import _redact, snapshot
+from latentstudy.search.plan import ADDED, GRID, REPLICATE, Plan, Unit, counts, sizes
+from latentstudy.search.store import _redact
 
 CSV_COLUMNS = ["study", "number", "latent_dim", "arm", "phase", "beta", "lr", "seed", "state", "fail_reason",
-               "retry_of", "replicate_of", "epochs_run", "best_epoch", "val_distortion_nats", "val_rate_nats", "val_neg_elbo_nats",
-               "val_sse_per_image", "objective_value", "seconds", "n_params", "device", "worker", "mlflow_run_id"]
+               "retry_of", "replicate_of", "epochs_run", "best_epoch", "val_distortion_nats", "val_rate_nats",
+               "val_neg_elbo_nats", "val_sse_per_image", "objective_value", "seconds", "n_params", "device", "worker", "mlflow_run_id"]
 
 
 def trial_rows(snap: list, runs: dict[int, str]) -> list[dict]:
@@ -59,16 +60,6 @@ def best_trials(snap: list) -> dict[tuple[int, str], object]:
     return best
 
 
-def fetch_checkpoint(trial, tracker, scratch: Path) -> Path:
-    """The trial's checkpoint: on this disk when the worker shared it, else from MLflow."""
-    path = Path(trial.user_attrs[keys.CHECKPOINT])
-    if path.is_file():
-        return path
-    if tracker is None or keys.MLFLOW_RUN_ID not in trial.user_attrs:
-        raise StudyError(f"{path}: checkpoint of trial {trial.number} not found and no MLflow run to fetch it from")
-    return tracker.download(trial.user_attrs[keys.MLFLOW_RUN_ID], f"checkpoint/{path.name}", scratch)
-
-
 def replicate_trials(snap: list) -> dict[tuple[int, str], list]:
     """The finished replicates of each size and arm, in trial order (a sampled trial in a
     replicate unit, which a race could start, is not a replicate: it lacks replicate_of)."""
@@ -98,46 +89,53 @@ def metrics_summary(plan: Plan, snap: list, best: dict) -> dict:
     return out
 
 
+def kept_trials(snap: list) -> dict[tuple[int, str, int], tuple[Unit, object]]:
+    """{(size, arm, replicate): (unit, trial)} of every model the search keeps: replicate 0 is the
+    best trial of its size and arm, 1, 2, ... its finished seed replicates."""
+    units = {(u.latent_dim, u.arm): u for u, _ in snap if u.phase != REPLICATE}
+    kept = {(k, arm, 0): (units[(k, arm)], t) for (k, arm), t in best_trials(snap).items()}
+    rep_units = {(u.latent_dim, u.arm): u for u, _ in snap if u.phase == REPLICATE}
+    for (k, arm), trials in replicate_trials(snap).items():
+        kept |= {(k, arm, i): (rep_units[(k, arm)], t) for i, t in enumerate(trials, start=1)}
+    return kept
+
+
 def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str | None, prepared: Path,
                   models_dir: Path, trials_csv: Path, metrics_json: Path, study_json: Path, scratch: Path,
-                  weights: dict[tuple[int, str], Path], runs: dict[int, str]) -> None:
+                  weights: dict[tuple[int, str, int], Path], runs: dict[int, str]) -> None:
+    """weights: a checkpoint file for every key of kept_trials(snap); runs: {trial id: MLflow run}."""
     import pandas as pd
 
     from latentstudy import data, figures, models
 
-    best = best_trials(snap)
     models_dir.mkdir(parents=True, exist_ok=True)
     summary = data.load_summary(prepared)
     x_val = data.load_split(prepared, "val")[0][:8]
     listed = []
-    for (k, arm), trial in best.items():
+    for (k, arm, r), (_, trial) in sorted(kept_trials(snap).items()):
         dest = models.best_path(models_dir, k, arm)
-        shutil.copyfile(fetch_checkpoint(trial, tracker, scratch), dest)
-        listed.append(model_entry(k, arm, dest, 0, trial))
-        run_id = trial.user_attrs.get(keys.MLFLOW_RUN_ID)
-        if tracker and run_id:
+        dest = dest if r == 0 else dest.with_name(f"k{k}-{arm}-r{r}.pt")
+        shutil.copyfile(weights[(k, arm, r)], dest)
+        listed.append(model_entry(k, arm, dest, r, trial))
+        run_id = runs.get(trial._trial_id)
+        if tracker and run_id and r == 0:
             model, _ = models.load_checkpoint(dest)
             grid = scratch / f"reconstructions-k{k}-{arm}.png"
             figures.reconstruction_strip(model, x_val, summary["image_shape"], grid)
             tracker.log_artifact(run_id, grid, "figures")
             tracker.log_artifact(run_id, dest, "model")
             tracker.set_tags(run_id, {"latentstudy.best_of_size": "true"})
-    for (k, arm), trials in replicate_trials(snap).items():
-        for i, trial in enumerate(trials, start=1):
-            dest = models.best_path(models_dir, k, arm).with_name(f"k{k}-{arm}-r{i}.pt")
-            shutil.copyfile(fetch_checkpoint(trial, tracker, scratch), dest)
-            listed.append(model_entry(k, arm, dest, i, trial))
     if tracker:  # the grid's runs are the default; mark the others in MLflow
         for unit, trials in snap:
-            runs = [t.user_attrs[keys.MLFLOW_RUN_ID] for t in trials if keys.MLFLOW_RUN_ID in t.user_attrs]
-            for run_id in runs if unit.phase != GRID else []:
-                tracker.set_tags(run_id, {"latentstudy.phase": unit.phase})
+            for t in trials if unit.phase != GRID else []:
+                if t._trial_id in runs:
+                    tracker.set_tags(runs[t._trial_id], {"latentstudy.phase": unit.phase})
     trials_csv.parent.mkdir(parents=True, exist_ok=True)
-    table = pd.DataFrame(trial_rows(snap), columns=CSV_COLUMNS)
+    table = pd.DataFrame(trial_rows(snap, runs), columns=CSV_COLUMNS)
     for col in ("retry_of", "replicate_of", "seed", "epochs_run", "best_epoch", "n_params"):
         table[col] = table[col].astype("Int64")
     table.to_csv(trials_csv, index=False)
-    metrics_json.write_text(json.dumps(metrics_summary(plan, snap, best), indent=2) + "\n")
+    metrics_json.write_text(json.dumps(metrics_summary(plan, snap, best_trials(snap)), indent=2) + "\n")
     study_json.write_text(json.dumps({
         "prefix": plan.prefix, "storage": url if url.startswith("journal:") else _redact(url),
         "experiment": plan.experiment, "experiment_id": experiment_id, "parent_run_id": plan.parent_run_id,

@@ -82,13 +82,15 @@ def make_plan(study: StudyConfig, search: SearchConfig, summary: dict, experimen
     study.check_input_dim(summary["input_dim"])
     choose_arch(search.model.arch, summary["image_shape"])  # fail now, not in every worker
     prefix = study_prefix(summary["dataset"], search, study.seed, summary["fingerprint"])
-    return Plan(prefix, grid_units(prefix, study.latent_dims, search), asdict(search), study.seed, summary["input_dim"], summary["image_shape"],
-                summary["fingerprint"], experiment)
+    return Plan(prefix, grid_units(prefix, study.latent_dims, search), asdict(search), study.seed,
+                summary["input_dim"], summary["image_shape"], summary["fingerprint"], experiment)
 
 
-def grid_units(prefix: str, ks: list[int], search: SearchConfig, phase: str = GRID, reason: str = "") -> tuple[Unit, ...]:
+def grid_units(prefix: str, ks: list[int], search: SearchConfig, phase: str = GRID,
+               reason: str = "") -> tuple[Unit, ...]:
     """Both arms of each size, with the grid's budgets."""
-    return tuple(Unit(k, arm, f"{prefix}-k{k}-{arm}", search.trials_per_dim if arm == "vae" else search.ae_trials_per_dim,
+    return tuple(Unit(k, arm, f"{prefix}-k{k}-{arm}",
+                      search.trials_per_dim if arm == "vae" else search.ae_trials_per_dim,
                       search.max_trials_per_dim, phase, reason) for k in ks for arm in ARMS)
 
 

@@ -6,14 +6,15 @@ answer sits between grid points; the replicate phase retrains the sizes that dec
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from latentstudy import evaluate, recommend
-from latentstudy.search.outputs import best_trials, fetch_checkpoint
-from latentstudy.search.plan import REPLICATE, Plan
+from latentstudy.search.outputs import best_trials
+from latentstudy.search.plan import REPLICATE, Plan, Unit
 from latentstudy.search.store import snapshot
 
 
@@ -32,10 +33,11 @@ class Rule:
 class Validation:
     """Per-example validation values of the search's best models, cached per trial."""
 
-    def __init__(self, prepared: Path, storage, tracker, scratch: Path, rule: Rule):
+    def __init__(self, prepared: Path, storage, checkpoint: Callable[[Unit, object], Path], rule: Rule):
+        """checkpoint(unit, trial): the trial's weights file, wherever they are (search.weights)."""
         from latentstudy import data
 
-        self.storage, self.tracker, self.scratch, self.rule = storage, tracker, scratch, rule
+        self.storage, self.checkpoint, self.rule = storage, checkpoint, rule
         x_train, y_train = data.load_split(prepared, "train")
         self.x_val, y_val = data.load_split(prepared, "val")
         self.base = evaluate.baseline(x_train.mean(axis=0), self.x_val)
@@ -45,13 +47,13 @@ class Validation:
             self.probe = (x_train[keep], y_train[keep], y_val)
         self._cache: dict[tuple[str, int], tuple[dict, str | None]] = {}
 
-    def values(self, unit_name: str, trial) -> tuple[dict[str, np.ndarray], str | None]:
+    def values(self, unit: Unit, trial) -> tuple[dict[str, np.ndarray], str | None]:
         """(per-example values, the reason it is flagged as diverged or None) of one trial's model."""
-        key = (unit_name, trial.number)
+        key = (unit.study_name, trial.number)
         if key not in self._cache:
             from latentstudy.models import load_checkpoint
 
-            model, _ = load_checkpoint(fetch_checkpoint(trial, self.tracker, self.scratch))
+            model, _ = load_checkpoint(self.checkpoint(unit, trial))
             values, _ = evaluate.per_example(model, self.x_val, self.rule.iwae_samples, self.rule.seed)
             if self.probe is not None and model.spec.variational:
                 x_train, y_train, y_val = self.probe
@@ -68,12 +70,12 @@ class Validation:
         p = recommend.PURPOSES[purpose]
         snap = snapshot(plan, self.storage)
         best = best_trials(snap)  # the search's own trials: replicates are not candidates
-        names = {(u.latent_dim, u.arm): u.study_name for u, _ in snap if u.phase != REPLICATE}
+        units = {(u.latent_dim, u.arm): u for u, _ in snap if u.phase != REPLICATE}
         curves, excluded = {}, {}
         for (k, arm), trial in sorted(best.items()):
             if arm != p.arm:
                 continue
-            values, reason = self.values(names[(k, arm)], trial)
+            values, reason = self.values(units[(k, arm)], trial)
             if p.quantity not in values:
                 continue
             curves[k] = values[p.quantity][None]

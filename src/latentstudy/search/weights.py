@@ -1,9 +1,10 @@
-"""The weights of every latent size's best trial, wherever they still are: the worker's checkpoint
-on this disk, its copy in MLflow (a worker on another machine), or, when both are gone
-(.latentstudy/checkpoints and mlartifacts deleted), retrained from the trial's recorded beta,
-learning rate and seed. Training is seeded, so on CPU this gives back the same weights; a
-retrained value that differs from the recorded one is named. Retrained weights go back where
-they were lost (the checkpoint path, the trial's MLflow run), so the next run finds them.
+"""The weights of every model the search keeps (best trials, seed replicates), wherever they
+still are: the worker's checkpoint on this disk, its copy in MLflow (a worker on another
+machine), or, when both are gone (.latentstudy/checkpoints and mlartifacts deleted), retrained
+from the trial's recorded beta, learning rate and seed. Training is seeded, so on CPU this gives
+back the same weights; a retrained value that differs from the recorded one is named. Retrained
+weights go back where they were lost (the checkpoint path, the trial's MLflow run), so the next
+run finds them.
 """
 
 from __future__ import annotations
@@ -15,27 +16,25 @@ from latentstudy.search import keys
 from latentstudy.search.plan import Plan, Unit
 
 
-def gather(plan: Plan, best: dict, runs: dict[int, str], tracker, prepared: Path,
-           scratch: Path) -> dict[tuple[int, str], Path]:
-    """{(latent size, arm): a checkpoint file of its best trial}, retraining what is lost."""
+def gather(plan: Plan, kept: dict[tuple, tuple[Unit, object]], runs: dict[int, str], tracker, prepared: Path,
+           scratch: Path) -> dict[tuple, Path]:
+    """{key: a checkpoint file of its trial} for kept = {key: (unit, trial)}, retraining what is lost."""
     found, lost = {}, []
-    units = {(u.latent_dim, u.arm): u for u in plan.units}
-    for key, trial in best.items():
-        path = find(trial, runs.get(trial._trial_id), tracker, scratch / units[key].study_name)
+    for key, (unit, trial) in kept.items():
+        path = find(trial, runs.get(trial._trial_id), tracker, scratch / unit.study_name)
         if path is None:
-            lost.append((units[key], trial))
+            lost.append((key, unit, trial))
         else:
             found[key] = path
     if lost:
-        names = ", ".join(f"k={u.latent_dim} {u.arm} trial {t.number}" for u, t in lost)
-        print(f"[search] {len(lost)} best trials lost their weights (no checkpoint on disk or in MLflow): {names}; "
+        names = ", ".join(f"k={u.latent_dim} {u.arm} trial {t.number}" for _, u, t in lost)
+        print(f"[search] {len(lost)} kept trials lost their weights (no checkpoint on disk or in MLflow): {names}; "
               "retraining them from their recorded beta, lr and seed", flush=True)
         data = _splits(prepared)
-        for i, (unit, trial) in enumerate(lost, 1):
-            path = retrain(plan, unit, trial, data, scratch / unit.study_name, tracker, runs.get(trial._trial_id))
+        for i, (key, unit, trial) in enumerate(lost, 1):
+            found[key] = retrain(plan, unit, trial, data, scratch / unit.study_name, tracker, runs.get(trial._trial_id))
             print(f"[search] retrained {i}/{len(lost)}: k={unit.latent_dim} {unit.arm} trial {trial.number}",
                   flush=True)
-            found[(unit.latent_dim, unit.arm)] = path
     return found
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyError
-from latentstudy.search import keys
+from latentstudy.search import keys, runs
 from latentstudy.search.plan import REPLICATE, Plan, Unit, counts, needs_work, unit_seed
 from latentstudy.search.store import process_tag, reap_lost
 
