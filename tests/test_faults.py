@@ -277,7 +277,10 @@ def test_killed_then_params_changed_the_old_study_is_reaped(project):
     tracking = default_tracking(project)
     set_search(project, trials_per_dim=3, **{"train.epochs": 40, "train.patience": 40})
     old_plan, storage = plan_and_storage(project)
-    proc = subprocess.Popen([*SCRIPT], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A session of its own, killed as a whole (as a batch system or the OOM killer ends a job): a
+    # worker that outlived its coordinator for a moment could finish the trial the test needs lost.
+    proc = subprocess.Popen([*SCRIPT], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         time.sleep(0.3)
@@ -290,11 +293,10 @@ def test_killed_then_params_changed_the_old_study_is_reaped(project):
                 t.state.name == "RUNNING" and "pid" in t.user_attrs for t in trials):
             break
     else:
-        proc.kill()
+        os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail("the search never had finished and running trials at once")
-    proc.send_signal(signal.SIGKILL)
+    os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    time.sleep(2.5)  # its workers notice their coordinator is gone and die
     snap = store.snapshot(old_plan, storage)
     kept = {(u.study_name, t.number): t.value for u, ts in snap for t in ts if t.state.name == "COMPLETE"}
     lost = {(u.study_name, t.number) for u, ts in snap for t in ts if t.state.name == "RUNNING"}
