@@ -28,8 +28,10 @@ def colour_params() -> dict:
               "model": {"arch": "auto", "likelihood": "auto", "hidden": [32], "channels": [8, 16]},
               "train": {"epochs": 4, "batch_size": 32, "patience": 2}}
     return {"data": {"name": "images", "path": "pics", "intrinsic_max_points": 100},
-            "study": {"latent_dims": [2, 4], "seed": 0}, "pca": {"variance_targets": [0.9]}, "search": search,
-            "evaluate": {"iwae_samples": 4, "probe_max_train": 100}, "report": {"recon_examples": 4}}
+            "study": {"latent_dims": [2, 4], "seed": 0, "refine_max": 0}, "pca": {"variance_targets": [0.9]},
+            "search": search, "evaluate": {"iwae_samples": 4, "probe_max_train": 100},
+            # the search's rule keys (dvc.yaml lists them as its params, so they must be in the file)
+            "report": {"recon_examples": 4, "purpose": "auto", "tolerance": 0.0, "bootstrap": 200}}
 
 
 @pytest.fixture(scope="module")

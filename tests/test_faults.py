@@ -27,6 +27,7 @@ from latentstudy import config, data, stages
 from latentstudy.search import journal, plan as planning, store
 from latentstudy.tracking import Tracker
 
+ONE_SIZE = {"latent_dims": [2], "seed": 0, "refine_max": 0}  # one size, nothing added: counts stay known
 SCRIPT = [sys.executable, str(ROOT / "pipeline" / "search.py"), "--data", "data", "--models", "models/search",
           "--trials", "reports/trials.csv", "--metrics", "reports/metrics.json", "--study", "reports/study.json"]
 
@@ -42,7 +43,7 @@ def prepared(tmp_path_factory) -> Path:
 def project(tmp_path, prepared) -> Path:
     """A project folder with prepared data and a tiny search's params: one latent size, 3 trials."""
     shutil.copytree(prepared, tmp_path / "data")
-    write_params(tmp_path / "params.yaml", study={"latent_dims": [2], "seed": 0}, search=TINY_SEARCH)
+    write_params(tmp_path / "params.yaml", study=ONE_SIZE, search=TINY_SEARCH)
     return tmp_path
 
 
@@ -54,7 +55,7 @@ def set_search(project: Path, **changes) -> None:
         for key in path:
             target = target[key]
         target[last] = value
-    write_params(project / "params.yaml", study={"latent_dims": [2], "seed": 0}, search=search)
+    write_params(project / "params.yaml", study=ONE_SIZE, search=search)
 
 
 def default_tracking(project: Path) -> str:
@@ -167,7 +168,7 @@ def test_deleted_checkpoints_and_artifacts_the_best_trials_are_retrained(project
 
     out = assert_ok(rerun(project))
     [line] = lines_with(out, "lost their weights")
-    assert line.startswith("[search] 2 best trials lost their weights") and "k=2 vae trial" in line
+    assert line.startswith("[search] 2 kept trials lost their weights") and "k=2 vae trial" in line
     assert len(lines_with(out, "[search] retrained")) == 2
     assert finished(project) == before
     for name, original in originals.items():  # seeded training on CPU: the same weights again

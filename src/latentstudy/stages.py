@@ -102,11 +102,14 @@ def search(params: Path, prepared: Path, root: Path, models_dir: Path, trials_cs
     from latentstudy import data, recommend
     from latentstudy.search import coordinator
     from latentstudy.search.validation import Rule
+    from latentstudy.tracking import require_reachable
 
     study = config.load_section(params, "study")
     cfg = config.load_section(params, "search")
     rep = config.load_section(params, "report")
     ev = config.load_section(params, "evaluate")
+    if tracking:
+        require_reachable(tracking)  # before anything is read or written
     recommend.check_purpose(rep.purpose, data.load_summary(prepared)["has_labels"])
     # The search decides which sizes to add and to replicate with the report's rule, on validation.
     rule = Rule(rep.purpose, rep.tolerance, rep.bootstrap, study.seed, ev.iwae_samples, ev.probe_max_train)

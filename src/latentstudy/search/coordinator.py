@@ -210,6 +210,8 @@ def neighbour_start(best: dict, k: int, arm: str) -> tuple[dict, str] | None:
 def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_phase) -> Plan:
     """Add sizes below the headline answer until it and the next smaller searched size are
     adjacent, or refine_max sizes are added. run_phase(plan, enqueue) trains what the plan lacks."""
+    if refine_max == 0:  # off: nothing to decide, so no validation pass
+        return plan
     purpose = validation.headline(plan)
     added = 0
     while True:
@@ -279,12 +281,11 @@ def replicate(plan: Plan, replicates: int, validation, run_phase) -> Plan:
 def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, models_dir: Path,
         trials_csv: Path, metrics_json: Path, study_json: Path, tracking: str | None, rule) -> Plan:
     """The search stage: plan, create stores, run workers phase by phase (grid, refinement,
-    replicates), write the best and replicate models and the tables. rule: validation.Rule."""
+    replicates), write the best and replicate models and the tables. rule: validation.Rule.
+    The caller has checked that the tracking server answers."""
     from latentstudy import data
-    from latentstudy.tracking import Tracker, experiment_name, require_reachable
+    from latentstudy.tracking import Tracker, experiment_name
 
-    if tracking:
-        require_reachable(tracking)
     summary = data.load_summary(prepared)
     store = root / ".latentstudy"
     plan = make_plan(study, search, summary, experiment_name(summary))

@@ -28,8 +28,9 @@ def gather(plan: Plan, kept: dict[tuple, tuple[Unit, object]], runs: dict[int, s
             found[key] = path
     if lost:
         names = ", ".join(f"k={u.latent_dim} {u.arm} trial {t.number}" for _, u, t in lost)
-        print(f"[search] {len(lost)} kept trials lost their weights (no checkpoint on disk or in MLflow): {names}; "
-              "retraining them from their recorded beta, lr and seed", flush=True)
+        many = len(lost) != 1
+        print(f"[search] {len(lost)} kept trial{'s' * many} lost {'their' if many else 'its'} weights (no checkpoint "
+              f"on disk or in MLflow): {names}; retraining from the recorded beta, lr and seed", flush=True)
         data = _splits(prepared)
         for i, (key, unit, trial) in enumerate(lost, 1):
             found[key] = retrain(plan, unit, trial, data, scratch / unit.study_name, tracker, runs.get(trial._trial_id))
