@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 from pathlib import Path
 
@@ -51,6 +52,18 @@ def write_params(path: Path, **sections) -> Path:
 
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
     return path
+
+
+def overridden(base: dict, **dotted) -> dict:
+    """A deep copy of base with keys given as "a.b" = value replaced."""
+    out = copy.deepcopy(base)
+    for key, value in dotted.items():
+        *path, last = key.split(".")
+        target = out
+        for part in path:
+            target = target[part]
+        target[last] = value
+    return out
 
 
 TINY_SEARCH = {

@@ -5,16 +5,14 @@ colour figures and the explorer in the report."""
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
 import torch
-import yaml
-from conftest import ROOT, TINY_SEARCH
+from conftest import TINY_SEARCH
 from matplotlib.image import imread
 from PIL import Image
-from test_pipeline import ran, set_param, sh
+from test_pipeline import new_project, ran, set_param, sh
 
 from latentstudy.config import Patches
 from latentstudy.data import synthetic
@@ -38,23 +36,11 @@ def colour_params() -> dict:
 def repo(tmp_path_factory):
     """A project whose data is a folder of 80 RGB pictures in two class folders, after `dvc repro`."""
     repo = tmp_path_factory.mktemp("colour")
-    for item in ("dvc.yaml", "pipeline", "src/latentstudy", ".dvcignore", ".gitignore"):
-        src, dst = ROOT / item, repo / item
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            shutil.copy(src, dst)
     raw = synthetic.make_patches(Patches(n=80, size=SIZE, seed=5))
     for i, (pixels, label) in enumerate(zip(raw.x, raw.y)):
         (repo / "pics" / label).mkdir(parents=True, exist_ok=True)
         Image.fromarray(pixels.transpose(1, 2, 0)).save(repo / "pics" / label / f"{i:03d}.png")
-    (repo / "params.yaml").write_text(yaml.safe_dump(colour_params(), sort_keys=False))
-    sh(repo, "git", "init", "-q")
-    sh(repo, "dvc", "init", "-q")
-    sh(repo, "dvc", "config", "core.analytics", "false")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "colour study")
-    first = sh(repo, "dvc", "repro")
+    first = new_project(repo, colour_params(), "colour study")
     assert ran(first) == {"prepare", "pca", "search", "evaluate", "report"}
     assert "examples of shape" not in first.stdout and f"RGB images {SIZE}x{SIZE}" in first.stdout
     return repo

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from selenium import webdriver
+from browser import chromium
 from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -20,18 +20,9 @@ from selenium.webdriver.support.ui import Select
 from latentstudy.explorer import explorer_html
 from latentstudy.models import AutoEncoder, NetSpec, forward, kl_per_dim
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-    pytest.skip("browser tests need Debian's chromium and chromium-driver at /usr/bin/chromium and "
-                "/usr/bin/chromedriver (install: sh scripts/install-system-deps.sh chromium)",
-                allow_module_level=True)
-
 pytestmark = pytest.mark.browser
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "reports" / "explorer.png"
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-dev-shm-usage", "--window-size=1400,1000")
 
 
 def make_model(arch: str, latent_dim: int, image_shape: tuple[int, ...] | None, **options) -> AutoEncoder:
@@ -54,19 +45,8 @@ def torch_mu(model: AutoEncoder, x: np.ndarray) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "SEVERE"})
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SE_OFFLINE", "true")  # Selenium Manager must not go looking for a driver to download
-        driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)),
-                                  options=options)
-        try:
-            yield driver
-        finally:
-            driver.quit()
+    yield from chromium(tmp_path_factory.mktemp("chromium-profile"), "1400,1000",
+                        {"goog:loggingPrefs": {"browser": "SEVERE"}})
 
 
 @pytest.fixture(scope="module")

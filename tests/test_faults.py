@@ -7,7 +7,6 @@ torn journal, an unreachable server, a kill -9), then the stage script as DVC ru
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import re
@@ -21,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, TINY_DATA, TINY_SEARCH, write_params
+from conftest import ROOT, TINY_DATA, TINY_SEARCH, overridden, write_params
 
 from latentstudy import config, data, stages
 from latentstudy.search import journal, plan as planning, store
@@ -48,14 +47,7 @@ def project(tmp_path, prepared) -> Path:
 
 
 def set_search(project: Path, **changes) -> None:
-    search = copy.deepcopy(TINY_SEARCH)
-    for dotted, value in changes.items():
-        *path, last = dotted.split(".")
-        target = search
-        for key in path:
-            target = target[key]
-        target[last] = value
-    write_params(project / "params.yaml", study=ONE_SIZE, search=search)
+    write_params(project / "params.yaml", study=ONE_SIZE, search=overridden(TINY_SEARCH, **changes))
 
 
 def default_tracking(project: Path) -> str:

@@ -49,6 +49,25 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", result.stdout + result.stderr))
 
 
+def new_project(repo: Path, params: dict, message: str) -> subprocess.CompletedProcess:
+    """The project's pipeline and code with these params in a new git + DVC repository (whatever
+    else is in `repo` is committed too), then its first `dvc repro`."""
+    for item in ("dvc.yaml", "pipeline", "src/latentstudy", ".dvcignore", ".gitignore"):
+        src, dst = ROOT / item, repo / item
+        if src.is_dir():
+            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    sh(repo, "git", "init", "-q")
+    sh(repo, "dvc", "init", "-q")
+    sh(repo, "dvc", "config", "core.analytics", "false")
+    sh(repo, "git", "add", "-A")
+    sh(repo, "git", "commit", "-qm", message)
+    return sh(repo, "dvc", "repro")
+
+
 def set_param(repo: Path, dotted: str, value) -> None:
     params = yaml.safe_load((repo / "params.yaml").read_text())
     *path, last = dotted.split(".")
@@ -62,20 +81,7 @@ def set_param(repo: Path, dotted: str, value) -> None:
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     repo = tmp_path_factory.mktemp("project")
-    for item in ("dvc.yaml", "pipeline", "src/latentstudy", ".dvcignore", ".gitignore"):
-        src, dst = ROOT / item, repo / item
-        if src.is_dir():
-            shutil.copytree(src, dst, ignore=shutil.ignore_patterns("__pycache__"))
-        else:
-            dst.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy(src, dst)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    sh(repo, "git", "init", "-q")
-    sh(repo, "dvc", "init", "-q")
-    sh(repo, "dvc", "config", "core.analytics", "false")
-    sh(repo, "git", "add", "-A")
-    sh(repo, "git", "commit", "-qm", "tiny study")
-    first = sh(repo, "dvc", "repro")
+    first = new_project(repo, tiny_params(), "tiny study")
     assert ran(first) == set(STAGES)
     return repo
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from selenium import webdriver
+from browser import chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 from servers import free_port, stop_group, tail
@@ -25,35 +25,16 @@ from servers import free_port, stop_group, tail
 from latentstudy import config, tracking
 from latentstudy.search import plan as planning, store
 
-CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
-if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-    pytest.skip("browser tests need Debian's chromium and chromium-driver at /usr/bin/chromium and "
-                "/usr/bin/chromedriver (install: sh scripts/install-system-deps.sh chromium)",
-                allow_module_level=True)
-
 pytestmark = pytest.mark.browser
 
 BIN = Path(sys.executable).parent
 SHOTS = Path("/tmp")
 PREFIX = "digits-0123456789"
-FLAGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,900")
 
 
 @pytest.fixture(scope="module")
 def browser(tmp_path_factory):
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (*FLAGS, f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("SE_OFFLINE", "true")  # Selenium Manager must not go looking for a driver to download
-        driver = webdriver.Chrome(service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)),
-                                  options=options)
-        try:
-            yield driver
-        finally:
-            driver.quit()
+    yield from chromium(tmp_path_factory.mktemp("chromium-profile"), "1400,900")
 
 
 @contextlib.contextmanager
