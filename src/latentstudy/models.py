@@ -178,11 +178,18 @@ class AutoEncoder(nn.Module):
 
     def distortion(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) per example, in nats, summed over the D outputs."""
-        if self.spec.likelihood == "bernoulli":
-            return F.binary_cross_entropy_with_logits(out.float(), x, reduction="none").sum(1)
-        log_sigma = self.log_sigma
-        sq = (x - out.float()) ** 2
-        return 0.5 * (sq * torch.exp(-2 * log_sigma)).sum(1) + x.shape[1] * (log_sigma + 0.5 * LOG_2PI)
+        return distortion(self.spec.likelihood, x, out, getattr(self, "log_sigma", None))
+
+
+def distortion(likelihood: str, x: torch.Tensor, out: torch.Tensor, log_sigma: torch.Tensor | None) -> torch.Tensor:
+    """-log p(x|z) in nats, summed over the last (D) dimension. out may carry leading dimensions
+    that x lacks (a stack's members); log_sigma then has the shape of out's leading dimensions.
+    out is cast to x's dtype: bf16 autocast outputs are scored in full precision."""
+    out = out.to(x.dtype)
+    if likelihood == "bernoulli":
+        return F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
+    sq = ((x - out) ** 2).sum(-1)
+    return 0.5 * sq * torch.exp(-2 * log_sigma) + x.shape[-1] * (log_sigma + 0.5 * LOG_2PI)
 
 
 def n_params(model: nn.Module) -> int:
