@@ -1,37 +1,74 @@
-"""The training engine: whole splits resident on the device, Adam, early stopping, seeded.
+"""The training engine: S members of one NetSpec (S trials of one study) trained as one stack.
 
-No DataLoader: each epoch draws one permutation on the device and slices batches from it.
-Epoch sums stay on the device; the host reads them once per epoch (the NaN check and the
-history), so a CUDA step never waits on the host.
+Each member keeps what it would have alone: its initialisation (seeded exactly as models.build
+under its seed), its beta and learning rate (a functional Adam with a per-member lr), KL warm-up,
+free bits, gradient-norm clipping over its own parameters, early stopping with its best state,
+and its own noise. A member whose loss or gradient turns non-finite stops updating and fails
+alone; the others go on.
+
+All members see the same minibatches: one permutation per stack epoch, drawn on the CPU (so the
+same on every device) from the stack's data seed, its first member's seed. A trial's numbers
+therefore depend on the data order of the stack it trained in; a stack of one uses its own seed.
+When a member stops (finished, early-stopped, pruned or failed) the caller may give its slot to
+a new member, which starts at its own epoch 1; else the stack shrinks.
+
+Noise: a member's generator draws its training eps once per chunk of the epoch (chunk_rows rows,
+whole batches, in epoch order): S small launches per chunk, none per step. Its validation eps
+comes from a generator reseeded every epoch, so epochs are compared on equal noise.
+
+No DataLoader: a split that fits on the device lives there; one that does not is staged from
+pinned host memory a chunk at a time, with the same rows in the same order, so the numbers are
+the same. Epoch sums stay on the device; the host reads them once per epoch.
 """
 
 from __future__ import annotations
 
-import copy
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
 from latentstudy.config import TrainConfig
-from latentstudy.models import AutoEncoder, forward, reconstruct
+from latentstudy.models import AutoEncoder, NetSpec, build, n_params
+from latentstudy.stack import Stack
 
 OBJECTIVES = ("neg_elbo", "distortion", "sse")
-EVAL_CHUNK = 4096
+EVAL_CHUNK = 4096  # validation rows per forward pass
+CHUNK_ROWS = 8192  # training rows gathered (or staged) and given noise at a time
+ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
+CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
+STAGE_FRACTION = 0.5  # a split stays on the GPU when it needs at most this share of its free memory
+CPU_STACK = 8  # search.stack auto on CPU
+CUDA_STACK_CAP, STACK_MEMORY_FRACTION = 64, 0.5  # search.stack auto on CUDA
 
 
 class NonFiniteLoss(RuntimeError):
-    """The loss became NaN or inf: the trial fails with this reason."""
+    """The loss became NaN or inf (raised by train(), the single-model entry point)."""
+
+
+@dataclass
+class Member:
+    """One model to train in a stack: a trial's seed, beta and learning rate."""
+
+    seed: int
+    beta: float
+    lr: float
+    key: Any = None  # the caller's handle (an Optuna trial)
+    init: dict | None = field(default=None, repr=False)  # a state_dict to start from; None: seeded build
 
 
 @dataclass
 class TrainResult:
+    member: Member
+    status: str  # complete | pruned | failed
     history: list[dict]  # one record per epoch
     best_epoch: int
-    best: dict  # validation metrics at the best epoch
+    best: dict  # validation metrics at the best epoch (pruned, failed: at the last epoch)
     seconds: float
-    state_dict: dict = field(repr=False)
+    state_dict: dict | None = field(default=None, repr=False)  # the best epoch's weights, when complete
+    reason: str = ""  # why it stopped: pruned at epoch N, non-finite loss at epoch N
 
     @property
     def epochs_run(self) -> int:
@@ -46,95 +83,333 @@ def beta_at(epoch: int, beta: float, warmup_epochs: int) -> float:
 
 
 def rate_penalty(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
-    """Mean rate over the batch; with free bits each unit's batch-mean KL is floored at lambda nats."""
+    """Mean rate over the batch (kl: (..., n, k)); with free bits each unit's batch-mean KL is
+    floored at lambda nats."""
     if free_bits > 0:
-        return torch.clamp(kl.mean(0), min=free_bits).sum()
-    return kl.sum(1).mean()
+        return torch.clamp(kl.mean(-2), min=free_bits).sum(-1)
+    return kl.sum(-1).mean(-1)
 
 
-@torch.no_grad()
-def measure(model: AutoEncoder, x: torch.Tensor, seed: int) -> dict[str, float]:
-    """Validation metrics (nats per example): distortion, rate, D + R at beta = 1, squared error.
+# --- data on the device -----------------------------------------------------------------------
 
-    The same seed draws the same eps every epoch, so epochs are compared on equal noise.
+
+class Split:
+    """A data split as the engine reads it: resident on the device, or staged from host memory."""
+
+    def __init__(self, x: torch.Tensor, device: torch.device | str, staged: bool | None = None):
+        self.device = torch.device(device)
+        self.n, self.dim = x.shape
+        self.staged = not fits(x.numel() * x.element_size(), self.device) if staged is None else staged
+        if not self.staged:
+            self.x = x.to(self.device)
+        else:
+            self.x = x.cpu().pin_memory() if self.device.type == "cuda" else x.cpu()
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.x.dtype
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """The rows at index (on the device when resident, on the CPU when staged), on the device."""
+        if not self.staged:
+            return self.x[index]
+        pinned = self.device.type == "cuda"
+        buf = torch.empty((len(index), self.dim), dtype=self.x.dtype, pin_memory=pinned)
+        torch.index_select(self.x, 0, index, out=buf)
+        # The host allocator keeps a pinned block until its copy is done, so buf may be dropped.
+        return buf.to(self.device, non_blocking=pinned)
+
+    def order(self, perm: torch.Tensor) -> torch.Tensor:
+        """An epoch's permutation where rows() wants it."""
+        return perm if self.staged else perm.to(self.device)
+
+    def chunks(self, size: int) -> Iterator[torch.Tensor]:
+        for start in range(0, self.n, size):
+            yield self.x[start : start + size].to(self.device, non_blocking=self.staged)
+
+
+def fits(nbytes: int, device: torch.device) -> bool:
+    """Resident unless a GPU's free memory is short: the rest is for the stack itself."""
+    if device.type != "cuda":
+        return True
+    free, _ = torch.cuda.mem_get_info(device)
+    return nbytes <= STAGE_FRACTION * free
+
+
+def as_split(x: Split | torch.Tensor) -> Split:
+    return x if isinstance(x, Split) else Split(x, x.device, staged=False)
+
+
+# --- how many members --------------------------------------------------------------------------
+
+
+def stack_size(setting: int | str, spec: NetSpec, device: torch.device, batch_size: int) -> int:
+    """search.stack: N as given; auto from the device. CPU: CPU_STACK, measured (docs/engine.md).
+    CUDA: as many members as half the free memory holds, at most CUDA_STACK_CAP (not yet measured
+    on a GPU: the cap is where published stacked-training gains level off)."""
+    if setting != "auto":
+        return int(setting)
+    if device.type != "cuda":
+        return CPU_STACK
+    free, _ = torch.cuda.mem_get_info(device)
+    return max(1, min(CUDA_STACK_CAP, int(STACK_MEMORY_FRACTION * free // member_bytes(spec, batch_size))))
+
+
+def member_bytes(spec: NetSpec, batch_size: int) -> int:
+    """A member's device memory, roughly: its parameters six times (weights, gathered gradient and
+    its source, two Adam moments, best state) and its activations: three copies (output, ReLU,
+    gradient) per training example, two per validation example, and its noise."""
+    outputs: list[int] = []
+    with torch.device("meta"):
+        model = build(spec)
+        leaves = [m for m in model.modules() if not list(m.children())]
+        hooks = [m.register_forward_hook(lambda _m, _i, out: outputs.append(out[0].numel())) for m in leaves]
+        model.decode(model.encode(torch.empty(1, spec.input_dim))[0])
+    for hook in hooks:
+        hook.remove()
+    per_example = sum(outputs)
+    floats = 6 * n_params(model) + (3 * batch_size + 2 * EVAL_CHUNK) * per_example + CHUNK_ROWS * spec.latent_dim
+    return 4 * floats
+
+
+# --- the stacked trainer ----------------------------------------------------------------------
+
+
+DATA_ORDER, NOISE, VAL_NOISE = 0, 1, 2  # the generators a trial's seed starts
+
+
+def derived_seed(seed: int, stream: int) -> int:
+    """Separate seeds for a trial's data order (its stack's, when it comes first), training noise
+    and validation noise: one seed for all three would tie the noise to the permutation."""
+    return (seed * 1_000_003 + stream) % 2**63
+
+
+def initial_state(spec: NetSpec, seed: int) -> dict:
+    """The weights models.build draws under this seed: a member starts exactly as it would alone."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        return build(spec).state_dict()
+
+
+@dataclass
+class _Slot:
+    """A member's bookkeeping on the host."""
+
+    member: Member
+    noise: torch.Generator
+    val_noise: torch.Generator
+    started: float = field(default_factory=time.perf_counter)
+    epoch: int = 0
+    history: list[dict] = field(default_factory=list)
+    best_value: float = float("inf")
+    best_epoch: int = -1
+    best: dict = field(default_factory=dict)
+    waited: int = 0
+
+
+class _Trainer:
+    """The stack's tensors (parameters, Adam moments, best states) and one epoch of training."""
+
+    def __init__(self, spec: NetSpec, cfg: TrainConfig, size: int, device: torch.device, dtype: torch.dtype):
+        self.spec, self.cfg, self.device = spec, cfg, device
+        self.stack = Stack(spec, size, device, dtype)
+        self.m, self.v, self.best = (torch.zeros_like(self.stack.params) for _ in range(3))
+        self.steps = torch.zeros(size, device=device, dtype=dtype)
+        self.lr = torch.zeros(size, device=device, dtype=dtype)
+        self.alive = torch.ones(size, device=device, dtype=torch.bool)
+        self.slots: list[_Slot | None] = [None] * size
+        self.bf16 = cfg.bf16 and device.type == "cuda"
+
+    def put(self, row: int, member: Member) -> None:
+        init = member.init if member.init is not None else initial_state(self.spec, member.seed)
+        self.stack.load(row, init)
+        for t in (self.m, self.v, self.best):
+            t[row].zero_()
+        self.steps[row], self.lr[row], self.alive[row] = 0, member.lr, True
+        gens = [torch.Generator(device=self.device).manual_seed(derived_seed(member.seed, s)) for s in (NOISE, VAL_NOISE)]
+        self.slots[row] = _Slot(member, *gens)
+
+    def keep(self, rows: list[int]) -> None:
+        index = torch.tensor(rows, device=self.device, dtype=torch.long)
+        self.stack.keep(rows)
+        self.m, self.v, self.best, self.steps, self.lr, self.alive = (
+            t.index_select(0, index) for t in (self.m, self.v, self.best, self.steps, self.lr, self.alive))
+        self.slots = [self.slots[r] for r in rows]
+
+    def noise(self, gens: list[torch.Generator], rows: int) -> torch.Tensor | None:
+        if not self.spec.variational:
+            return None
+        eps = torch.empty(len(gens), rows, self.spec.latent_dim, device=self.device, dtype=self.stack.params.dtype)
+        for s, gen in enumerate(gens):
+            eps[s].normal_(generator=gen)  # as torch.randn(rows, k, generator=gen)
+        return eps
+
+    def epoch(self, data: Split, perm: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+        """One pass over the data in perm's order; returns per-member sums (S, 3) of loss, distortion, rate."""
+        cfg = self.cfg
+        betas = [beta_at(s.epoch, s.member.beta, cfg.kl_warmup_epochs) if self.spec.variational else 0.0
+                 for s in self.slots]
+        beta = torch.tensor(betas, device=self.device, dtype=self.stack.params.dtype)
+        sums = torch.zeros(self.stack.size, 3, device=self.device, dtype=self.stack.params.dtype)
+        order = data.order(perm)
+        chunk_rows = max(1, chunk_rows // cfg.batch_size) * cfg.batch_size
+        for start in range(0, data.n, chunk_rows):
+            xc = data.rows(order[start : start + chunk_rows])
+            eps = self.noise([s.noise for s in self.slots], len(xc))
+            for i in range(0, len(xc), cfg.batch_size):
+                sums += self.step(xc[i : i + cfg.batch_size], None if eps is None else eps[:, i : i + cfg.batch_size],
+                                  beta)
+        return sums
+
+    def step(self, xb: torch.Tensor, eps: torch.Tensor | None, beta: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            terms = self.stack.terms(xb, eps)
+        dist = terms.distortion.mean(1)
+        if terms.kl is None:
+            rate = penalty = torch.zeros_like(dist)
+        else:
+            rate = terms.kl.sum(-1).mean(1)
+            penalty = rate_penalty(terms.kl, self.cfg.free_bits) if self.cfg.free_bits > 0 else rate
+        loss = dist + beta * penalty
+        grads = self.stack.backward(loss.sum())  # members share no parameter: each row is its own gradient
+        with torch.no_grad():
+            norm = torch.linalg.vector_norm(grads, dim=1)
+            self.alive &= torch.isfinite(loss) & torch.isfinite(norm)
+            scale = (self.cfg.grad_clip / (norm + CLIP_EPS)).clamp(max=1.0) if self.cfg.grad_clip > 0 else None
+            self.adam(grads, scale)
+            return torch.stack([loss, dist, rate], 1) * len(xb)
+
+    def adam(self, grads: torch.Tensor, scale: torch.Tensor | None) -> None:
+        """torch.optim.Adam's update, row by row with each member's lr; dead rows stay as they are."""
+        b1, b2 = ADAM_BETAS
+        ok = self.alive.unsqueeze(1)
+        if scale is not None:
+            grads.mul_(scale.unsqueeze(1))
+        grads.masked_fill_(~ok, 0.0)  # a dead row's NaN must not reach its moments
+        self.steps += 1  # a dead row never trains again, so its count does not matter
+        t = self.steps
+        self.m.lerp_(grads, 1 - b1)
+        self.v.mul_(b2).addcmul_(grads, grads, value=1 - b2)
+        step_size = torch.where(self.alive, self.lr / (1 - b1**t), 0.0).unsqueeze(1)
+        denom = (self.v.sqrt() / torch.sqrt(1 - b2**t).unsqueeze(1)).add_(ADAM_EPS)
+        self.stack.params.sub_(step_size * self.m / denom)
+
+    @torch.no_grad()
+    def measure(self, data: Split) -> torch.Tensor:
+        """Validation sums per member (S, 3) in float64, per example: distortion, rate, squared error."""
+        gens = [s.val_noise.manual_seed(derived_seed(s.member.seed, VAL_NOISE)) for s in self.slots]
+        sums = torch.zeros(self.stack.size, 3, device=self.device, dtype=torch.float64)
+        for xv in data.chunks(EVAL_CHUNK):
+            terms = self.stack.terms(xv, self.noise(gens, len(xv)))
+            rate = terms.kl.sum(-1).sum(1) if terms.kl is not None else torch.zeros_like(sums[:, 0])
+            sq = self.stack.squared_error(xv, terms.mu).sum(1)
+            sums += torch.stack([terms.distortion.sum(1), rate, sq], 1).double()
+        return sums / data.n
+
+    def snapshot(self, rows: list[int]) -> None:
+        if rows:
+            index = torch.tensor(rows, device=self.device, dtype=torch.long)
+            self.best.index_copy_(0, index, self.stack.params.index_select(0, index))
+
+
+def train_stack(spec: NetSpec, x_train: Split | torch.Tensor, x_val: Split | torch.Tensor, cfg: TrainConfig, *,
+                objective: str, size: int, next_member: Callable[[], Member | None],
+                on_done: Callable[[TrainResult], None], on_epoch: Callable[[Member, dict], bool] | None = None,
+                chunk_rows: int = CHUNK_ROWS) -> None:
+    """Train members from next_member() in a stack of up to size, until it has no more to give.
+
+    on_epoch(member, record) sees every epoch's record (logging, progress, pruning) and returns
+    True to stop that member now (pruned). on_done(result) gets each member as it stops; its slot
+    then goes to next_member() or the stack shrinks. Data on the device: x_train, x_val as Split
+    (or tensors, taken as resident); the parameters take the data's dtype.
     """
-    model.eval()
-    gen = torch.Generator(device=x.device).manual_seed(seed)
-    sums = torch.zeros(3, device=x.device, dtype=torch.float64)
-    for start in range(0, len(x), EVAL_CHUNK):
-        xb = x[start : start + EVAL_CHUNK]
-        terms = forward(model, xb, gen)
-        sq = (xb - reconstruct(model, xb)).pow(2).sum(1)
-        sums += torch.stack([terms.distortion.sum(), terms.rate.sum(), sq.sum()]).double()
-    model.train()
-    d, r, sse = (sums / len(x)).tolist()
-    return {"distortion": d, "rate": r, "neg_elbo": d + r, "sse": sse, "mse": sse / x.shape[1]}
+    train_data, val_data = as_split(x_train), as_split(x_val)
+    first = next_member()
+    if first is None:
+        return
+    trainer = _Trainer(spec, cfg, size, train_data.device, train_data.dtype)
+    trainer.put(0, first)
+    for row in range(1, size):
+        member = next_member()
+        if member is None:
+            trainer.keep(list(range(row)))
+            break
+        trainer.put(row, member)
+    order = torch.Generator().manual_seed(derived_seed(first.seed, DATA_ORDER))
+    while trainer.slots:
+        perm = torch.randperm(train_data.n, generator=order)
+        train_sums = (trainer.epoch(train_data, perm, chunk_rows) / train_data.n).tolist()
+        alive = trainer.alive.tolist()
+        val = trainer.measure(val_data).tolist()
+        improved, done = [], []
+        for row, slot in enumerate(trainer.slots):
+            result = _after_epoch(slot, spec, cfg, objective, train_sums[row], alive[row], val[row], on_epoch)
+            if slot.best_epoch == slot.epoch:
+                improved.append(row)
+            if result is not None:
+                done.append((row, result))
+        trainer.snapshot(improved)
+        empty = []
+        for row, result in done:
+            if result.status == "complete":
+                result.state_dict = trainer.stack.state_dict(row, trainer.best)
+            on_done(result)
+            member = next_member()
+            if member is None:
+                empty.append(row)
+            else:
+                trainer.put(row, member)
+        if empty:
+            trainer.keep([r for r in range(len(trainer.slots)) if r not in empty])
 
 
-def train(
-    model: AutoEncoder,
-    x_train: torch.Tensor,
-    x_val: torch.Tensor,
-    cfg: TrainConfig,
-    *,
-    beta: float,
-    lr: float,
-    objective: str,
-    seed: int,
-    on_epoch: Callable[[int, dict], None] | None = None,
-) -> TrainResult:
-    """Train until cfg.epochs or until the validation objective stops improving for cfg.patience.
+def _after_epoch(slot: _Slot, spec: NetSpec, cfg: TrainConfig, objective: str, train_sums: list[float],
+                 alive: bool, val: list[float], on_epoch) -> TrainResult | None:
+    """Record a member's epoch and decide: go on (None), or stop with a result."""
+    slot.epoch += 1
+    epoch, seconds = slot.epoch, time.perf_counter() - slot.started
+    loss, dist, rate = train_sums
+    d, r, sse = val
+    metrics = {"distortion": d, "rate": r, "neg_elbo": d + r, "sse": sse, "mse": sse / spec.input_dim}
 
-    on_epoch(epoch, record) sees every epoch's record (pruning, logging, progress); it may raise
-    to stop the trial. Returns the best epoch's weights and metrics.
-    """
-    device = x_train.device
-    gen = torch.Generator(device=device).manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    use_bf16 = cfg.bf16 and device.type == "cuda"
-    n = len(x_train)
-    history: list[dict] = []
-    best_value, best_epoch, best_state, best_metrics, waited = float("inf"), -1, None, {}, 0
-    start = time.perf_counter()
-    model.train()
-    for epoch in range(cfg.epochs):
-        beta_t = beta_at(epoch, beta, cfg.kl_warmup_epochs) if model.spec.variational else 0.0
-        sums = torch.zeros(3, device=device)
-        perm = torch.randperm(n, generator=gen, device=device)
-        for i in range(0, n, cfg.batch_size):
-            xb = x_train[perm[i : i + cfg.batch_size]]
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16):
-                terms = forward(model, xb, gen)
-            dist = terms.distortion.mean()
-            rate = rate_penalty(terms.kl, cfg.free_bits) if terms.kl is not None else torch.zeros((), device=device)
-            loss = dist + beta_t * rate
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            sums += torch.stack([loss.detach(), dist.detach(), terms.rate.detach().mean()]) * len(xb)
-        train_loss, train_d, train_r = (sums / n).tolist()
-        if not all(map(_finite, (train_loss, train_d, train_r))):
-            raise NonFiniteLoss(f"non-finite training loss ({train_loss}) at epoch {epoch + 1}")
-        val = measure(model, x_val, seed + 1)
-        if not _finite(val[objective]):
-            raise NonFiniteLoss(f"non-finite validation {objective} ({val[objective]}) at epoch {epoch + 1}")
-        record = {"epoch": epoch + 1, "beta": beta_t, "train_loss": train_loss, "train_distortion": train_d,
-                  "train_rate": train_r, **{f"val_{k}": v for k, v in val.items()},
-                  "seconds": time.perf_counter() - start}
-        history.append(record)
-        if on_epoch is not None:
-            on_epoch(epoch + 1, record)
-        if val[objective] < best_value:
-            best_value, best_epoch, best_metrics, waited = val[objective], epoch + 1, val, 0
-            best_state = copy.deepcopy(model.state_dict())
-        elif epoch >= cfg.kl_warmup_epochs:  # the objective may rise while beta still ramps up
-            waited += 1
-            if waited >= cfg.patience:
-                break
-    model.load_state_dict(best_state)
-    return TrainResult(history, best_epoch, best_metrics, time.perf_counter() - start, best_state)
+    def stop(status: str, reason: str = "", best: dict | None = None) -> TrainResult:
+        return TrainResult(slot.member, status, slot.history, slot.best_epoch, best if best is not None else slot.best,
+                           seconds, reason=reason)
+
+    if not all(map(_finite, train_sums)):
+        return stop("failed", f"non-finite training loss ({loss}) at epoch {epoch}", metrics)
+    if not alive:
+        return stop("failed", f"non-finite gradient at epoch {epoch}", metrics)
+    if not _finite(metrics[objective]):
+        return stop("failed", f"non-finite validation {objective} ({metrics[objective]}) at epoch {epoch}", metrics)
+    beta = beta_at(epoch - 1, slot.member.beta, cfg.kl_warmup_epochs) if spec.variational else 0.0
+    record = {"epoch": epoch, "beta": beta, "train_loss": loss, "train_distortion": dist, "train_rate": rate,
+              **{f"val_{k}": v for k, v in metrics.items()}, "seconds": seconds}
+    slot.history.append(record)
+    if on_epoch is not None and on_epoch(slot.member, record):
+        return stop("pruned", f"pruned at epoch {epoch}", metrics)
+    if metrics[objective] < slot.best_value:
+        slot.best_value, slot.best_epoch, slot.best, slot.waited = metrics[objective], epoch, metrics, 0
+    elif epoch > cfg.kl_warmup_epochs:  # the objective may rise while beta still ramps up
+        slot.waited += 1
+    if slot.waited >= cfg.patience or epoch >= cfg.epochs:
+        return stop("complete")
+    return None
+
+
+def train(model: AutoEncoder, x_train: torch.Tensor, x_val: torch.Tensor, cfg: TrainConfig, *, beta: float,
+          lr: float, objective: str, seed: int, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+    """Train one model from its current weights (a stack of one); on return it holds its best
+    epoch's weights. on_epoch(epoch, record) sees every epoch and may raise to stop."""
+    results: list[TrainResult] = []
+    members = iter([Member(seed, beta, lr, init=model.state_dict())])
+    train_stack(model.spec, x_train, x_val, cfg, objective=objective, size=1, next_member=lambda: next(members, None),
+                on_done=results.append, on_epoch=(lambda _, record: on_epoch(record["epoch"], record)) if on_epoch else None)
+    result = results[0]
+    if result.status == "failed":
+        raise NonFiniteLoss(result.reason)
+    model.load_state_dict(result.state_dict)
+    return result
 
 
 def _finite(v: float) -> bool:
