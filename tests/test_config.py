@@ -51,6 +51,8 @@ def load(tmp_path, text: str, section: str):
         ("search:\n  lr: {high: .inf}\n", "search", "search.lr.high = inf is not allowed; expected a finite number"),
         ("search:\n  device: tpu\n", "search", "search.device = 'tpu' is not allowed; expected one of auto | cpu | cuda"),
         ("search:\n  train: {bf16: 1}\n", "search", "search.train.bf16 = 1 is not allowed; expected true or false"),
+        ("search:\n  stack: many\n", "search", "search.stack = 'many' is not allowed; expected one of auto or an integer"),
+        ("search:\n  stack: 0\n", "search", "search.stack = 0 is out of range; allowed: auto or an integer >= 1"),
         ("search:\n  max_trials_per_dim: 2\n  trials_per_dim: 4\n", "search", "max_trials_per_dim = 2 is below"),
         ("data:\n  split: {train: 0.5, val: 0.2, test: 0.2}\n", "data", "must sum to 1"),
         ("data:\n  name: cifar\n", "data", "data.name = 'cifar' is not allowed; expected one of digits | mnist"),

@@ -167,15 +167,17 @@ def test_nan_trial_is_recorded_as_failed_and_the_study_goes_on(prepared, tmp_pat
     assert run.info.status == "FAILED" and "non-finite" in run.data.tags["fail_reason"]
 
 
-def test_a_hopeless_trial_is_pruned_and_recorded(prepared, tmp_path, tracking_uri, cpu_threads):
-    # Median pruning starts after two finished trials and the warm-up (5 epochs); a learning rate
-    # of 1e-7 is still far behind them at epoch 5.
-    params = search_params(tmp_path, dims=(2,), **{"pruner": "median", "lr.low": 1e-7, "trials_per_dim": 3,
-                                                   "train.epochs": 10, "train.patience": 10})
+def test_a_hopeless_trial_is_pruned_and_its_slot_refilled(prepared, tmp_path, tracking_uri, cpu_threads):
+    # Stacks of two. Trials 0 and 1 finish together; 2 and 3 take their slots. Median pruning
+    # (two finished trials, 5 warm-up epochs) stops 2 (lr 1e-7) and 4 takes its slot beside 3;
+    # later trials may be pruned too.
+    params = search_params(tmp_path, dims=(2,), **{"pruner": "median", "lr.low": 1e-7, "trials_per_dim": 4,
+                                                   "max_trials_per_dim": 12, "stack": 2, "train.epochs": 10,
+                                                   "train.patience": 10})
     plan, storage = studies_of(tmp_path, params, prepared)
     store.create_studies(plan, storage)
     vae = optuna.load_study(study_name=plan.units[0].study_name, storage=storage)
-    for lr in (2e-3, 3e-3, 1e-7, 2.5e-3):
+    for lr in (2e-3, 3e-3, 1e-7, 2.5e-3, 2.2e-3, 2.8e-3, 2.4e-3):  # none left to TPE's 1e-7..3e-3
         vae.enqueue_trial({"beta": 1.0, "lr": lr})
     out = run_stage(tmp_path, params, prepared, tracking_uri)
     trials = pd.read_csv(out / "trials.csv").set_index(["arm", "number"])
@@ -183,9 +185,15 @@ def test_a_hopeless_trial_is_pruned_and_recorded(prepared, tmp_path, tracking_ur
     assert pruned.state == "PRUNED"
     assert pruned.fail_reason == f"pruned at epoch {int(pruned.epochs_run)}" and 5 <= pruned.epochs_run < 10
     assert pruned.seconds > 0 and pruned.n_params > 0 and pruned.val_neg_elbo_nats > 0
-    assert (trials.loc["vae"].state == "COMPLETE").sum() == 3  # the budget is still met
+    assert list(trials.loc["vae"].state[:4]) == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"]
+    assert (trials.loc["vae"].state == "COMPLETE").sum() >= 4  # the budget is met (enqueued trials all run)
+    got = {t.number: t for t in vae.get_trials()}
+    assert got[4].datetime_start >= got[2].datetime_complete  # 4 took 2's slot ...
+    assert got[4].datetime_start < got[3].datetime_complete  # ... while 3 still trained
+    assert [got[n].params["lr"] for n in range(5)] == [2e-3, 3e-3, 1e-7, 2.5e-3, 2.2e-3]  # enqueued, honoured
     run = Tracker(tracking_uri).client.get_run(pruned.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
+    assert run.data.params["stack"] == "2"
 
 
 def test_one_worker_on_cpu_is_deterministic(prepared, tmp_path, cpu_threads):

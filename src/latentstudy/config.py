@@ -212,6 +212,7 @@ class SearchConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    stack: Literal["auto"] | int = "auto"
     workers_per_device: int = field(default=1, metadata=_bounds(ge=1))
     cpu_workers: int = field(default=2, metadata=_bounds(ge=1))
     storage: str | None = None
@@ -219,6 +220,8 @@ class SearchConfig:
     replicates: int = field(default=2, metadata=_bounds(ge=0))  # extra seeds for the deciding sizes
 
     def check(self, where: str) -> None:
+        if self.stack != "auto" and self.stack < 1:
+            raise StudyError(f"{where}.stack = {self.stack} is out of range; allowed: auto or an integer >= 1")
         budget = max(self.trials_per_dim, self.ae_trials_per_dim)
         if self.max_trials_per_dim < budget:
             raise StudyError(
@@ -346,8 +349,15 @@ def _coerce(tp: Any, value: Any, key: str, default: Any = None) -> Any:
     if origin in (types.UnionType, typing.Union):
         if value is None and type(None) in typing.get_args(tp):
             return None
-        (inner,) = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(inner, value, key, default)
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(inner) == 1:  # keep the inner type's own message (a nested key, a list item)
+            return _coerce(inner[0], value, key, default)
+        for option in inner:
+            try:
+                return _coerce(option, value, key, default)
+            except StudyError:
+                continue
+        raise bad
     if origin is Literal:
         if value not in typing.get_args(tp):
             raise bad

@@ -23,7 +23,7 @@ from latentstudy.config import SearchConfig, StudyConfig, build
 
 ARMS = ("vae", "ae")
 # Everything in SearchConfig changes results except these: budgets, devices, storage.
-RUNTIME_KEYS = ("trials_per_dim", "ae_trials_per_dim", "max_trials_per_dim", "device",
+RUNTIME_KEYS = ("trials_per_dim", "ae_trials_per_dim", "max_trials_per_dim", "device", "stack",
                 "workers_per_device", "cpu_workers", "storage", "heartbeat_seconds", "replicates")
 GRID, ADDED, REPLICATE = "grid", "added", "replicate"  # a unit's phase
 
@@ -154,3 +154,12 @@ def needs_work(unit: Unit, c: dict[str, int]) -> bool:
     if unit.phase == REPLICATE:
         return c["WAITING"] > 0 and started < unit.limit
     return (c["COMPLETE"] + c["RUNNING"] < unit.budget or c["WAITING"] > 0) and started < unit.limit
+
+
+def open_slots(unit: Unit, c: dict[str, int]) -> int:
+    """How many trials a worker may start now: what the budget still lacks (waiting retries and
+    replicates count even past it), within the limit on trials started. A replicate unit runs
+    only its waiting trials."""
+    started = c["COMPLETE"] + c["RUNNING"] + c["FAIL"] + c["PRUNED"]
+    lacking = 0 if unit.phase == REPLICATE else unit.budget - c["COMPLETE"] - c["RUNNING"]
+    return max(0, min(unit.limit - started, max(lacking, c["WAITING"])))

@@ -1,8 +1,12 @@
-"""A worker process: pulls the unit furthest from its budget, trains Optuna trials, reports every
-epoch for pruning, and stores each trial's checkpoint, metrics and MLflow run.
+"""A worker process: takes the unit furthest from its budget and trains its trials as stacks
+(train.train_stack), Optuna's ask-and-tell around each member: study.ask() fills a slot,
+trial.report / should_prune run every epoch for each member, study.tell records each as it stops,
+and a stopped member's slot takes a newly asked trial while the unit still needs some. Every
+trial keeps its MLflow run, per-epoch metrics, checkpoint and stored facts (search/keys.py).
 
 Started by the coordinator (one per GPU times workers_per_device, or cpu_workers on CPU) or by
-hand on another machine (`latentstudy worker --study <prefix>`); runs until every unit is done.
+hand on another machine (`latentstudy worker --study <prefix>`); runs until every unit is done,
+then reloads the plan from the storage and goes on if units were added meanwhile.
 """
 
 from __future__ import annotations
@@ -12,17 +16,13 @@ import os
 import threading
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyError
-from latentstudy.search import keys, runs
-from latentstudy.search.plan import REPLICATE, Plan, Unit, counts, needs_work, unit_seed
-from latentstudy.search.store import process_tag, reap_lost
-
-
-class TrialFailure(RuntimeError):
-    """A trial that cannot finish (NaN loss, out of memory): recorded as FAIL with its reason."""
+from latentstudy.search import keys
+from latentstudy.search.plan import REPLICATE, Plan, Unit, counts, needs_work, open_slots, unit_seed
+from latentstudy.search.store import load_plan, process_tag, reap_lost
 
 
 def _sampler(plan: Plan, unit: Unit, worker: str):
@@ -64,165 +64,272 @@ class WorkerContext:
     storage: object
     tracking: str | None
     tracker: object | None  # one MLflow client per worker process
-    x_train: object  # torch tensors on the worker's device
+    x_train: object  # train.Split (or a tensor) on the worker's device
     x_val: object
     device: object
     checkpoints: Path
     worker: str
     assume_single_host: bool
+    max_stack: int | None = None  # lowered after an out-of-memory stack
 
 
 def run_worker(ctx: WorkerContext) -> int:
-    """Run trials until every unit has its budget; returns the number of trials this worker ran."""
+    """Run stacks until every unit has its budget, then until no new units appear; returns the
+    number of trials this worker ran."""
     import optuna
 
     # Our own line reports each failure; Optuna would add a traceback for every failed trial.
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    cfg = ctx.plan.config
-    # Replicates are never pruned: each is a measurement of the seed spread, not a candidate.
-    studies = {u.study_name: optuna.load_study(study_name=u.study_name, storage=ctx.storage,
-                                               sampler=_sampler(ctx.plan, u, ctx.worker),
-                                               pruner=optuna.pruners.NopPruner() if u.phase == REPLICATE else _pruner(cfg))
-               for u in ctx.plan.units}
+    studies: dict = {}
     ran = 0
-    while (unit := next_unit(ctx.plan, studies)) is not None:
-        study = studies[unit.study_name]
-        reap_lost(study, ctx.tracking, ctx.assume_single_host)
-        study.optimize(lambda trial: objective(ctx, unit, trial), n_trials=1, catch=(TrialFailure,),
-                       gc_after_trial=False)
-        ran += 1
-    return ran
+    while True:
+        cfg = ctx.plan.config
+        for u in ctx.plan.units:
+            if u.study_name not in studies:
+                # Replicates are never pruned: each is a measurement of the seed spread, not a candidate.
+                pruner = optuna.pruners.NopPruner() if u.phase == REPLICATE else _pruner(cfg)
+                studies[u.study_name] = optuna.load_study(study_name=u.study_name, storage=ctx.storage,
+                                                          sampler=_sampler(ctx.plan, u, ctx.worker), pruner=pruner)
+        while (unit := next_unit(ctx.plan, studies)) is not None:
+            study = studies[unit.study_name]
+            reap_lost(study, ctx.tracking, ctx.assume_single_host)
+            ran += run_stack(ctx, unit, study)
+        plan = load_plan(ctx.storage, ctx.plan.prefix)
+        if {u.study_name for u in plan.units} <= set(studies):
+            return ran
+        ctx.plan = plan
 
 
-def objective(ctx: WorkerContext, unit: Unit, trial) -> float:
-    """Train one model with the trial's beta and lr; report every epoch for pruning."""
-    import optuna
-
-    from latentstudy import models, train
-
-    for key, value in {**process_tag(), keys.DEVICE: str(ctx.device), keys.WORKER: ctx.worker}.items():
-        trial.set_user_attr(key, value)
-    cfg = ctx.plan.config
-    beta = trial.suggest_float("beta", cfg.beta.low, cfg.beta.high, log=True) if unit.arm == "vae" else 0.0
-    lr = trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True)
-    seed = trial.user_attrs.get(keys.SEED, (unit_seed(ctx.plan, unit) + 7919 * trial.number) % 2**31)
-    trial.set_user_attr(keys.SEED, seed)
-    tracker, run_id = ctx.tracker, None
-    if tracker:
-        run_id = tracker.start_trial(
-            ctx.plan.experiment_id, ctx.plan.parent_run_id, unit.study_name, runs.run_name(unit, trial.number),
-            trial.number, runs.run_params(ctx.plan, unit, beta, lr, seed, str(ctx.device),
-                                          trial.user_attrs.get(keys.RETRY_OF)),
-        )
-        trial.set_user_attr(keys.MLFLOW_RUN_ID, run_id)
-    progress = EpochProgress(ctx.worker, unit, trial.number, cfg.train.epochs)
-
-    def on_epoch(epoch: int, record: dict) -> None:
-        if tracker:
-            tracker.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch"}, step=epoch)
-        progress(epoch, record)
-        if cfg.pruner == "none":  # no pruner: skip one storage write per epoch
-            return
-        trial.report(record[f"val_{cfg.objective}"], epoch)
-        if trial.should_prune():
-            # trials.csv shows how far a pruned trial got and what it cost, like a finished one.
-            reason = f"pruned at epoch {epoch}"
-            for key, value in {keys.METRICS: {k: v for k, v in record.items() if k.startswith("val_")},
-                               keys.EPOCHS_RUN: epoch, keys.SECONDS: round(record["seconds"], 3),
-                               keys.FAIL_REASON: reason}.items():
-                trial.set_user_attr(key, value)
-            raise optuna.TrialPruned(reason)
-
-    model = trial_model(ctx.plan, unit, seed, ctx.device)
-    trial.set_user_attr(keys.N_PARAMS, models.n_params(model))
-    try:
-        result = train.train(model, ctx.x_train, ctx.x_val, cfg.train, beta=beta, lr=lr,
-                             objective=cfg.objective, seed=seed, on_epoch=on_epoch)
-    except optuna.TrialPruned:
-        if tracker:
-            tracker.end(run_id, "FINISHED", {"optuna.state": "PRUNED"})
-        raise
-    except Exception as exc:  # NaN loss, out of memory, a CUDA fault: this trial fails, the study goes on
-        reason = failure_reason(exc, ctx.device)
-        trial.set_user_attr(keys.FAIL_REASON, reason)
-        if tracker:
-            tracker.end(run_id, "FAILED", {"optuna.state": "FAIL", "fail_reason": reason})
-        print(f"[{ctx.worker}] k={unit.latent_dim} {unit.arm} trial {trial.number} FAILED: {reason}", flush=True)
-        raise TrialFailure(reason) from None
-    final = {f"val_{k}": v for k, v in result.best.items()}
-    trial.set_user_attr(keys.METRICS, final)
-    for key, value in {keys.EPOCHS_RUN: result.epochs_run, keys.BEST_EPOCH: result.best_epoch,
-                       keys.SECONDS: round(result.seconds, 3)}.items():
-        trial.set_user_attr(key, value)
-    path = ctx.checkpoints / unit.study_name / f"trial-{trial.number}.pt"
-    models.save_checkpoint(path, model, checkpoint_meta(unit, trial.number, beta, lr, seed, result))
-    trial.set_user_attr(keys.CHECKPOINT, str(path))
-    if tracker:
-        tracker.log_metrics(run_id, {**{f"best_{k}": v for k, v in final.items()}, "epochs_run": result.epochs_run,
-                                     "seconds": result.seconds}, flush=True)
-        tracker.log_artifact(run_id, path, "checkpoint")
-        tracker.end(run_id, "FINISHED", {"optuna.state": "COMPLETE"})
-    value = result.best[cfg.objective]
-    print(f"[{ctx.worker}] k={unit.latent_dim} {unit.arm} trial {trial.number}: val {cfg.objective} "
-          f"{value:.3f} after {result.epochs_run} epochs ({result.seconds:.1f}s)", flush=True)
-    return value
-
-
-def trial_model(plan: Plan, unit: Unit, seed: int, device):
-    """The unit's network initialised from the trial's seed: the one recipe, also used to retrain
-    a best trial whose weights were lost."""
-    import torch
-
+def unit_spec(plan: Plan, unit: Unit):
     from latentstudy import models
 
     cfg = plan.config
-    spec = models.NetSpec(plan.input_dim, unit.latent_dim, models.choose_arch(cfg.model.arch, plan.image_shape),
+    return models.NetSpec(plan.input_dim, unit.latent_dim, models.choose_arch(cfg.model.arch, plan.image_shape),
                           models.choose_likelihood(cfg.model.likelihood, plan.image_shape)[0], unit.arm == "vae",
                           tuple(cfg.model.hidden), tuple(cfg.model.channels), models.chw(plan.image_shape))
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        return models.build(spec).to(device)
 
 
-def checkpoint_meta(unit: Unit, number: int, beta: float, lr: float, seed: int, result) -> dict:
-    final = {f"val_{k}": v for k, v in result.best.items()}
-    return {"study": unit.study_name, "trial": number, "beta": beta, "lr": lr, "seed": seed, **final,
-            "seconds": result.seconds, "epochs_run": result.epochs_run}
+def run_stack(ctx: WorkerContext, unit: Unit, study) -> int:
+    """Train the unit's open trials as one stack, refilling slots while the unit needs trials;
+    returns how many trials it ran. A fault of the stack (out of memory) fails its open trials."""
+    import torch
+
+    from latentstudy import models, train
+
+    cfg = ctx.plan.config
+    spec = unit_spec(ctx.plan, unit)
+    size = train.stack_size(cfg.stack, spec, ctx.device, cfg.train.batch_size)
+    size = min(size, ctx.max_stack or size, open_slots(unit, counts(study.get_trials(deepcopy=False))))
+    if size < 1:
+        return 0
+    with torch.device("meta"):
+        params = models.n_params(models.build(spec))
+    trials = StackTrials(ctx, unit, study, spec, size, params)
+    with trials.heartbeats:
+        try:
+            train.train_stack(spec, ctx.x_train, ctx.x_val, cfg.train, objective=cfg.objective, size=size,
+                              next_member=trials.ask, on_epoch=trials.epoch, on_done=trials.tell)
+        except Exception as exc:  # out of memory, a CUDA fault: this stack's trials fail, the study goes on
+            if isinstance(exc, torch.cuda.OutOfMemoryError):
+                ctx.max_stack = max(1, size // 2)
+            trials.fail_open(failure_reason(exc, ctx.device))
+    return trials.asked
+
+
+class StackTrials:
+    """The Optuna trials and MLflow runs of one stack: ask, per-epoch report, tell."""
+
+    def __init__(self, ctx: WorkerContext, unit: Unit, study, spec, size: int, n_params: int):
+        self.ctx, self.unit, self.study, self.spec, self.size, self.n_params = ctx, unit, study, spec, size, n_params
+        self.cfg = ctx.plan.config
+        self.open: dict[int, tuple[object, str | None]] = {}  # trial number -> (trial, MLflow run id)
+        self.asked = 0
+        self.heartbeats = Heartbeats(ctx.storage)
+        self.progress = StackProgress(ctx.worker, unit, self.cfg.train.epochs, self.cfg.objective)
+
+    def ask(self):
+        """A newly asked trial as a stack member, or None when the unit needs no more."""
+        from latentstudy import train
+
+        if not needs_work(self.unit, counts(self.study.get_trials(deepcopy=False))):
+            return None
+        trial = self.study.ask()  # an enqueued trial (a retry, a replicate) comes first, with its params
+        self.heartbeats.add(trial)
+        ctx, cfg, unit = self.ctx, self.cfg, self.unit
+        for key, value in {**process_tag(), keys.DEVICE: str(ctx.device), keys.WORKER: ctx.worker}.items():
+            trial.set_user_attr(key, value)
+        beta = trial.suggest_float("beta", cfg.beta.low, cfg.beta.high, log=True) if unit.arm == "vae" else 0.0
+        lr = trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True)
+        seed = trial.user_attrs.get(keys.SEED, (unit_seed(ctx.plan, unit) + 7919 * trial.number) % 2**31)
+        trial.set_user_attr(keys.SEED, seed)
+        trial.set_user_attr(keys.N_PARAMS, self.n_params)
+        run_id = None
+        if ctx.tracker:
+            run_id = ctx.tracker.start_trial(
+                ctx.plan.experiment_id, ctx.plan.parent_run_id, unit.study_name,
+                f"k{unit.latent_dim}-{unit.arm}-t{trial.number}", trial.number,
+                {"latent_dim": unit.latent_dim, "arm": unit.arm, "beta": beta, "lr": lr, "seed": seed,
+                 "device": str(ctx.device), "stack": self.size, "model": asdict(cfg.model),
+                 "train": asdict(cfg.train), "objective": cfg.objective,
+                 "retry_of": trial.user_attrs.get(keys.RETRY_OF)},
+            )
+            trial.set_user_attr(keys.MLFLOW_RUN_ID, run_id)
+        self.open[trial.number] = (trial, run_id)
+        self.asked += 1
+        return train.Member(seed, beta, lr, key=trial.number)
+
+    def epoch(self, member, record: dict) -> bool:
+        """Log the epoch; True when the pruner stops this trial."""
+        trial, run_id = self.open[member.key]
+        if run_id:
+            self.ctx.tracker.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch"},
+                                         step=record["epoch"])
+        self.progress(member.key, record, sorted(self.open))
+        if self.cfg.pruner == "none":  # no pruner: skip one storage write per epoch
+            return False
+        trial.report(record[f"val_{self.cfg.objective}"], record["epoch"])
+        return trial.should_prune()
+
+    def tell(self, result) -> None:
+        """Store a stopped member: checkpoint and metrics when complete, its reason otherwise."""
+        from optuna.trial import TrialState
+
+        trial, run_id = self.open[result.member.key]
+        tracker, unit, label = self.ctx.tracker, self.unit, f"[{self.ctx.worker}] k={self.unit.latent_dim}"
+        if result.status == "failed":
+            trial.set_user_attr(keys.FAIL_REASON, result.reason)
+            if run_id:
+                tracker.end(run_id, "FAILED", {"optuna.state": "FAIL", "fail_reason": result.reason})
+            print(f"{label} {unit.arm} trial {trial.number} FAILED: {result.reason}", flush=True)
+            self._close(trial, state=TrialState.FAIL)
+            return
+        final = {f"val_{k}": v for k, v in result.best.items()}
+        attrs = {keys.METRICS: final, keys.EPOCHS_RUN: result.epochs_run, keys.SECONDS: round(result.seconds, 3)}
+        if result.status == "pruned":
+            # trials.csv shows how far a pruned trial got and what it cost, like a finished one.
+            for key, value in {**attrs, keys.FAIL_REASON: result.reason}.items():
+                trial.set_user_attr(key, value)
+            if run_id:
+                tracker.end(run_id, "FINISHED", {"optuna.state": "PRUNED"})
+            self._close(trial, state=TrialState.PRUNED)
+            return
+        for key, value in {**attrs, keys.BEST_EPOCH: result.best_epoch}.items():
+            trial.set_user_attr(key, value)
+        path = self._save(trial, result, final)
+        if run_id:
+            tracker.log_metrics(run_id, {**{f"best_{k}": v for k, v in final.items()},
+                                         "epochs_run": result.epochs_run, "seconds": result.seconds}, flush=True)
+            tracker.log_artifact(run_id, path, "checkpoint")
+            tracker.end(run_id, "FINISHED", {"optuna.state": "COMPLETE"})
+        value = result.best[self.cfg.objective]
+        self._close(trial, values=value)
+        print(f"{label} {unit.arm} trial {trial.number}: val {self.cfg.objective} {value:.3f} after "
+              f"{result.epochs_run} epochs ({result.seconds:.1f}s, stack of {self.size})", flush=True)
+
+    def _save(self, trial, result, final: dict) -> Path:
+        from latentstudy import models
+
+        model = models.build(self.spec)
+        model.load_state_dict(result.state_dict)
+        path = self.ctx.checkpoints / self.unit.study_name / f"trial-{trial.number}.pt"
+        m = result.member
+        models.save_checkpoint(path, model, {"study": self.unit.study_name, "trial": trial.number, "beta": m.beta,
+                                             "lr": m.lr, "seed": m.seed, **final, "seconds": result.seconds,
+                                             "epochs_run": result.epochs_run})
+        trial.set_user_attr(keys.CHECKPOINT, str(path))
+        return path
+
+    def _close(self, trial, **outcome) -> None:
+        self.study.tell(trial, **outcome)
+        self.heartbeats.remove(trial)
+        del self.open[trial.number]
+
+    def fail_open(self, reason: str) -> None:
+        from optuna.trial import TrialState
+
+        for trial, run_id in list(self.open.values()):
+            trial.set_user_attr(keys.FAIL_REASON, reason)
+            if run_id:
+                self.ctx.tracker.end(run_id, "FAILED", {"optuna.state": "FAIL", "fail_reason": reason})
+            print(f"[{self.ctx.worker}] k={self.unit.latent_dim} {self.unit.arm} trial {trial.number} FAILED: "
+                  f"{reason}", flush=True)
+            self._close(trial, state=TrialState.FAIL)
+
+
+class Heartbeats:
+    """RDB storages fail a RUNNING trial whose heartbeat stops. study.optimize beats for its one
+    trial; a stack holds several open at once, so one thread beats for all of them."""
+
+    def __init__(self, storage):
+        get = getattr(storage, "get_heartbeat_interval", None)
+        self.storage, self.interval = storage, get() if get else None
+        self.ids: set[int] = set()
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+
+    def add(self, trial) -> None:
+        if self.interval:
+            self.storage.record_heartbeat(trial._trial_id)
+            with self.lock:
+                self.ids.add(trial._trial_id)
+
+    def remove(self, trial) -> None:
+        with self.lock:
+            self.ids.discard(trial._trial_id)
+
+    def _beat(self) -> None:
+        while not self.stop.wait(self.interval):
+            with self.lock:
+                ids = sorted(self.ids)
+            for trial_id in ids:
+                self.storage.record_heartbeat(trial_id)
+
+    def __enter__(self) -> "Heartbeats":
+        if self.interval:
+            self.thread = threading.Thread(target=self._beat, daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.interval:
+            self.stop.set()
+            self.thread.join()
 
 
 def failure_reason(exc: Exception, device) -> str:
     import torch
 
-    from latentstudy.train import NonFiniteLoss
-
     if isinstance(exc, torch.cuda.OutOfMemoryError):
         return f"out of memory on {device}"
-    if isinstance(exc, NonFiniteLoss):
-        return str(exc)
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
-class EpochProgress:
-    """Within a long trial, one line every 15 s: epoch, validation value, best so far."""
+class StackProgress:
+    """Within a long stack, one line every 15 s: the trials, the furthest epoch, the best so far."""
 
-    def __init__(self, worker: str, unit: Unit, number: int, epochs: int):
-        self.label = f"[{worker}] k={unit.latent_dim} {unit.arm} trial {number}"
-        self.epochs, self.best, self.last = epochs, math.inf, time.monotonic()
+    def __init__(self, worker: str, unit: Unit, epochs: int, objective: str):
+        self.label = f"[{worker}] k={unit.latent_dim} {unit.arm}"
+        self.epochs, self.objective, self.last = epochs, objective, time.monotonic()
+        self.best, self.best_trial, self.epoch = math.inf, None, 0
 
-    def __call__(self, epoch: int, record: dict) -> None:
-        self.best = min(self.best, record["val_neg_elbo"])
+    def __call__(self, number: int, record: dict, open_trials: list[int]) -> None:
+        value = record[f"val_{self.objective}"]
+        if value < self.best:
+            self.best, self.best_trial = value, number
+        self.epoch = max(self.epoch, record["epoch"])
         if time.monotonic() - self.last > 15:
             self.last = time.monotonic()
-            print(f"{self.label}: epoch {epoch}/{self.epochs} val neg-ELBO {record['val_neg_elbo']:.3f} "
-                  f"(best {self.best:.3f})", flush=True)
+            print(f"{self.label} trials {','.join(map(str, open_trials))} (stack of {len(open_trials)}): epoch "
+                  f"{self.epoch}/{self.epochs}, best val {self.objective} {self.best:.3f} (trial {self.best_trial})",
+                  flush=True)
 
 
 def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, device: str, checkpoints: Path,
                 worker: str, assume_single_host: bool) -> int:
-    """Load the data onto this worker's device and run trials until the study's budget is met."""
+    """Put the data on this worker's device and run stacks until the study's budget is met."""
     import torch
 
-    from latentstudy import data
+    from latentstudy import data, train
     from latentstudy.tracking import Tracker
 
     dev = torch.device(device)
@@ -233,11 +340,15 @@ def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, devic
     if summary["fingerprint"] != plan.fingerprint:
         raise StudyError(f"{prepared}: data fingerprint {summary['fingerprint']} differs from the study's "
                          f"{plan.fingerprint}; run this worker on the same prepared data")
-    x_train = torch.as_tensor(data.load_split(prepared, "train")[0], device=dev)
-    x_val = torch.as_tensor(data.load_split(prepared, "val")[0], device=dev)
+    splits = []
+    for name in ("train", "val"):
+        split = train.Split(torch.as_tensor(data.load_split(prepared, name)[0]), dev)
+        if split.staged:
+            print(f"[{worker}] the {name} split ({split.x.nbytes / 2**30:.1f} GiB) needs more than half of "
+                  f"{dev}'s free memory: staged from pinned host memory a chunk at a time", flush=True)
+        splits.append(split)
     tracker = Tracker(tracking) if tracking else None
-    ctx = WorkerContext(plan, storage, tracking, tracker, x_train, x_val, dev, checkpoints, worker,
-                        assume_single_host)
+    ctx = WorkerContext(plan, storage, tracking, tracker, *splits, dev, checkpoints, worker, assume_single_host)
     return run_worker(ctx)
 
 
