@@ -10,6 +10,7 @@ from reference_train import data_orders, reference_train
 
 from latentstudy import models, train
 from latentstudy.config import TrainConfig
+from latentstudy.feed import DeviceSplit
 from latentstudy.stack import Stack
 
 SPECS = {
@@ -105,7 +106,7 @@ def test_a_staged_split_gives_the_numbers_of_a_resident_one(cpu_threads):
     cfg = TrainConfig(epochs=3, batch_size=16)
     runs = []
     for staged in (False, True):
-        splits = (train.Split(x[0], "cpu", staged=staged), train.Split(x[1], "cpu", staged=staged))
+        splits = (DeviceSplit(x[0], "cpu", staged=staged), DeviceSplit(x[1], "cpu", staged=staged))
         members = [train.Member(1, 1.0, 3e-3, key=0), train.Member(2, 0.5, 5e-3, key=1)]
         results, _ = run_stack(spec, splits, cfg, members, size=2, chunk_rows=32)
         runs.append(results)

@@ -1,7 +1,8 @@
 """S models of one NetSpec as one network: every parameter gains a leading member dimension.
 
 Member s's parameters are row s of one (S, P) buffer, P being one AutoEncoder's parameter count,
-laid out as the AutoEncoder's state_dict. The layers' weights are views into that buffer and
+in the order of the AutoEncoder's state_dict; Linear weights are kept transposed, (in, out), so
+that batched matmuls read them and produce their gradients without copies. The layers' weights are views into that buffer and
 backward() gathers their gradients into a twin buffer, so the optimiser, gradient clipping, NaN
 masks and best-state snapshots each work on whole rows in a few large operations. A member loads from and
 exports to an ordinary AutoEncoder state_dict (models.save_checkpoint then works unchanged).
@@ -41,10 +42,12 @@ class Stack:
         with torch.device("meta"):  # shapes and layer settings only: no memory, no random draws
             self.template = AutoEncoder(spec)
         names = {id(p): name for name, p in self.template.named_parameters()}
-        self.layout: list[tuple[str, torch.Size, int]] = []  # (name, shape, offset in a row)
+        transposed = {names[id(m.weight)] for m in self.template.modules() if isinstance(m, nn.Linear)}
+        self.layout: list[tuple[str, torch.Size, int, bool]] = []  # (name, stored shape, offset, transposed)
         offset = 0
         for name, p in self.template.named_parameters():
-            self.layout.append((name, p.shape, offset))
+            flip = name in transposed
+            self.layout.append((name, p.shape[::-1] if flip else p.shape, offset, flip))
             offset += p.numel()
         self.n_params = offset
         self._names = names
@@ -59,7 +62,7 @@ class Stack:
     def _bind(self) -> None:
         """Each parameter as a leaf view into the row buffer: updating the rows updates the layers."""
         self.p: dict[str, torch.Tensor] = {}
-        for name, shape, offset in self.layout:
+        for name, shape, offset, _ in self.layout:
             n = math.prod(shape)
             self.p[name] = self.params[:, offset : offset + n].view(self.size, *shape).requires_grad_()
 
@@ -78,16 +81,19 @@ class Stack:
     # --- members in and out ----------------------------------------------------------------
 
     def load(self, row: int, state_dict: dict[str, torch.Tensor]) -> None:
-        flat = torch.cat([state_dict[name].reshape(-1) for name, _, _ in self.layout])
+        parts = [(state_dict[name].t() if flip else state_dict[name]).reshape(-1) for name, _, _, flip in self.layout]
         with torch.no_grad():
-            self.params[row].copy_(flat)
+            self.params[row].copy_(torch.cat(parts))
 
     def state_dict(self, row: int, source: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         """Member row as an AutoEncoder state_dict (CPU copies); source: another (S, P) buffer
         of the same layout, such as the best-state snapshot."""
         flat = (self.params if source is None else source)[row].detach().cpu()
-        return {name: flat[offset : offset + math.prod(shape)].view(shape).clone()
-                for name, shape, offset in self.layout}
+        out = {}
+        for name, shape, offset, flip in self.layout:
+            value = flat[offset : offset + math.prod(shape)].view(shape)
+            out[name] = (value.t() if flip else value).clone(memory_format=torch.contiguous_format)
+        return out
 
     # --- the forward pass --------------------------------------------------------------------
 
@@ -98,7 +104,7 @@ class Stack:
         w, b = self._w(module)
         if h.dim() == 2:  # the data itself: one input shared by every member
             h = h.expand(self.size, *h.shape)
-        return torch.baddbmm(b.unsqueeze(1), h, w.transpose(1, 2))
+        return torch.baddbmm(b.unsqueeze(1), h, w)
 
     def _mlp(self, body: nn.Module, h: torch.Tensor) -> torch.Tensor:
         linears = [m for m in body.modules() if isinstance(m, nn.Linear)]

@@ -24,13 +24,14 @@ the same. Epoch sums stay on the device; the host reads them once per epoch.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
 from latentstudy.config import TrainConfig
+from latentstudy.feed import DeviceSplit, as_split
 from latentstudy.models import AutoEncoder, NetSpec, build, n_params
 from latentstudy.stack import Stack
 
@@ -39,7 +40,6 @@ EVAL_CHUNK = 4096  # validation rows per forward pass
 CHUNK_ROWS = 8192  # training rows gathered (or staged) and given noise at a time
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults
 CLIP_EPS = 1e-6  # as torch.nn.utils.clip_grad_norm_
-STAGE_FRACTION = 0.5  # a split stays on the GPU when it needs at most this share of its free memory
 CPU_STACK = 8  # search.stack auto on CPU
 CUDA_STACK_CAP, STACK_MEMORY_FRACTION = 64, 0.5  # search.stack auto on CUDA
 
@@ -88,56 +88,6 @@ def rate_penalty(kl: torch.Tensor, free_bits: float) -> torch.Tensor:
     if free_bits > 0:
         return torch.clamp(kl.mean(-2), min=free_bits).sum(-1)
     return kl.sum(-1).mean(-1)
-
-
-# --- data on the device -----------------------------------------------------------------------
-
-
-class Split:
-    """A data split as the engine reads it: resident on the device, or staged from host memory."""
-
-    def __init__(self, x: torch.Tensor, device: torch.device | str, staged: bool | None = None):
-        self.device = torch.device(device)
-        self.n, self.dim = x.shape
-        self.staged = not fits(x.numel() * x.element_size(), self.device) if staged is None else staged
-        if not self.staged:
-            self.x = x.to(self.device)
-        else:
-            self.x = x.cpu().pin_memory() if self.device.type == "cuda" else x.cpu()
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.x.dtype
-
-    def rows(self, index: torch.Tensor) -> torch.Tensor:
-        """The rows at index (on the device when resident, on the CPU when staged), on the device."""
-        if not self.staged:
-            return self.x[index]
-        pinned = self.device.type == "cuda"
-        buf = torch.empty((len(index), self.dim), dtype=self.x.dtype, pin_memory=pinned)
-        torch.index_select(self.x, 0, index, out=buf)
-        # The host allocator keeps a pinned block until its copy is done, so buf may be dropped.
-        return buf.to(self.device, non_blocking=pinned)
-
-    def order(self, perm: torch.Tensor) -> torch.Tensor:
-        """An epoch's permutation where rows() wants it."""
-        return perm if self.staged else perm.to(self.device)
-
-    def chunks(self, size: int) -> Iterator[torch.Tensor]:
-        for start in range(0, self.n, size):
-            yield self.x[start : start + size].to(self.device, non_blocking=self.staged)
-
-
-def fits(nbytes: int, device: torch.device) -> bool:
-    """Resident unless a GPU's free memory is short: the rest is for the stack itself."""
-    if device.type != "cuda":
-        return True
-    free, _ = torch.cuda.mem_get_info(device)
-    return nbytes <= STAGE_FRACTION * free
-
-
-def as_split(x: Split | torch.Tensor) -> Split:
-    return x if isinstance(x, Split) else Split(x, x.device, staged=False)
 
 
 # --- how many members --------------------------------------------------------------------------
@@ -244,7 +194,7 @@ class _Trainer:
             eps[s].normal_(generator=gen)  # as torch.randn(rows, k, generator=gen)
         return eps
 
-    def epoch(self, data: Split, perm: torch.Tensor, chunk_rows: int) -> torch.Tensor:
+    def epoch(self, data: DeviceSplit, perm: torch.Tensor, chunk_rows: int) -> torch.Tensor:
         """One pass over the data in perm's order; returns per-member sums (S, 3) of loss, distortion, rate."""
         cfg = self.cfg
         betas = [beta_at(s.epoch, s.member.beta, cfg.kl_warmup_epochs) if self.spec.variational else 0.0
@@ -275,27 +225,27 @@ class _Trainer:
         with torch.no_grad():
             norm = torch.linalg.vector_norm(grads, dim=1)
             self.alive &= torch.isfinite(loss) & torch.isfinite(norm)
-            scale = (self.cfg.grad_clip / (norm + CLIP_EPS)).clamp(max=1.0) if self.cfg.grad_clip > 0 else None
-            self.adam(grads, scale)
+            clip = (self.cfg.grad_clip / (norm + CLIP_EPS)).clamp(max=1.0) if self.cfg.grad_clip > 0 else 1.0
+            self.adam(grads, torch.where(self.alive, clip, 0.0))
             return torch.stack([loss, dist, rate], 1) * len(xb)
 
-    def adam(self, grads: torch.Tensor, scale: torch.Tensor | None) -> None:
-        """torch.optim.Adam's update, row by row with each member's lr; dead rows stay as they are."""
+    def adam(self, grads: torch.Tensor, scale: torch.Tensor) -> None:
+        """torch.optim.Adam's update on the rows, each with its member's lr, after scaling each
+        row's gradient (clipping; 0 stops a dead member). Rows share nothing, so a dead member's
+        NaN stays in its own row, which is dropped at the epoch's end."""
         b1, b2 = ADAM_BETAS
-        ok = self.alive.unsqueeze(1)
-        if scale is not None:
-            grads.mul_(scale.unsqueeze(1))
-        grads.masked_fill_(~ok, 0.0)  # a dead row's NaN must not reach its moments
-        self.steps += 1  # a dead row never trains again, so its count does not matter
-        t = self.steps
+        self.steps += 1
+        grads.mul_(scale.unsqueeze(1))
         self.m.lerp_(grads, 1 - b1)
         self.v.mul_(b2).addcmul_(grads, grads, value=1 - b2)
-        step_size = torch.where(self.alive, self.lr / (1 - b1**t), 0.0).unsqueeze(1)
-        denom = (self.v.sqrt() / torch.sqrt(1 - b2**t).unsqueeze(1)).add_(ADAM_EPS)
-        self.stack.params.sub_(step_size * self.m / denom)
+        # lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) = (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps*sqrt(bc2))
+        root_bc2 = torch.sqrt(1 - b2**self.steps).unsqueeze(1)
+        step = torch.where(self.alive, self.lr / (1 - b1**self.steps), 0.0).unsqueeze(1) * root_bc2
+        denom = torch.sqrt(self.v, out=grads).add_(ADAM_EPS * root_bc2)  # grads are spent: reuse them
+        self.stack.params.addcdiv_(self.m * step, denom, value=-1.0)
 
     @torch.no_grad()
-    def measure(self, data: Split) -> torch.Tensor:
+    def measure(self, data: DeviceSplit) -> torch.Tensor:
         """Validation sums per member (S, 3) in float64, per example: distortion, rate, squared error."""
         gens = [s.val_noise.manual_seed(derived_seed(s.member.seed, VAL_NOISE)) for s in self.slots]
         sums = torch.zeros(self.stack.size, 3, device=self.device, dtype=torch.float64)
@@ -312,7 +262,7 @@ class _Trainer:
             self.best.index_copy_(0, index, self.stack.params.index_select(0, index))
 
 
-def train_stack(spec: NetSpec, x_train: Split | torch.Tensor, x_val: Split | torch.Tensor, cfg: TrainConfig, *,
+def train_stack(spec: NetSpec, x_train: DeviceSplit | torch.Tensor, x_val: DeviceSplit | torch.Tensor, cfg: TrainConfig, *,
                 objective: str, size: int, next_member: Callable[[], Member | None],
                 on_done: Callable[[TrainResult], None], on_epoch: Callable[[Member, dict], bool] | None = None,
                 chunk_rows: int = CHUNK_ROWS) -> None:
@@ -320,8 +270,8 @@ def train_stack(spec: NetSpec, x_train: Split | torch.Tensor, x_val: Split | tor
 
     on_epoch(member, record) sees every epoch's record (logging, progress, pruning) and returns
     True to stop that member now (pruned). on_done(result) gets each member as it stops; its slot
-    then goes to next_member() or the stack shrinks. Data on the device: x_train, x_val as Split
-    (or tensors, taken as resident); the parameters take the data's dtype.
+    then goes to next_member() or the stack shrinks. x_train, x_val: feed.DeviceSplit (tensors are
+    taken as resident where they are); the parameters take the data's dtype.
     """
     train_data, val_data = as_split(x_train), as_split(x_val)
     first = next_member()

@@ -64,7 +64,7 @@ class WorkerContext:
     storage: object
     tracking: str | None
     tracker: object | None  # one MLflow client per worker process
-    x_train: object  # train.Split (or a tensor) on the worker's device
+    x_train: object  # feed.DeviceSplit (or a tensor) on the worker's device
     x_val: object
     device: object
     checkpoints: Path
@@ -329,7 +329,8 @@ def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, devic
     """Put the data on this worker's device and run stacks until the study's budget is met."""
     import torch
 
-    from latentstudy import data, train
+    from latentstudy import data
+    from latentstudy.feed import DeviceSplit
     from latentstudy.tracking import Tracker
 
     dev = torch.device(device)
@@ -342,7 +343,7 @@ def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, devic
                          f"{plan.fingerprint}; run this worker on the same prepared data")
     splits = []
     for name in ("train", "val"):
-        split = train.Split(torch.as_tensor(data.load_split(prepared, name)[0]), dev)
+        split = DeviceSplit(torch.as_tensor(data.load_split(prepared, name)[0]), dev)
         if split.staged:
             print(f"[{worker}] the {name} split ({split.x.nbytes / 2**30:.1f} GiB) needs more than half of "
                   f"{dev}'s free memory: staged from pinned host memory a chunk at a time", flush=True)
