@@ -80,6 +80,36 @@ def test_next_unit_spreads_work_and_respects_budgets():
     assert planning.needs_work(units[1], {**c, "FAIL": 3})
 
 
+def test_open_slots_is_what_the_budget_lacks_within_the_limit():
+    unit = planning.Unit(2, "vae", "s-k2-vae", 4, 6)
+    c = {"COMPLETE": 0, "RUNNING": 0, "WAITING": 0, "FAIL": 0, "PRUNED": 0}
+    assert planning.open_slots(unit, c) == 4
+    assert planning.open_slots(unit, {**c, "COMPLETE": 1, "RUNNING": 2}) == 1
+    assert planning.open_slots(unit, {**c, "COMPLETE": 4, "WAITING": 2}) == 2  # retries run past the budget
+    assert planning.open_slots(unit, {**c, "PRUNED": 5}) == 1  # the limit on trials started
+    assert planning.open_slots(unit, {**c, "COMPLETE": 5}) == 0
+
+
+def test_a_worker_out_of_work_picks_up_units_added_to_the_plan(prepared, tmp_path, cpu_threads):
+    import torch
+
+    from latentstudy.search import worker
+
+    params = search_params(tmp_path, dims=(2,))
+    small, storage = studies_of(tmp_path, params, prepared)
+    grown = planning.make_plan(config.StudyConfig([2, 3]), config.load_section(params, "search"),
+                               data.load_summary(prepared), "latentstudy-digits")
+    assert grown.prefix == small.prefix and len(grown.units) == 2 * len(small.units)
+    store.create_studies(grown, storage)  # as a coordinator adding latent size 3 while this worker runs
+    x = [torch.as_tensor(data.load_split(prepared, name)[0]) for name in ("train", "val")]
+    ctx = worker.WorkerContext(small, storage, None, None, *x, torch.device("cpu"), tmp_path / "ck", "w0", True)
+    assert worker.run_worker(ctx) == sum(u.budget for u in grown.units)
+    for unit in grown.units:
+        trials = optuna.load_study(study_name=unit.study_name, storage=storage).get_trials()
+        assert sum(t.state.name == "COMPLETE" for t in trials) == unit.budget
+        assert all(t.user_attrs["checkpoint"] for t in trials)
+
+
 def test_a_unit_capped_below_its_budget_is_named_at_the_end():
     def trials(*states):
         return [optuna.trial.create_trial(state=optuna.trial.TrialState[st], value=1.0 if st == "COMPLETE" else None)

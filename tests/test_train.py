@@ -83,3 +83,11 @@ def test_autoencoder_trains_with_zero_rate(tiny, cpu_threads):
     result = train.train(fresh(variational=False), tiny[0], tiny[1], TrainConfig(epochs=4, batch_size=32),
                          beta=0.0, lr=3e-3, objective="sse", seed=0)
     assert all(r["val_rate"] == 0.0 for r in result.history)
+
+
+def test_stack_size_is_the_setting_or_the_device_rule():
+    spec = models.NetSpec(20, 3, "mlp", "bernoulli", True, (32,), (8,))
+    assert train.stack_size(5, spec, torch.device("cpu"), 64) == 5
+    assert train.stack_size("auto", spec, torch.device("cpu"), 64) == train.CPU_STACK
+    small, big = (train.member_bytes(models.NetSpec(d, 3, "mlp", "bernoulli", True, (32,), (8,)), 64) for d in (20, 784))
+    assert 0 < small < big

@@ -35,7 +35,6 @@ from latentstudy.feed import DeviceSplit, as_split
 from latentstudy.models import AutoEncoder, NetSpec, build, n_params
 from latentstudy.stack import Stack
 
-OBJECTIVES = ("neg_elbo", "distortion", "sse")
 EVAL_CHUNK = 4096  # validation rows per forward pass
 CHUNK_ROWS = 8192  # training rows gathered (or staged) and given noise at a time
 ADAM_BETAS, ADAM_EPS = (0.9, 0.999), 1e-8  # torch.optim.Adam's defaults

@@ -148,7 +148,8 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
     devices = sorted({e["CUDA_VISIBLE_DEVICES"] and f"cuda:{e['CUDA_VISIBLE_DEVICES']}" or d for d, e in slots})
     reps = sum(u.phase == REPLICATE for u in plan.units)
     print(f"[search] study {plan.prefix}: {len(plan.units)} Optuna studies ({len(sizes(plan))} latent sizes"
-          f"{f', {reps} replicate units' if reps else ''}), {len(slots)} worker(s) on {', '.join(devices)}", flush=True)
+          f"{f', {reps} replicate units' if reps else ''}), {len(slots)} worker(s) on {', '.join(devices)}, "
+          f"trials trained in stacks (search.stack {plan.config.stack})", flush=True)
     procs: list[subprocess.Popen] = []
     last, last_time = "", 0.0
     try:
