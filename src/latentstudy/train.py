@@ -3,8 +3,9 @@
 Each member keeps what it would have alone: its initialisation (seeded exactly as models.build
 under its seed), its beta and learning rate (a functional Adam with a per-member lr), KL warm-up,
 free bits, gradient-norm clipping over its own parameters, early stopping with its best state,
-and its own noise. A member whose loss or gradient turns non-finite stops updating and fails
-alone; the others go on.
+and its own noise. A member whose loss or gradient turns non-finite fails alone at the end of
+that epoch; members share no parameter and no reduction spans members, so the others never see
+its values.
 
 All members see the same minibatches: one permutation per stack epoch, drawn on the CPU (so the
 same on every device) from the stack's data seed, its first member's seed. A trial's numbers
@@ -54,7 +55,7 @@ class Member:
     seed: int
     beta: float
     lr: float
-    key: Any = None  # the caller's handle (an Optuna trial)
+    key: Any = None  # the caller's handle (the worker's: the Optuna trial number)
     init: dict | None = field(default=None, repr=False)  # a state_dict to start from; None: seeded build
 
 
