@@ -86,6 +86,26 @@ def test_each_member_equals_the_same_trial_trained_alone(name, cpu_threads):
         assert_matches_reference(spec, x, cfg, results[key], first_seed=11, offset=start[key], chunk_rows=48)
 
 
+def test_a_member_that_joined_late_trains_again_alone_from_its_recorded_data_order(cpu_threads):
+    # What the search does for a best trial whose weights were lost (search/weights.py).
+    spec = SPECS["mlp-vae"]
+    x = data(spec.input_dim)
+    cfg = TrainConfig(epochs=5, batch_size=16, patience=5)
+    members = [train.Member(seed, 1.0, lr, key=seed) for seed, lr in ((1, 3e-3), (2, 1e-2), (3, 5e-3))]
+    results, start = run_stack(spec, x, cfg, members, size=2,
+                               prune=lambda member, record: member.key == 2 and record["epoch"] == 2)
+    late = results[3]
+    assert start[3] == 2 and late.data_order == (1, 2)
+    model = models.build(spec).double()
+    model.load_state_dict(train.initial_state(spec, 3))
+    again = train.train(model, x[0], x[1], cfg, beta=1.0, lr=5e-3, objective="neg_elbo", seed=3,
+                        data_order=late.data_order)
+    assert [r["val_neg_elbo"] for r in again.history] == pytest.approx([r["val_neg_elbo"] for r in late.history],
+                                                                       rel=1e-9)
+    for name, value in late.state_dict.items():
+        torch.testing.assert_close(model.state_dict()[name], value.double(), rtol=0, atol=1e-9)
+
+
 def test_a_diverging_member_fails_alone(cpu_threads):
     spec = SPECS["mlp-vae"]
     x = data(spec.input_dim)

@@ -9,9 +9,10 @@ its values.
 
 All members see the same minibatches: one permutation per stack epoch, drawn on the CPU (so the
 same on every device) from the stack's data seed, its first member's seed. A trial's numbers
-therefore depend on the data order of the stack it trained in; a stack of one uses its own seed.
-When a member stops (finished, early-stopped, pruned or failed) the caller may give its slot to
-a new member, which starts at its own epoch 1; else the stack shrinks.
+therefore depend on the data order of the stack it trained in; its result names that order
+(data_order: the seed and the stack epoch it joined at), and a stack of one given that order
+trains the same trial again. When a member stops (finished, early-stopped, pruned or failed) the
+caller may give its slot to a new member, which starts at its own epoch 1; else the stack shrinks.
 
 Noise: a member's generator draws its training eps once per chunk of the epoch (chunk_rows rows,
 whole batches, in epoch order): S small launches per chunk, none per step. Its validation eps
@@ -69,6 +70,7 @@ class TrainResult:
     seconds: float
     state_dict: dict | None = field(default=None, repr=False)  # the best epoch's weights, when complete
     reason: str = ""  # why it stopped: pruned at epoch N, non-finite loss at epoch N
+    data_order: tuple[int, int] = (0, 0)  # (seed, first stack epoch) of the minibatch order it trained on
 
     @property
     def epochs_run(self) -> int:
@@ -148,6 +150,7 @@ class _Slot:
     member: Member
     noise: torch.Generator
     val_noise: torch.Generator
+    data_order: tuple[int, int]
     started: float = field(default_factory=time.perf_counter)
     epoch: int = 0
     history: list[dict] = field(default_factory=list)
@@ -170,14 +173,14 @@ class _Trainer:
         self.slots: list[_Slot | None] = [None] * size
         self.bf16 = cfg.bf16 and device.type == "cuda"
 
-    def put(self, row: int, member: Member) -> None:
+    def put(self, row: int, member: Member, data_order: tuple[int, int]) -> None:
         init = member.init if member.init is not None else initial_state(self.spec, member.seed)
         self.stack.load(row, init)
         for t in (self.m, self.v, self.best):
             t[row].zero_()
         self.steps[row], self.lr[row], self.alive[row] = 0, member.lr, True
         gens = [torch.Generator(device=self.device).manual_seed(derived_seed(member.seed, s)) for s in (NOISE, VAL_NOISE)]
-        self.slots[row] = _Slot(member, *gens)
+        self.slots[row] = _Slot(member, *gens, data_order)
 
     def keep(self, rows: list[int]) -> None:
         index = torch.tensor(rows, device=self.device, dtype=torch.long)
@@ -265,29 +268,35 @@ class _Trainer:
 def train_stack(spec: NetSpec, x_train: DeviceSplit | torch.Tensor, x_val: DeviceSplit | torch.Tensor, cfg: TrainConfig, *,
                 objective: str, size: int, next_member: Callable[[], Member | None],
                 on_done: Callable[[TrainResult], None], on_epoch: Callable[[Member, dict], bool] | None = None,
-                chunk_rows: int = CHUNK_ROWS) -> None:
+                data_order: tuple[int, int] | None = None, chunk_rows: int = CHUNK_ROWS) -> None:
     """Train members from next_member() in a stack of up to size, until it has no more to give.
 
     on_epoch(member, record) sees every epoch's record (logging, progress, pruning) and returns
     True to stop that member now (pruned). on_done(result) gets each member as it stops; its slot
     then goes to next_member() or the stack shrinks. x_train, x_val: feed.DeviceSplit (tensors are
-    taken as resident where they are); the parameters take the data's dtype.
+    taken as resident where they are); the parameters take the data's dtype. data_order: (seed,
+    first epoch) of the minibatch order, to train a member again as it trained; default: the first
+    member's seed, from its first epoch.
     """
     train_data, val_data = as_split(x_train), as_split(x_val)
     first = next_member()
     if first is None:
         return
+    seed, epoch = data_order or (first.seed, 0)
+    order = torch.Generator().manual_seed(derived_seed(seed, DATA_ORDER))
+    for _ in range(epoch):  # the permutations of the epochs before this member joined its stack
+        torch.randperm(train_data.n, generator=order)
     trainer = _Trainer(spec, cfg, size, train_data.device, train_data.dtype)
-    trainer.put(0, first)
+    trainer.put(0, first, (seed, epoch))
     for row in range(1, size):
         member = next_member()
         if member is None:
             trainer.keep(list(range(row)))
             break
-        trainer.put(row, member)
-    order = torch.Generator().manual_seed(derived_seed(first.seed, DATA_ORDER))
+        trainer.put(row, member, (seed, epoch))
     while trainer.slots:
         perm = torch.randperm(train_data.n, generator=order)
+        epoch += 1
         train_sums = (trainer.epoch(train_data, perm, chunk_rows) / train_data.n).tolist()
         alive = trainer.alive.tolist()
         val = trainer.measure(val_data).tolist()
@@ -308,7 +317,7 @@ def train_stack(spec: NetSpec, x_train: DeviceSplit | torch.Tensor, x_val: Devic
             if member is None:
                 empty.append(row)
             else:
-                trainer.put(row, member)
+                trainer.put(row, member, (seed, epoch))
         if empty:
             trainer.keep([r for r in range(len(trainer.slots)) if r not in empty])
 
@@ -324,7 +333,7 @@ def _after_epoch(slot: _Slot, spec: NetSpec, cfg: TrainConfig, objective: str, t
 
     def stop(status: str, reason: str = "", best: dict | None = None) -> TrainResult:
         return TrainResult(slot.member, status, slot.history, slot.best_epoch, best if best is not None else slot.best,
-                           seconds, reason=reason)
+                           seconds, reason=reason, data_order=slot.data_order)
 
     if not all(map(_finite, train_sums)):
         return stop("failed", f"non-finite training loss ({loss}) at epoch {epoch}", metrics)
@@ -348,13 +357,16 @@ def _after_epoch(slot: _Slot, spec: NetSpec, cfg: TrainConfig, objective: str, t
 
 
 def train(model: AutoEncoder, x_train: torch.Tensor, x_val: torch.Tensor, cfg: TrainConfig, *, beta: float,
-          lr: float, objective: str, seed: int, on_epoch: Callable[[int, dict], None] | None = None) -> TrainResult:
+          lr: float, objective: str, seed: int, on_epoch: Callable[[int, dict], None] | None = None,
+          data_order: tuple[int, int] | None = None) -> TrainResult:
     """Train one model from its current weights (a stack of one); on return it holds its best
-    epoch's weights. on_epoch(epoch, record) sees every epoch and may raise to stop."""
+    epoch's weights. on_epoch(epoch, record) sees every epoch and may raise to stop. data_order:
+    a stacked trial's recorded order, to train it again as it trained (default: its own seed's)."""
     results: list[TrainResult] = []
     members = iter([Member(seed, beta, lr, init=model.state_dict())])
     train_stack(model.spec, x_train, x_val, cfg, objective=objective, size=1, next_member=lambda: next(members, None),
-                on_done=results.append, on_epoch=(lambda _, record: on_epoch(record["epoch"], record)) if on_epoch else None)
+                on_done=results.append, on_epoch=(lambda _, record: on_epoch(record["epoch"], record)) if on_epoch else None,
+                data_order=data_order)
     result = results[0]
     if result.status == "failed":
         raise NonFiniteLoss(result.reason)

@@ -16,6 +16,7 @@ DEVICE = "device"
 WORKER = "worker"
 MLFLOW_RUN_ID = "mlflow_run_id"
 SEED = "seed"  # the training seed; a trial enqueued with one (a replicate) keeps it
+DATA_ORDER = "data_order"  # [seed, first epoch] of its stack's minibatch order: retraining replays it
 RETRY_OF = "retry_of"  # the number of the lost trial this one retries
 REPLICATE_OF = "replicate_of"  # the grid or added trial whose configuration this one retrains
 INIT_FROM = "init_from"  # an added size's first trial: the neighbours whose best parameters it starts from

@@ -60,7 +60,7 @@ def retrain(plan: Plan, unit: Unit, trial, splits: dict, scratch: Path, tracker,
     import torch
 
     from latentstudy import models, train
-    from latentstudy.search.worker import EpochProgress, checkpoint_meta, trial_model
+    from latentstudy.search.worker import Progress, checkpoint_meta, trial_model
 
     cfg = plan.config
     recorded = str(trial.user_attrs.get(keys.DEVICE, "cpu"))
@@ -68,8 +68,11 @@ def retrain(plan: Plan, unit: Unit, trial, splits: dict, scratch: Path, tracker,
     beta, lr, seed = trial.params.get("beta", 0.0), trial.params["lr"], trial.user_attrs[keys.SEED]
     model = trial_model(plan, unit, seed, device)
     x_train, x_val = (torch.as_tensor(splits[s], device=device) for s in ("train", "val"))
+    progress = Progress("search", unit, cfg.train.epochs, cfg.objective)
+    order = trial.user_attrs.get(keys.DATA_ORDER)  # the minibatch order of the stack it trained in
     result = train.train(model, x_train, x_val, cfg.train, beta=beta, lr=lr, objective=cfg.objective, seed=seed,
-                         on_epoch=EpochProgress("search", unit, trial.number, cfg.train.epochs))
+                         on_epoch=lambda _, record: progress(trial.number, record, [trial.number]),
+                         data_order=tuple(order) if order else None)
     meta = checkpoint_meta(unit, trial.number, beta, lr, seed, result)
     path = Path(trial.user_attrs[keys.CHECKPOINT])
     try:

@@ -16,11 +16,11 @@ import os
 import threading
 import time
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyError
-from latentstudy.search import keys
+from latentstudy.search import keys, runs
 from latentstudy.search.plan import REPLICATE, Plan, Unit, counts, needs_work, open_slots, unit_seed
 from latentstudy.search.store import load_plan, process_tag, reap_lost
 
@@ -145,7 +145,7 @@ class StackTrials:
         self.open: dict[int, tuple[object, str | None]] = {}  # trial number -> (trial, MLflow run id)
         self.asked = 0
         self.heartbeats = Heartbeats(ctx.storage)
-        self.progress = StackProgress(ctx.worker, unit, self.cfg.train.epochs, self.cfg.objective)
+        self.progress = Progress(ctx.worker, unit, self.cfg.train.epochs, self.cfg.objective)
 
     def ask(self):
         """A newly asked trial as a stack member, or None when the unit needs no more."""
@@ -165,14 +165,10 @@ class StackTrials:
         trial.set_user_attr(keys.N_PARAMS, self.n_params)
         run_id = None
         if ctx.tracker:
-            run_id = ctx.tracker.start_trial(
-                ctx.plan.experiment_id, ctx.plan.parent_run_id, unit.study_name,
-                f"k{unit.latent_dim}-{unit.arm}-t{trial.number}", trial.number,
-                {"latent_dim": unit.latent_dim, "arm": unit.arm, "beta": beta, "lr": lr, "seed": seed,
-                 "device": str(ctx.device), "stack": self.size, "model": asdict(cfg.model),
-                 "train": asdict(cfg.train), "objective": cfg.objective,
-                 "retry_of": trial.user_attrs.get(keys.RETRY_OF)},
-            )
+            params = runs.run_params(ctx.plan, unit, beta, lr, seed, str(ctx.device), trial.user_attrs.get(keys.RETRY_OF))
+            run_id = ctx.tracker.start_trial(ctx.plan.experiment_id, ctx.plan.parent_run_id, unit.study_name,
+                                             runs.run_name(unit, trial.number), trial.number,
+                                             {**params, "stack": self.size})
             trial.set_user_attr(keys.MLFLOW_RUN_ID, run_id)
         self.open[trial.number] = (trial, run_id)
         self.asked += 1
@@ -196,6 +192,7 @@ class StackTrials:
 
         trial, run_id = self.open[result.member.key]
         tracker, unit, label = self.ctx.tracker, self.unit, f"[{self.ctx.worker}] k={self.unit.latent_dim}"
+        trial.set_user_attr(keys.DATA_ORDER, list(result.data_order))
         if result.status == "failed":
             trial.set_user_attr(keys.FAIL_REASON, result.reason)
             if run_id:
@@ -215,7 +212,7 @@ class StackTrials:
             return
         for key, value in {**attrs, keys.BEST_EPOCH: result.best_epoch}.items():
             trial.set_user_attr(key, value)
-        path = self._save(trial, result, final)
+        path = self._save(trial, result)
         if run_id:
             tracker.log_metrics(run_id, {**{f"best_{k}": v for k, v in final.items()},
                                          "epochs_run": result.epochs_run, "seconds": result.seconds}, flush=True)
@@ -226,16 +223,14 @@ class StackTrials:
         print(f"{label} {unit.arm} trial {trial.number}: val {self.cfg.objective} {value:.3f} after "
               f"{result.epochs_run} epochs ({result.seconds:.1f}s, stack of {self.size})", flush=True)
 
-    def _save(self, trial, result, final: dict) -> Path:
+    def _save(self, trial, result) -> Path:
         from latentstudy import models
 
         model = models.build(self.spec)
         model.load_state_dict(result.state_dict)
         path = self.ctx.checkpoints / self.unit.study_name / f"trial-{trial.number}.pt"
         m = result.member
-        models.save_checkpoint(path, model, {"study": self.unit.study_name, "trial": trial.number, "beta": m.beta,
-                                             "lr": m.lr, "seed": m.seed, **final, "seconds": result.seconds,
-                                             "epochs_run": result.epochs_run})
+        models.save_checkpoint(path, model, checkpoint_meta(self.unit, trial.number, m.beta, m.lr, m.seed, result))
         trial.set_user_attr(keys.CHECKPOINT, str(path))
         return path
 
@@ -296,6 +291,22 @@ class Heartbeats:
             self.thread.join()
 
 
+def trial_model(plan: Plan, unit: Unit, seed: int, device):
+    """The unit's network with the weights a trial of this seed starts from, as in a stack: the one
+    recipe, also used to retrain a best trial whose weights were lost."""
+    from latentstudy import models, train
+
+    model = models.build(unit_spec(plan, unit))
+    model.load_state_dict(train.initial_state(model.spec, seed))
+    return model.to(device)
+
+
+def checkpoint_meta(unit: Unit, number: int, beta: float, lr: float, seed: int, result) -> dict:
+    final = {f"val_{k}": v for k, v in result.best.items()}
+    return {"study": unit.study_name, "trial": number, "beta": beta, "lr": lr, "seed": seed, **final,
+            "seconds": result.seconds, "epochs_run": result.epochs_run}
+
+
 def failure_reason(exc: Exception, device) -> str:
     import torch
 
@@ -304,8 +315,8 @@ def failure_reason(exc: Exception, device) -> str:
     return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
 
 
-class StackProgress:
-    """Within a long stack, one line every 15 s: the trials, the furthest epoch, the best so far."""
+class Progress:
+    """Within long training, one line every 15 s: the open trials, the furthest epoch, the best so far."""
 
     def __init__(self, worker: str, unit: Unit, epochs: int, objective: str):
         self.label = f"[{worker}] k={unit.latent_dim} {unit.arm}"
