@@ -241,11 +241,12 @@ class _Trainer:
         grads.mul_(scale.unsqueeze(1))
         self.m.lerp_(grads, 1 - b1)
         self.v.mul_(b2).addcmul_(grads, grads, value=1 - b2)
-        # lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) = (lr*sqrt(bc2)/bc1) * m / (sqrt(v) + eps*sqrt(bc2))
+        # lr/bc1 * m / (sqrt(v)/sqrt(bc2) + eps) = m / ((sqrt(v) + eps*sqrt(bc2)) / (lr*sqrt(bc2)/bc1)),
+        # computed in place: temporaries the size of the stack cost more than the arithmetic.
         root_bc2 = torch.sqrt(1 - b2**self.steps).unsqueeze(1)
         step = torch.where(self.alive, self.lr / (1 - b1**self.steps), 0.0).unsqueeze(1) * root_bc2
-        denom = torch.sqrt(self.v, out=grads).add_(ADAM_EPS * root_bc2)  # grads are spent: reuse them
-        self.stack.params.addcdiv_(self.m * step, denom, value=-1.0)
+        denom = torch.sqrt(self.v, out=grads).add_(ADAM_EPS * root_bc2).div_(step)  # grads are spent: reuse them
+        self.stack.params.addcdiv_(self.m, denom, value=-1.0)  # a dead row: m / inf, no change
 
     @torch.no_grad()
     def measure(self, data: DeviceSplit) -> torch.Tensor:
