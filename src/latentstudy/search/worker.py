@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import threading
 import time
 import zlib
@@ -154,14 +155,16 @@ class StackTrials:
         if not needs_work(self.unit, counts(self.study.get_trials(deepcopy=False))):
             return None
         trial = self.study.ask()  # an enqueued trial (a retry, a replicate) comes first, with its params
-        self.heartbeats.add(trial)
         ctx, cfg, unit = self.ctx, self.cfg, self.unit
-        for key, value in {**process_tag(), keys.DEVICE: str(ctx.device), keys.WORKER: ctx.worker}.items():
-            trial.set_user_attr(key, value)
+        # Parameters and seed before the process facts: a trial with a pid has them, so the retry of
+        # a trial killed at any later moment repeats them.
         beta = trial.suggest_float("beta", cfg.beta.low, cfg.beta.high, log=True) if unit.arm == "vae" else 0.0
         lr = trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True)
         seed = trial.user_attrs.get(keys.SEED, (unit_seed(ctx.plan, unit) + 7919 * trial.number) % 2**31)
         trial.set_user_attr(keys.SEED, seed)
+        self.heartbeats.add(trial)
+        for key, value in {**process_tag(), keys.DEVICE: str(ctx.device), keys.WORKER: ctx.worker}.items():
+            trial.set_user_attr(key, value)
         trial.set_user_attr(keys.N_PARAMS, self.n_params)
         run_id = None
         if ctx.tracker:
@@ -370,8 +373,17 @@ def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, devic
 
 
 def exit_with_parent() -> None:
-    """Workers started by a coordinator die with it (kill -9 included), leaving trials to reap."""
+    """Workers started by a coordinator die with it (kill -9 included), leaving trials to reap: at
+    once on Linux (the kernel's parent-death signal), within a second elsewhere."""
     parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+        if os.getppid() != parent:  # the parent died before the signal was armed
+            os._exit(1)
 
     def watch() -> None:
         while True:
