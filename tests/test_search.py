@@ -200,14 +200,16 @@ def test_nan_trial_is_recorded_as_failed_and_the_study_goes_on(prepared, tmp_pat
 def test_a_hopeless_trial_is_pruned_and_its_slot_refilled(prepared, tmp_path, tracking_uri, cpu_threads):
     # Stacks of two. Trials 0 and 1 finish together; 2 and 3 take their slots. Median pruning
     # (two finished trials, 5 warm-up epochs) stops 2 (lr 1e-7) and 4 takes its slot beside 3;
-    # later trials may be pruned too.
+    # later trials may be pruned too. 3 trains at the learning rate that trains fastest here (3e-3),
+    # so it outruns the median of 0 and 1 whatever seeds the study's name gives.
     params = search_params(tmp_path, dims=(2,), **{"pruner": "median", "lr.low": 1e-7, "trials_per_dim": 4,
                                                    "max_trials_per_dim": 12, "stack": 2, "train.epochs": 10,
                                                    "train.patience": 10})
     plan, storage = studies_of(tmp_path, params, prepared)
     store.create_studies(plan, storage)
     vae = optuna.load_study(study_name=plan.units[0].study_name, storage=storage)
-    for lr in (2e-3, 3e-3, 1e-7, 2.5e-3, 2.2e-3, 2.8e-3, 2.4e-3):  # none left to TPE's 1e-7..3e-3
+    enqueued = [2e-3, 3e-3, 1e-7, 3e-3, 2.2e-3, 2.8e-3, 2.4e-3]
+    for lr in enqueued:  # none left to TPE's 1e-7..3e-3
         vae.enqueue_trial({"beta": 1.0, "lr": lr})
     out = run_stage(tmp_path, params, prepared, tracking_uri)
     trials = pd.read_csv(out / "trials.csv").set_index(["arm", "number"])
@@ -216,11 +218,12 @@ def test_a_hopeless_trial_is_pruned_and_its_slot_refilled(prepared, tmp_path, tr
     assert pruned.fail_reason == f"pruned at epoch {int(pruned.epochs_run)}" and 5 <= pruned.epochs_run < 10
     assert pruned.seconds > 0 and pruned.n_params > 0 and pruned.val_neg_elbo_nats > 0
     assert list(trials.loc["vae"].state[:4]) == ["COMPLETE", "COMPLETE", "PRUNED", "COMPLETE"]
-    assert (trials.loc["vae"].state == "COMPLETE").sum() >= 4  # the budget is met (enqueued trials all run)
+    # The worker asks until the budget is met or max_trials_per_dim trials have started.
+    assert (trials.loc["vae"].state == "COMPLETE").sum() >= 4 or len(trials.loc["vae"]) == 12
     got = {t.number: t for t in vae.get_trials()}
     assert got[4].datetime_start >= got[2].datetime_complete  # 4 took 2's slot ...
     assert got[4].datetime_start < got[3].datetime_complete  # ... while 3 still trained
-    assert [got[n].params["lr"] for n in range(5)] == [2e-3, 3e-3, 1e-7, 2.5e-3, 2.2e-3]  # enqueued, honoured
+    assert [got[n].params["lr"] for n in sorted(got)][:len(enqueued)] == enqueued[:len(got)]  # honoured
     run = Tracker(tracking_uri).client.get_run(pruned.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
     assert run.data.params["stack"] == "2"
