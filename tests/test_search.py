@@ -299,8 +299,11 @@ def test_kill_9_mid_search_then_resume(prepared, tmp_path, tracking_uri):
     by_trial = {(r.data.tags["optuna.study"], int(r.data.tags["optuna.trial_number"])): r for r in runs}
     assert len(by_trial) == len(runs)  # one run per trial, no duplicates
     assert not [r for r in runs if r.info.status == "RUNNING"]
-    for key in killed:
-        assert by_trial[key].info.status == "KILLED"
+    for key in killed:  # a stack's member killed before its run was created has none
+        if key in by_trial:
+            assert by_trial[key].info.status == "KILLED"
+        else:
+            assert "mlflow_run_id" not in after[key].user_attrs
     complete = [t for t in after.values() if t.state.name == "COMPLETE"]
     assert sum(r.info.status == "FINISHED" and r.data.tags.get("optuna.state") == "COMPLETE" for r in runs) == len(complete)
 
