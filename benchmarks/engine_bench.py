@@ -221,7 +221,7 @@ def search_times(stacks: list[str]) -> list[dict]:
 
 def main(args) -> dict:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = args.cores or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1))
     torch.set_num_threads(cores)
     rate = matmul_rate(torch.device(device))
     print(f"[bench] device {device}, {cores} cores, fp32 matmul {rate / 1e9:,.1f} GFLOP/s; "
@@ -263,4 +263,6 @@ if __name__ == "__main__":
                         help="also time the search stage on the default study for these search.stack values, "
                              "e.g. --search 1 auto (minutes each on a small CPU)")
     parser.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    parser.add_argument("--cores", type=int, help="CPU cores to use (default: all this process may run on); "
+                                                  "--cores 1 compares one thread with one thread on a busy machine")
     main(parser.parse_args())
