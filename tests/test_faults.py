@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, overridden, write_params
+from optuna.trial import TrialState
 
 from latentstudy import config, data, stages
 from latentstudy.search import journal, plan as planning, store
@@ -220,8 +221,12 @@ def test_a_garbage_journal_line_names_the_line_and_the_way_out(project, cpu_thre
     search_in_process(project, None)
     path = project / ".latentstudy" / "optuna.journal"
     lines = path.read_bytes().split(b"\n")[:-1]
-    bad = len(lines) * 2 // 3
-    lines[bad] = lines[bad][: len(lines[bad]) // 2]  # damaged in the middle
+    # Damaged in the middle: halfway between the first finished trial's record and the last record
+    # (a stack's members finish together, late in the journal).
+    done = next(i for i, raw in enumerate(lines) if json.loads(raw).get("state") == TrialState.COMPLETE)
+    bad = (done + 1 + len(lines) - 1) // 2
+    assert done < bad < len(lines) - 1
+    lines[bad] = lines[bad][: len(lines[bad]) // 2]
     path.write_bytes(b"\n".join(lines) + b"\n")
     damaged = path.read_bytes()
     prefix = project / "prefix.journal"  # what the records before the damage hold

@@ -88,6 +88,9 @@ def test_open_slots_is_what_the_budget_lacks_within_the_limit():
     assert planning.open_slots(unit, {**c, "COMPLETE": 4, "WAITING": 2}) == 2  # retries run past the budget
     assert planning.open_slots(unit, {**c, "PRUNED": 5}) == 1  # the limit on trials started
     assert planning.open_slots(unit, {**c, "COMPLETE": 5}) == 0
+    rep = planning.replicate_unit("s", 2, "vae", 2)  # runs only what waits, never a sampled trial
+    assert planning.open_slots(rep, c) == 0
+    assert planning.open_slots(rep, {**c, "WAITING": 2}) == 2
 
 
 def test_a_worker_out_of_work_picks_up_units_added_to_the_plan(prepared, tmp_path, cpu_threads):
@@ -100,7 +103,14 @@ def test_a_worker_out_of_work_picks_up_units_added_to_the_plan(prepared, tmp_pat
     grown = planning.make_plan(config.StudyConfig([2, 3]), config.load_section(params, "search"),
                                data.load_summary(prepared), "latentstudy-digits")
     assert grown.prefix == small.prefix and len(grown.units) == 2 * len(small.units)
-    store.create_studies(grown, storage)  # as a coordinator adding latent size 3 while this worker runs
+    # As a coordinator adding latent size 3 and a replicate unit while this worker runs.
+    rep = planning.replicate_unit(grown.prefix, 2, "vae", 2)
+    grown = planning.grow(grown, (rep,))
+    store.create_studies(grown, storage)
+    enqueued = [({"beta": 0.5, "lr": 2e-3}, 11), ({"beta": 0.5, "lr": 2e-3}, 12)]
+    for params, seed in enqueued:
+        optuna.load_study(study_name=rep.study_name, storage=storage).enqueue_trial(
+            params, user_attrs={"seed": seed, "replicate_of": 0})
     x = [torch.as_tensor(data.load_split(prepared, name)[0]) for name in ("train", "val")]
     ctx = worker.WorkerContext(small, storage, None, None, *x, torch.device("cpu"), tmp_path / "ck", "w0", True)
     assert worker.run_worker(ctx) == sum(u.budget for u in grown.units)
@@ -108,6 +118,9 @@ def test_a_worker_out_of_work_picks_up_units_added_to_the_plan(prepared, tmp_pat
         trials = optuna.load_study(study_name=unit.study_name, storage=storage).get_trials()
         assert sum(t.state.name == "COMPLETE" for t in trials) == unit.budget
         assert all(t.user_attrs["checkpoint"] for t in trials)
+    replicates = optuna.load_study(study_name=rep.study_name, storage=storage).get_trials()
+    assert [(t.params, t.user_attrs["seed"]) for t in replicates] == enqueued  # honoured, nothing sampled
+    assert replicates[0].user_attrs["data_order"] == replicates[1].user_attrs["data_order"]  # one stack
 
 
 def test_a_unit_capped_below_its_budget_is_named_at_the_end():
