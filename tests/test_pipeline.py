@@ -233,7 +233,7 @@ def test_manifold_generation_answer_is_resolved_to_the_unit(tmp_path, cpu_thread
     (without it some sizes collapse to one unit and the curve is erratic).
 
     With two trials per size the answer depends on the draws: measured with study seeds 0, 1, 2,
-    the one-model engine answered 4, 4, 7 and the stacked engine (whose members share a data
+    the one-model engine answered 3 or 4, then 4, 7, and the stacked engine (whose members share a data
     order) 8, 4, 4. Seed 1 is right under both."""
     params = write_params(
         tmp_path / "params.yaml",
