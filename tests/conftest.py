@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +55,31 @@ def write_params(path: Path, **sections) -> Path:
 
     path.write_text(yaml.safe_dump(sections, sort_keys=False))
     return path
+
+
+def kill_mid_search(cmd: list[str], cwd: Path, plan, storage, env: dict | None = None, complete: int = 1) -> None:
+    """Start the search stage in a session of its own; once it has `complete` finished trials and
+    one running in a live worker, kill -9 the whole session, as a batch system or the OOM killer
+    ends a job (no worker outlives its coordinator long enough to finish the trial)."""
+    from latentstudy.search import store
+
+    proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:
+                trials = [t for _, ts in store.snapshot(plan, storage) for t in ts]
+            except KeyError:  # studies not created yet
+                continue
+            if sum(t.state.name == "COMPLETE" for t in trials) >= complete and any(
+                    t.state.name == "RUNNING" and "pid" in t.user_attrs for t in trials):
+                return
+        pytest.fail("the search never had finished and running trials at once")
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def overridden(base: dict, **dotted) -> dict:

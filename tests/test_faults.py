@@ -11,16 +11,14 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import torch
-from conftest import ROOT, TINY_DATA, TINY_SEARCH, overridden, write_params
+from conftest import ROOT, TINY_DATA, TINY_SEARCH, kill_mid_search, overridden, write_params
 from optuna.trial import TrialState
 
 from latentstudy import config, data, stages
@@ -275,26 +273,7 @@ def test_killed_then_params_changed_the_old_study_is_reaped(project):
     tracking = default_tracking(project)
     set_search(project, trials_per_dim=3, **{"train.epochs": 40, "train.patience": 40})
     old_plan, storage = plan_and_storage(project)
-    # A session of its own, killed as a whole (as a batch system or the OOM killer ends a job): a
-    # worker that outlived its coordinator for a moment could finish the trial the test needs lost.
-    proc = subprocess.Popen([*SCRIPT], cwd=project, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        try:
-            snap = store.snapshot(old_plan, storage)
-        except KeyError:  # studies not created yet
-            continue
-        trials = [t for _, ts in snap for t in ts]
-        if any(t.state.name == "COMPLETE" for t in trials) and any(
-                t.state.name == "RUNNING" and "pid" in t.user_attrs for t in trials):
-            break
-    else:
-        os.killpg(proc.pid, signal.SIGKILL)
-        pytest.fail("the search never had finished and running trials at once")
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_mid_search(SCRIPT, project, old_plan, storage)
     snap = store.snapshot(old_plan, storage)
     kept = {(u.study_name, t.number): t.value for u, ts in snap for t in ts if t.state.name == "COMPLETE"}
     lost = {(u.study_name, t.number) for u, ts in snap for t in ts if t.state.name == "RUNNING"}

@@ -2,20 +2,17 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import optuna
 import pandas as pd
 import pytest
-from conftest import ROOT, TINY_DATA, TINY_SEARCH, write_params
+from conftest import ROOT, TINY_DATA, TINY_SEARCH, kill_mid_search, overridden, write_params
 
 from latentstudy import config, data, stages
 from latentstudy.search import coordinator, plan as planning, store
@@ -31,15 +28,9 @@ def prepared(tmp_path_factory) -> Path:
 
 
 def search_params(tmp_path: Path, dims=(2, 4), refine_max=0, **overrides) -> Path:
-    s = copy.deepcopy(TINY_SEARCH)
-    for key, value in overrides.items():
-        target = s
-        *path, last = key.split(".")
-        for p in path:
-            target = target[p]
-        target[last] = value
     return write_params(tmp_path / "params.yaml", study={"latent_dims": list(dims), "seed": 0, "refine_max": refine_max},
-                        search=s, evaluate={"iwae_samples": 8}, report={"bootstrap": 200})
+                        search=overridden(TINY_SEARCH, **overrides), evaluate={"iwae_samples": 8},
+                        report={"bootstrap": 200})
 
 
 def run_stage(tmp_path: Path, params: Path, prepared: Path, tracking: str | None):
@@ -266,27 +257,7 @@ def test_kill_9_mid_search_then_resume(prepared, tmp_path, tracking_uri):
     params = search_params(tmp_path, dims=(2, 3), trials_per_dim=3, **{"train.epochs": 40, "train.patience": 40})
     plan, storage = studies_of(tmp_path, params, tmp_path / "data")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
-    proc = subprocess.Popen(stage_command(tmp_path), cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        time.sleep(0.3)
-        try:
-            snap = store.snapshot(plan, storage)
-        except KeyError:  # studies not created yet
-            continue
-        states = [t.state.name for _, trials in snap for t in trials]
-        running = [t for _, trials in snap for t in trials if t.state.name == "RUNNING" and "pid" in t.user_attrs]
-        if states.count("COMPLETE") >= 2 and running:
-            break
-    else:
-        proc.kill()
-        pytest.fail("the search never had finished and running trials at once")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    # The workers notice within a second that their coordinator is gone and die; their trials stay
-    # RUNNING until the next start reaps them. Look only after they are gone.
-    time.sleep(2.5)
+    kill_mid_search(stage_command(tmp_path), tmp_path, plan, storage, env, complete=2)
     before = {(u.study_name, t.number): t.value for u, trials in store.snapshot(plan, storage) for t in trials
               if t.state.name == "COMPLETE"}
     killed = {(u.study_name, t.number) for u, trials in store.snapshot(plan, storage) for t in trials
