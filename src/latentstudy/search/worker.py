@@ -155,6 +155,9 @@ class StackTrials:
         if not needs_work(self.unit, counts(self.study.get_trials(deepcopy=False))):
             return None
         trial = self.study.ask()  # an enqueued trial (a retry, a replicate) comes first, with its params
+        # Its heartbeat before anything else: on an RDB storage a RUNNING trial without one is never
+        # found stale, so a worker killed in the next writes would leave it RUNNING for good.
+        self.heartbeats.add(trial)
         ctx, cfg, unit = self.ctx, self.cfg, self.unit
         # Parameters and seed before the process facts: a trial with a pid has them, so the retry of
         # a trial killed at any later moment repeats them.
@@ -162,7 +165,6 @@ class StackTrials:
         lr = trial.suggest_float("lr", cfg.lr.low, cfg.lr.high, log=True)
         seed = trial.user_attrs.get(keys.SEED, (unit_seed(ctx.plan, unit) + 7919 * trial.number) % 2**31)
         trial.set_user_attr(keys.SEED, seed)
-        self.heartbeats.add(trial)
         for key, value in {**process_tag(), keys.DEVICE: str(ctx.device), keys.WORKER: ctx.worker}.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr(keys.N_PARAMS, self.n_params)
