@@ -334,7 +334,8 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
     if all(counts(t)["COMPLETE"] == 0 for _, t in snap):
         raise StudyError("no trial finished at any latent size; see the failure reasons above "
                          "(search.lr range, search.train settings)")
-    validation = Validation(prepared, storage, checkpoint, rule)
+    # Both later phases off: no validation pass, so the splits are not loaded for nothing.
+    validation = Validation(prepared, storage, checkpoint, rule) if study.refine_max or search.replicates else None
     plan = refine(plan, search, study.refine_max, validation, run_phase)
     plan = replicate(plan, search.replicates, validation, run_phase)
     snap = snapshot(plan, storage)
