@@ -63,10 +63,15 @@ def test_conv_layers_beyond_the_image_size_are_a_clear_error():
 
 
 def test_choose_arch():
-    assert models.choose_arch("auto", [8, 8]) == "conv"
-    assert models.choose_arch("auto", None) == "mlp"
+    assert models.choose_arch("auto", [8, 8], 2) == "mlp"  # two halvings leave 2 x 2
+    assert models.choose_arch("auto", [16, 16], 2) == "conv"
+    assert models.choose_arch("auto", [3, 32, 20], 2) == "conv"
+    assert models.choose_arch("auto", [3, 32, 12], 2) == "mlp"
+    assert models.choose_arch("auto", [8, 8], 1) == "conv"
+    assert models.choose_arch("auto", None, 2) == "mlp"
+    assert models.choose_arch("conv", [8, 8], 2) == "conv"  # asked for: as asked
     with pytest.raises(StudyError, match="no image shape"):
-        models.choose_arch("conv", None)
+        models.choose_arch("conv", None, 2)
 
 
 def test_autoencoder_is_deterministic_and_has_no_rate():

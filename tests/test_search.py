@@ -143,9 +143,11 @@ def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_
         all_trials += optuna.load_study(study_name=name, storage=storage).get_trials()
     assert len(trials) == len(all_trials)
 
-    # Replicates: the best configuration of each deciding size, retrained with new seeds, all recorded.
+    # Replicates: the best configuration of every size and arm, retrained with new seeds, all recorded.
     reps = trials[trials.phase == "replicate"]
-    assert len(reps) >= 4 and (reps.state == "COMPLETE").all() and set(reps.study.str.endswith("-rep")) == {True}
+    searched = trials[(trials.phase != "replicate") & (trials.state == "COMPLETE")]
+    assert set(zip(reps.latent_dim, reps.arm)) == set(zip(searched.latent_dim, searched.arm))
+    assert (reps.state == "COMPLETE").all() and set(reps.study.str.endswith("-rep")) == {True}
     for (k, arm), group in reps.groupby(["latent_dim", "arm"]):
         original = trials[(trials.phase == "grid") & (trials.latent_dim == k) & (trials.arm == arm)
                           & (trials.number == group.replicate_of.iloc[0])].iloc[0]

@@ -217,7 +217,7 @@ class SearchConfig:
     cpu_workers: int = field(default=2, metadata=_bounds(ge=1))
     storage: str | None = None
     heartbeat_seconds: int = field(default=20, metadata=_bounds(ge=1))
-    replicates: int = field(default=2, metadata=_bounds(ge=0))  # extra seeds for the deciding sizes
+    replicates: int = field(default=2, metadata=_bounds(ge=0))  # extra seeds for each size's best config
 
     def check(self, where: str) -> None:
         if self.stack != "auto" and self.stack < 1:

@@ -48,9 +48,18 @@ def chw(image_shape: list[int] | tuple[int, ...] | None) -> tuple[int, int, int]
     return (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
 
 
-def choose_arch(arch: str, image_shape: list[int] | None) -> Literal["mlp", "conv"]:
+# auto picks conv only where its stride-2 layers leave at least this many pixels a side: on smaller
+# images a convolution sees little more than a dense layer does. On the 8 x 8 digits an MLP VAE
+# matched the conv net's validation NLL (23.7 nats) and trained 4x faster on CPU (docs/engine.md).
+CONV_MIN_SIDE = 4
+
+
+def choose_arch(arch: str, image_shape: list[int] | None, conv_layers: int) -> Literal["mlp", "conv"]:
+    """search.model.arch resolved: auto is conv for images that stay at least CONV_MIN_SIDE pixels a
+    side after conv_layers halvings (16 x 16 and up with two layers), else mlp."""
     if arch == "auto":
-        return "conv" if image_shape is not None else "mlp"
+        shape = chw(image_shape)
+        return "conv" if shape is not None and min(shape[1:]) >> conv_layers >= CONV_MIN_SIDE else "mlp"
     if arch == "conv" and image_shape is None:
         raise StudyError("search.model.arch = conv but the data has no image shape; allowed: mlp or auto "
                          "(or set data.image_shape)")

@@ -5,7 +5,7 @@ finished trials, then writes the outputs. Workers elsewhere may join through a s
 It runs the search in phases, one `coordinate` each: the grid; the refinement, which adds a
 latent size wherever the headline purpose's one-SE rule, applied to validation values, leaves a
 gap of more than 1 below its choice (at most study.refine_max sizes); and the replicates, which
-retrain the best configuration of the sizes that decide an answer with more seeds.
+retrain the best configuration of every size and arm with more seeds.
 """
 
 from __future__ import annotations
@@ -249,31 +249,23 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
         run_phase(plan, enqueue)
 
 
-def replicate(plan: Plan, replicates: int, validation, run_phase) -> Plan:
-    """Retrain the best configuration of every size that decides an answer (any purpose) with
-    `replicates` more seeds, as enqueued trials of a replicate unit per size and arm."""
-    from latentstudy import recommend
-    from latentstudy.search.validation import deciding_sizes
-
+def replicate(plan: Plan, replicates: int, storage, run_phase) -> Plan:
+    """Retrain the best configuration of every size and arm with `replicates` more seeds, as
+    enqueued trials of a replicate unit per size and arm. Every size gets them, so each size's
+    value is a mean over as many models and the curves compare like with like."""
     if replicates == 0:
         return plan
-    wanted: set[tuple[int, str]] = set()
-    for name, purpose in recommend.PURPOSES.items():
-        wanted |= {(k, purpose.arm) for k in deciding_sizes(validation.answer(plan, name))}
-    best = best_trials(snapshot(plan, validation.storage))
+    best = best_trials(snapshot(plan, storage))
     units, enqueue = [], {}
-    for k, arm in sorted(wanted):
-        trial = best[(k, arm)]
+    for (k, arm), trial in sorted(best.items()):
         unit = replicate_unit(plan.prefix, k, arm, replicates)
         units.append(unit)
         enqueue[unit.study_name] = [(arm_params(trial, arm), {keys.SEED: seed, keys.REPLICATE_OF: trial.number})
                                     for seed in replicate_seeds(trial.user_attrs[keys.SEED], replicates)]
     if not units:
         return plan
-    listed = "; ".join(f"{arm} k = {', '.join(str(k) for k, a in sorted(wanted) if a == arm)}"
-                       for arm in ("vae", "ae") if any(a == arm for _, a in wanted))
-    print(f"[search] replicates: {replicates} more seed(s) for the sizes that decide an answer on validation "
-          f"({listed})", flush=True)
+    print(f"[search] replicates: {replicates} more seed(s) for the best configuration of each of "
+          f"{len(units)} size-and-arm pairs", flush=True)
     plan = grow(plan, tuple(units))
     run_phase(plan, enqueue)
     return plan
@@ -334,10 +326,10 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
     if all(counts(t)["COMPLETE"] == 0 for _, t in snap):
         raise StudyError("no trial finished at any latent size; see the failure reasons above "
                          "(search.lr range, search.train settings)")
-    # Both later phases off: no validation pass, so the splits are not loaded for nothing.
-    validation = Validation(prepared, storage, checkpoint, rule) if study.refine_max or search.replicates else None
+    # Refinement off: no validation pass, so the splits are not loaded for nothing.
+    validation = Validation(prepared, storage, checkpoint, rule) if study.refine_max else None
     plan = refine(plan, search, study.refine_max, validation, run_phase)
-    plan = replicate(plan, search.replicates, validation, run_phase)
+    plan = replicate(plan, search.replicates, storage, run_phase)
     snap = snapshot(plan, storage)
     for line in shortfalls(snap):  # once, after the last phase
         print(line, flush=True)

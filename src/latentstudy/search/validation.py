@@ -1,7 +1,7 @@
 """What the search decides on: the per-example validation values of the best model of every
 searched size and arm, computed from their checkpoints (never from the test split), and each
 purpose's one-SE rule applied to them. The refinement adds sizes where the headline purpose's
-answer sits between grid points; the replicate phase retrains the sizes that decide an answer.
+answer sits between grid points.
 """
 
 from __future__ import annotations
@@ -89,14 +89,3 @@ class Validation:
         """The headline purpose: report.purpose, or for auto generation when a VAE finished."""
         best = best_trials(snapshot(plan, self.storage))
         return recommend.headline(self.rule.headline, any(arm == "vae" for _, arm in best))[0]
-
-
-def deciding_sizes(answer: recommend.Answer) -> list[int]:
-    """The sizes that decide an answer: the chosen one, the next smaller one (which the rule
-    turned down) and the best; their seed spread is what moves the answer."""
-    c = answer.choice
-    if c is None:
-        return []
-    i = c.ks.index(c.chosen)
-    return sorted({c.chosen, c.best, *([c.ks[i - 1]] if i > 0 else [])})
-
