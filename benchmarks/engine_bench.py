@@ -3,7 +3,7 @@ stacked against one trial per process. Prints a table and writes reports/bench.j
 assert on timings.
 
 Workloads, all VAEs with 16 latent units: `digits`, an MLP 64-256-128-16 on scikit-learn's digits;
-`digits-conv`, the conv net (channels 32, 64 on the 8 x 8 images) that the default study trains;
+`digits-conv`, the conv net (channels 32, 64 on the 8 x 8 images) that `arch: conv` trains there;
 `mnist`, an MNIST-size MLP 784-256-128-16 on the MNIST test set when ../shared/data has it, else on
 synthetic 60,000 x 784 data. For each:
 

@@ -17,6 +17,17 @@ def test_manifold_has_the_requested_intrinsic_dimension():
     assert abs(est["twonn"] - 2) < 0.4 and abs(est["mle"] - 2) < 0.4
 
 
+def test_manifold_curvature_bends_it_more():
+    """Curvature scales the embedding's frequencies: a flatter manifold (the known-dimension
+    benchmark's 0.5) needs fewer principal components than the default 1.5, at the same d."""
+    def components_for_99(curvature: float) -> int:
+        x = synthetic.make_manifold(Manifold(intrinsic_dim=3, ambient_dim=16, n=2000, curvature=curvature)).x
+        eig = np.linalg.eigvalsh(np.cov(x.T))[::-1]
+        return int(np.searchsorted(np.cumsum(eig) / eig.sum(), 0.99) + 1)
+
+    assert components_for_99(0.5) < components_for_99(1.5)
+
+
 @pytest.mark.parametrize("factors", [["x", "y", "scale", "rotation"], ["x", "y", "rotation"]])
 def test_shapes_twonn_finds_the_number_of_free_factors(tmp_path, factors):
     """Four free factors (position, scale, rotation), and three: a grid of powers of two cannot say 3."""

@@ -351,7 +351,8 @@ def test_refinement_adds_the_expected_sizes_on_a_planted_validation_curve(prepar
     ran = []
     run_phase = fake_training(storage, ran)
     run_phase(plan, {})
-    final = coordinator.refine(plan, config.SearchConfig(), refine_max, PlantedValidation(storage, flat_from), run_phase)
+    final = coordinator.refine(plan, config.SearchConfig(replicates=0), refine_max, PlantedValidation(storage, flat_from),
+                               run_phase)
     got = [u.latent_dim for u in final.units if u.phase == planning.ADDED and u.arm == "vae"]
     assert got == added
     assert ran[1:] == [sorted(added[: i + 1]) for i in range(len(added))]  # one phase per added size
@@ -363,3 +364,21 @@ def test_refinement_adds_the_expected_sizes_on_a_planted_validation_curve(prepar
     if added[:1] == [6]:
         first = optuna.load_study(study_name=f"{plan.prefix}-k6-vae", storage=storage).get_trials()[0]
         assert first.system_attrs["fixed_params"]["lr"] == pytest.approx(1e-3 * (4 * 8) ** 0.5) and first.user_attrs["init_from"] == "k4,k8"
+
+
+def test_each_added_size_gets_its_seed_replicates_before_the_rule_looks_again(prepared):
+    storage = optuna.storages.InMemoryStorage()
+    plan = planning.make_plan(config.StudyConfig(latent_dims=[2, 4, 8, 16]), config.SearchConfig(),
+                              data.load_summary(prepared), "latentstudy-digits")
+    ran = []
+    run_phase = fake_training(storage, ran)
+    run_phase(plan, {})
+    plan = coordinator.replicate(plan, 1, storage, run_phase)  # the grid's, as search_and_write does
+    final = coordinator.refine(plan, config.SearchConfig(replicates=1), 4, PlantedValidation(storage, 6), run_phase)
+    searched = {(u.latent_dim, u.arm) for u in final.units if u.phase != planning.REPLICATE}
+    replicated = [(u.latent_dim, u.arm) for u in final.units if u.phase == planning.REPLICATE]
+    assert sorted(replicated) == sorted(searched) and len(set(replicated)) == len(replicated)  # each once
+    assert len(ran) == 2 + 2 * 2  # grid, its replicates; then per added size (6, 5): its trials, its replicates
+    six = optuna.load_study(study_name=f"{plan.prefix}-k6-vae-rep", storage=storage).get_trials()[0]
+    best = optuna.load_study(study_name=f"{plan.prefix}-k6-vae", storage=storage).best_trial
+    assert six.user_attrs["replicate_of"] == best.number and six.user_attrs["seed"] != 6  # the best, a new seed

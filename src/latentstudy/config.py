@@ -50,6 +50,9 @@ class Manifold:
     ambient_dim: int = field(default=24, metadata=_bounds(ge=2))
     n: int = field(default=3000, metadata=_bounds(ge=3 * MIN_PER_SPLIT))
     noise: float = field(default=0.0, metadata=_bounds(ge=0))
+    # The scale of the embedding's random frequencies: higher bends the manifold more, and a
+    # network then needs more data and steps to unfold it.
+    curvature: float = field(default=1.5, metadata=_bounds(gt=0))
     seed: int = 0
 
     def check(self, where: str) -> None:

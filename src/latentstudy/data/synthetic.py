@@ -42,7 +42,7 @@ def make_manifold(m: Manifold) -> Raw:
     """
     rng = np.random.default_rng(m.seed)
     u = rng.uniform(size=(m.n, m.intrinsic_dim))
-    freq = rng.normal(scale=1.5, size=(m.intrinsic_dim, m.ambient_dim))
+    freq = rng.normal(scale=m.curvature, size=(m.intrinsic_dim, m.ambient_dim))
     phase = rng.uniform(0, 2 * np.pi, size=m.ambient_dim)
     x = 1.0 / (1.0 + np.exp(-2.5 * np.sin(2 * np.pi * u @ freq / 2 + phase)))
     x = x + m.noise * rng.normal(size=x.shape)

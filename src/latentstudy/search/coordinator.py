@@ -2,10 +2,10 @@
 parent run, starts worker processes on every device, prints progress until every unit has its
 finished trials, then writes the outputs. Workers elsewhere may join through a shared storage.
 
-It runs the search in phases, one `coordinate` each: the grid; the refinement, which adds a
-latent size wherever the headline purpose's one-SE rule, applied to validation values, leaves a
-gap of more than 1 below its choice (at most study.refine_max sizes); and the replicates, which
-retrain the best configuration of every size and arm with more seeds.
+It runs the search in phases, one `coordinate` each: the grid; the replicates, which retrain the
+best configuration of every size and arm with more seeds; and the refinement, which adds a
+latent size (then its replicates) wherever the headline purpose's one-SE rule, applied to
+validation values, leaves a gap of more than 1 below its choice (at most study.refine_max sizes).
 """
 
 from __future__ import annotations
@@ -210,7 +210,8 @@ def neighbour_start(best: dict, k: int, arm: str) -> tuple[dict, str] | None:
 
 def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_phase) -> Plan:
     """Add sizes below the headline answer until it and the next smaller searched size are
-    adjacent, or refine_max sizes are added. run_phase(plan, enqueue) trains what the plan lacks."""
+    adjacent, or refine_max sizes are added; each added size gets its seed replicates before the
+    rule looks again. run_phase(plan, enqueue) trains what the plan lacks."""
     if refine_max == 0:  # off: nothing to decide, so no validation pass
         return plan
     purpose = validation.headline(plan)
@@ -247,17 +248,22 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
         added += 1
         print(f"[search] refinement {added}/{refine_max}: adding k = {new} ({reason})", flush=True)
         run_phase(plan, enqueue)
+        plan = replicate(plan, search.replicates, validation.storage, run_phase)
 
 
 def replicate(plan: Plan, replicates: int, storage, run_phase) -> Plan:
-    """Retrain the best configuration of every size and arm with `replicates` more seeds, as
-    enqueued trials of a replicate unit per size and arm. Every size gets them, so each size's
-    value is a mean over as many models and the curves compare like with like."""
+    """Retrain the best configuration of every size and arm that has none yet with `replicates`
+    more seeds, as enqueued trials of a replicate unit per size and arm. Every size gets them, so
+    each size's value is a mean over as many models and the curves compare like with like, on
+    validation (the refinement's rule) as on test."""
     if replicates == 0:
         return plan
     best = best_trials(snapshot(plan, storage))
+    have = {(u.latent_dim, u.arm) for u in plan.units if u.phase == REPLICATE}
     units, enqueue = [], {}
     for (k, arm), trial in sorted(best.items()):
+        if (k, arm) in have:
+            continue
         unit = replicate_unit(plan.prefix, k, arm, replicates)
         units.append(unit)
         enqueue[unit.study_name] = [(arm_params(trial, arm), {keys.SEED: seed, keys.REPLICATE_OF: trial.number})
@@ -326,10 +332,11 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
     if all(counts(t)["COMPLETE"] == 0 for _, t in snap):
         raise StudyError("no trial finished at any latent size; see the failure reasons above "
                          "(search.lr range, search.train settings)")
+    # The grid's replicates first: the refinement's rule then sees each size's seed spread.
+    plan = replicate(plan, search.replicates, storage, run_phase)
     # Refinement off: no validation pass, so the splits are not loaded for nothing.
     validation = Validation(prepared, storage, checkpoint, rule) if study.refine_max else None
     plan = refine(plan, search, study.refine_max, validation, run_phase)
-    plan = replicate(plan, search.replicates, storage, run_phase)
     snap = snapshot(plan, storage)
     for line in shortfalls(snap):  # once, after the last phase
         print(line, flush=True)

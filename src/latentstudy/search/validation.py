@@ -1,7 +1,7 @@
 """What the search decides on: the per-example validation values of the best model of every
 searched size and arm, computed from their checkpoints (never from the test split), and each
-purpose's one-SE rule applied to them. The refinement adds sizes where the headline purpose's
-answer sits between grid points.
+purpose's one-SE rule applied to them, each size's seed replicates included as in the report.
+The refinement adds sizes where the headline purpose's answer sits between grid points.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from latentstudy import evaluate, recommend
-from latentstudy.search.outputs import best_trials
+from latentstudy.search.outputs import best_trials, replicate_trials
 from latentstudy.search.plan import REPLICATE, Plan, Unit
 from latentstudy.search.store import snapshot
 
@@ -66,19 +66,26 @@ class Validation:
         return self._cache[key]
 
     def answer(self, plan: Plan, purpose: str) -> recommend.Answer:
-        """The purpose's rule on the validation values of the best model of every searched size."""
+        """The purpose's rule on the validation values of the best model of every searched size
+        and its finished seed replicates (a replicate flagged as diverged is left out)."""
         p = recommend.PURPOSES[purpose]
         snap = snapshot(plan, self.storage)
         best = best_trials(snap)  # the search's own trials: replicates are not candidates
-        units = {(u.latent_dim, u.arm): u for u, _ in snap if u.phase != REPLICATE}
+        replicas = replicate_trials(snap)
+        units = {(u.latent_dim, u.arm, u.phase == REPLICATE): u for u, _ in snap}
         curves, excluded = {}, {}
         for (k, arm), trial in sorted(best.items()):
             if arm != p.arm:
                 continue
-            values, reason = self.values(units[(k, arm)], trial)
+            values, reason = self.values(units[(k, arm, False)], trial)
             if p.quantity not in values:
                 continue
-            curves[k] = values[p.quantity][None]
+            rows = [values[p.quantity]]
+            for rep in replicas.get((k, arm), []):
+                rep_values, rep_reason = self.values(units[(k, arm, True)], rep)
+                if rep_reason is None and p.quantity in rep_values:
+                    rows.append(rep_values[p.quantity])
+            curves[k] = np.stack(rows)
             if reason:
                 excluded[k] = reason
         missing = recommend.unavailable(purpose, bool(curves), self.probe is not None)
