@@ -57,7 +57,7 @@ RULE = ("For each purpose the criterion is measured on every test example at eve
         "more than one SE of their difference{margin}: the simplest model the data cannot tell from the best "
         "(the one-standard-error rule). Stability is how often the same rule picks each k across the "
         "resamples; the 90% set holds the sizes it picks in 90% of them. The search applied the same rule to "
-        "the validation split to decide which sizes to add and which to retrain with more seeds; the numbers "
+        "the validation split, replicates included, to decide which sizes to add; the numbers "
         "here are on the test split only.")
 
 
