@@ -23,7 +23,8 @@ SIZE = 12
 
 def colour_params() -> dict:
     search = {**TINY_SEARCH, "trials_per_dim": 1, "max_trials_per_dim": 3,
-              "model": {"arch": "auto", "likelihood": "auto", "hidden": [32], "channels": [8, 16]},
+              # auto picks conv here: one stride-2 layer leaves 6 x 6 of the 12 x 12 images (>= 4 a side)
+              "model": {"arch": "auto", "likelihood": "auto", "hidden": [32], "channels": [8]},
               "train": {"epochs": 4, "batch_size": 32, "patience": 2}}
     return {"data": {"name": "images", "path": "pics", "intrinsic_max_points": 100},
             "study": {"latent_dims": [2, 4], "seed": 0, "refine_max": 0}, "pca": {"variance_targets": [0.9]},
