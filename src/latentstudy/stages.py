@@ -111,7 +111,7 @@ def search(params: Path, prepared: Path, root: Path, models_dir: Path, trials_cs
     if tracking:
         require_reachable(tracking)  # before anything is read or written
     recommend.check_purpose(rep.purpose, data.load_summary(prepared)["has_labels"])
-    # The search decides which sizes to add and to replicate with the report's rule, on validation.
+    # The search decides which sizes to add with the report's rule, on validation.
     rule = Rule(rep.purpose, rep.tolerance, rep.bootstrap, study.seed, ev.iwae_samples, ev.probe_max_train)
     with outputs(models_dir, trials_csv, metrics_json, study_json):
         coordinator.run(study, cfg, prepared, root, models_dir, trials_csv, metrics_json, study_json, tracking, rule)

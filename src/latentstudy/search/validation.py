@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from latentstudy import evaluate, recommend
-from latentstudy.search.outputs import best_trials, replicate_trials
-from latentstudy.search.plan import REPLICATE, Plan, Unit
+from latentstudy.search.outputs import best_trials, kept_trials
+from latentstudy.search.plan import Plan, Unit
 from latentstudy.search.store import snapshot
 
 
@@ -69,25 +69,19 @@ class Validation:
         """The purpose's rule on the validation values of the best model of every searched size
         and its finished seed replicates (a replicate flagged as diverged is left out)."""
         p = recommend.PURPOSES[purpose]
-        snap = snapshot(plan, self.storage)
-        best = best_trials(snap)  # the search's own trials: replicates are not candidates
-        replicas = replicate_trials(snap)
-        units = {(u.latent_dim, u.arm, u.phase == REPLICATE): u for u, _ in snap}
-        curves, excluded = {}, {}
-        for (k, arm), trial in sorted(best.items()):
-            if arm != p.arm:
+        rows: dict[int, list[np.ndarray]] = {}
+        excluded = {}
+        # Sorted keys: each size's best model (replicate 0) comes before its replicates.
+        for (k, arm, r), (unit, trial) in sorted(kept_trials(snapshot(plan, self.storage)).items()):
+            if arm != p.arm or (r > 0 and k not in rows):
                 continue
-            values, reason = self.values(units[(k, arm, False)], trial)
-            if p.quantity not in values:
+            values, reason = self.values(unit, trial)
+            if p.quantity not in values or (r > 0 and reason):
                 continue
-            rows = [values[p.quantity]]
-            for rep in replicas.get((k, arm), []):
-                rep_values, rep_reason = self.values(units[(k, arm, True)], rep)
-                if rep_reason is None and p.quantity in rep_values:
-                    rows.append(rep_values[p.quantity])
-            curves[k] = np.stack(rows)
+            rows.setdefault(k, []).append(values[p.quantity])
             if reason:
                 excluded[k] = reason
+        curves = {k: np.stack(v) for k, v in rows.items()}
         missing = recommend.unavailable(purpose, bool(curves), self.probe is not None)
         return recommend.answer(p, curves, excluded, self.rule.draws, self.rule.seed, self.rule.tolerance, missing,
                                 plan.input_dim)
