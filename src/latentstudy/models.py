@@ -50,7 +50,7 @@ def chw(image_shape: list[int] | tuple[int, ...] | None) -> tuple[int, int, int]
 
 # auto picks conv only where its stride-2 layers leave at least this many pixels a side: on smaller
 # images a convolution sees little more than a dense layer does. On the 8 x 8 digits an MLP VAE
-# matched the conv net's validation NLL (23.7 nats) and trained 4x faster on CPU (docs/engine.md).
+# matched the conv net's validation NLL (23.7 nats) and its grid phase ran 5x faster on CPU (docs/engine.md).
 CONV_MIN_SIDE = 4
 
 
