@@ -95,18 +95,20 @@ def test_a_model_far_worse_than_the_mean_is_flagged(trained_vae, tmp_path):
             param.mul_(1e4)
     dead = tmp_path / "k4-vae.pt"
     models.save_checkpoint(dead, model, meta)
-    row, _, flags = evaluate.evaluate_size([{"file": "k4-vae.pt", "replicate": 0}], tmp_path, x[300:], None, 4, 0, base,
+    row, _, flags = evaluate.evaluate_size([{"file": "k4-vae.pt", "rank": 0, "replicate": 0, "objective": 1.0}], tmp_path, x[300:], None, 4, 0, base,
                                            1.0)
     assert flags[0] and flags[0].startswith("far worse than trivial") and row["flag"] == flags[0]
 
 
 def test_run_keeps_every_model_per_example_and_averages_the_sane_replicates(trained_vae, tmp_path):
     path, x, labels = trained_vae
-    for name in ("k4-vae.pt", "k4-vae-r1.pt"):
+    for name in ("k4-vae.pt", "k4-vae-r1.pt", "k4-vae-t1.pt"):
         (tmp_path / name).write_bytes(path.read_bytes())
     sizes = [{"latent_dim": 2, "phase": "added", "reason": "because"}, {"latent_dim": 4, "phase": "grid", "reason": ""}]
-    kept = [{"latent_dim": 4, "arm": "vae", "file": "k4-vae.pt", "replicate": 0},
-            {"latent_dim": 4, "arm": "vae", "file": "k4-vae-r1.pt", "replicate": 1}]
+    # Listed out of order on purpose: the pick, its replicate, then the size's other trial.
+    kept = [{"latent_dim": 4, "arm": "vae", "file": "k4-vae-t1.pt", "rank": 1, "replicate": 0, "objective": 30.0},
+            {"latent_dim": 4, "arm": "vae", "file": "k4-vae-r1.pt", "rank": 0, "replicate": 1, "objective": 29.5},
+            {"latent_dim": 4, "arm": "vae", "file": "k4-vae.pt", "rank": 0, "replicate": 0, "objective": 29.0}]
     result, arrays = evaluate.run(sizes, kept, tmp_path, pca.fit(x[:300]), x[:300], labels[:300], x[300:], labels[300:],
                                   samples=4, probe_max_train=100, seed=0, log=lambda line: None)
     rows = {r["latent_dim"]: r for r in result["rows"]}
@@ -114,9 +116,12 @@ def test_run_keeps_every_model_per_example_and_averages_the_sane_replicates(trai
     assert rows[2]["phase"] == "added" and rows[2]["reason"] == "because"
     vae = rows[4]["vae"]
     assert vae["iwae_nll_nats"] <= vae["neg_elbo_nats"] and len(vae["models"]) == 2 and vae["n_sane"] == 2
+    assert [(m["replicate"], m["objective"]) for m in vae["models"]] == [(0, 29.0), (1, 29.5)]
+    assert [(m["rank"], m["objective"]) for m in vae["trials"]] == [(1, 30.0)]
     assert rows[4]["compression_ratio"] == 4.0 and result["has_labels"]
-    assert arrays["vae_iwae_nll_nats"].shape == (2, 100) and arrays["vae_replicate"].tolist() == [0, 1]
-    assert arrays["vae_probe_correct"].shape == (2, 100) and arrays["pca_latent_dim"].tolist() == [2, 4]
+    assert arrays["vae_iwae_nll_nats"].shape == (3, 100) and arrays["vae_replicate"].tolist() == [0, 1, 0]
+    assert arrays["vae_rank"].tolist() == [0, 0, 1]
+    assert arrays["vae_probe_correct"].shape == (3, 100) and arrays["pca_latent_dim"].tolist() == [2, 4]
     assert vae["iwae_nll_nats"] == pytest.approx(arrays["vae_iwae_nll_nats"].mean(), rel=1e-5)
     evaluate.save_per_example(tmp_path / "out" / "per_example.npz", arrays)
     back = evaluate.load_per_example(tmp_path / "out" / "per_example.npz")

@@ -17,10 +17,10 @@ def evaluation(ks=(2, 4, 8), added=(4,), flag=None) -> dict:
         vae = {"sse_per_image": 10.0 / k, "mse_per_pixel": 0.1 / k, "bce_nats": 50.0 / k, "distortion_nats": 40.0 / k + 20,
                "rate_nats": float(k), "neg_elbo_nats": 40.0 / k + 20 + k, "iwae_nll_nats": 40.0 / k + 19 + k,
                "active_units": min(k, 4), "collapsed_units": k - min(k, 4), "probe_accuracy": 0.9, "beta": 1.0,
-               "lr": 1e-3, "n_params": 100, "train_seconds": 1.0, "models": models, "flag": None}
+               "lr": 1e-3, "n_params": 100, "train_seconds": 1.0, "models": models, "trials": [], "flag": None}
         ae = {"sse_per_image": 8.0 / k, "mse_per_pixel": 0.08 / k, "bce_nats": 45.0 / k, "distortion_nats": 45.0 / k,
               "probe_accuracy": 0.92, "lr": 2e-3, "n_params": 90, "train_seconds": 0.5,
-              "models": [{"replicate": 0, "flag": None}], "flag": None}
+              "models": [{"replicate": 0, "flag": None}], "trials": [], "flag": None}
         pca_ = {"sse_per_image": 12.0 / k, "mse_per_pixel": 0.12 / k, "bce_nats": 60.0 / k,
                 "explained_variance_ratio": 1 - 1 / k, "probe_accuracy": 0.8}
         rows.append({"latent_dim": k, "compression_ratio": 64 / k, "phase": "added" if k in added else "grid",
@@ -37,10 +37,11 @@ def per_example(ks=(2, 4, 8), flagged=()) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
     hard = rng.exponential(3.0, size=N)
     nll = {2: 30.0, 4: 24.0, 8: 24.0}
-    out = {"vae_latent_dim": np.array(ks), "vae_replicate": np.zeros(len(ks), int),
+    out = {"vae_latent_dim": np.array(ks), "vae_replicate": np.zeros(len(ks), int), "vae_rank": np.zeros(len(ks), int),
            "vae_flagged": np.array([k in flagged for k in ks]),
            "vae_iwae_nll_nats": np.stack([hard + nll[k] + rng.normal(0, 0.3, N) for k in ks]),
            "ae_latent_dim": np.array(ks[:-1]), "ae_replicate": np.zeros(len(ks) - 1, int),
+           "ae_rank": np.zeros(len(ks) - 1, int),
            "ae_flagged": np.zeros(len(ks) - 1, bool),
            "ae_sse_per_image": np.stack([hard + 8.0 / k + rng.normal(0, 0.1, N) for k in ks[:-1]])}
     return out
@@ -89,6 +90,27 @@ def test_answers_come_from_the_per_example_values(tmp_path):
     assert set(report.mlflow_metrics(report.build_table(evaluation()), rec)) >= {
         "generation_latent_dim", "generation_interval_low", "generation_interval_high", "generation_stability",
         "generation_ci95_low", "reconstruction_latent_dim"}
+
+
+def test_other_trials_are_resampled_with_the_search_and_a_flagged_one_is_left_out(tmp_path):
+    """Planted: k = 4's other trials are 3 nats worse than its pick (a lucky search), one of them
+    diverged. The answers keep the picks' values; k = 4's interval takes in the search's luck."""
+    arrays = per_example()
+    rng = np.random.default_rng(2)
+    rows = [arrays["vae_iwae_nll_nats"][1] + shift + rng.normal(0, 0.3, N) for shift in (3.0, 3.5, 1e6)]
+    for key, extra in (("vae_latent_dim", [4, 4, 4]), ("vae_replicate", [0, 0, 0]), ("vae_rank", [2, 1, 3]),
+                       ("vae_flagged", [False, False, True])):
+        arrays[key] = np.concatenate([arrays[key], extra])
+    arrays["vae_iwae_nll_nats"] = np.concatenate([arrays["vae_iwae_nll_nats"], np.stack(rows)])
+    picks, others, _ = report.curves(report.PURPOSES["generation"], inputs(tmp_path, arrays=arrays))
+    assert {k: len(v) for k, v in picks.items()} == {2: 1, 4: 1, 8: 1} and len(others[4]) == 2
+    assert others[4][0].mean() == pytest.approx(rows[1].mean())  # rank 1 first
+    cfg = config.ReportConfig(bootstrap=400)
+    held = report.recommendation(cfg, inputs(tmp_path)).answers["generation"]
+    searched = report.recommendation(cfg, inputs(tmp_path, arrays=arrays)).answers["generation"]
+    assert searched.choice.value == held.choice.value and searched.choice.trials == [1, 3, 1]
+    assert searched.choice.se[1] > 2 * held.choice.se[1] and searched.choice.se[0] == held.choice.se[0]
+    assert searched.to_dict()["curve"][1]["trials"] == 3
 
 
 def test_a_flagged_model_is_never_the_answer(tmp_path):

@@ -158,6 +158,12 @@ def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_
     files = {m["file"] for m in listed["models"] if m["replicate"] > 0}
     assert len(files) == len(reps) and all((out / "models" / f).is_file() for f in files)
     assert listed["replicates"]["vae"] == sorted(reps[reps.arm == "vae"].latent_dim.unique())
+    # Every other finished trial of a size is handed on too, ranked by objective, for the rule to resample.
+    for (k, arm), group in searched.groupby(["latent_dim", "arm"]):
+        ranked = group.sort_values(["objective_value", "number"])
+        mine = [m for m in listed["models"] if (m["latent_dim"], m["arm"]) == (k, arm) and m["replicate"] == 0]
+        assert [m["trial"] for m in mine] == ranked.number.tolist() and [m["rank"] for m in mine] == list(range(len(mine)))
+        assert all((out / "models" / m["file"]).is_file() for m in mine)
     assert set(trials["worker"]) == {"w0", "w1"}  # both processes did work
     assert trials.duplicated(["study", "number"]).sum() == 0
 
@@ -298,8 +304,8 @@ class PlantedValidation:
     """The refinement's view of the validation split, planted: a criterion that falls to a floor
     at `flat_from` and stays there, the same on every example up to a shared difficulty."""
 
-    def __init__(self, storage, flat_from: int):
-        self.storage, self.flat_from = storage, flat_from
+    def __init__(self, storage, flat_from: int, noise: float = 0.0):
+        self.storage, self.flat_from, self.noise = storage, flat_from, noise
 
     def headline(self, plan) -> str:
         return "generation"
@@ -308,7 +314,8 @@ class PlantedValidation:
         from latentstudy import recommend
 
         shared = np.random.default_rng(0).exponential(3.0, size=200)
-        curves = {k: (shared + 24.0 + max(0, self.flat_from - k))[None] for k in planning.sizes(plan)}
+        curves = {k: (shared + 24.0 + max(0, self.flat_from - k)
+                      + np.random.default_rng(k).normal(0, self.noise, size=200))[None] for k in planning.sizes(plan)}
         return recommend.answer(recommend.PURPOSES[purpose], curves, {}, 100, 0, 0.0)
 
 
@@ -336,29 +343,45 @@ def fake_training(storage, ran: list):
     return run_phase
 
 
-@pytest.mark.parametrize("grid, flat_from, refine_max, added", [
-    ([2, 4, 8, 16], 6, 4, [6, 5]),  # 8 -> midpoint of 4 and 8 is 6 -> then 5; 5 loses to 6, which is adjacent
-    ([2, 4, 8, 16], 6, 1, [6]),  # stops at refine_max
-    ([4, 8], 1, 4, [2, 1]),  # the smallest grid size is chosen: try below it, down to 1
-    ([2, 4, 8], 2, 4, [1]),  # 2 is chosen, 1 is tried and loses: 2 and 1 are adjacent, done
-    ([2, 4, 8], 2, 0, []),  # refine_max 0: refinement off
+@pytest.mark.parametrize("chosen, searched, likely, new", [
+    (4, [2, 4, 8], [4], 3),  # the gap below the choice first
+    (2, [2, 4, 8], [2], 1),  # the smallest searched: below it
+    (2, [1, 2, 4, 8], [2, 4], 3),  # adjacent below, but the 90% set {2, 4} has a gap
+    (3, [2, 3, 4, 8, 16], [3, 8, 16], 6),  # the lowest gap inside the set's span
+    (2, [1, 2, 4], [2], None),  # resolved
+    (1, [1, 2, 3], [1, 2, 3], None),
+])
+def test_the_next_size_resolves_the_choice_then_its_90_percent_set(chosen, searched, likely, new):
+    assert planning.next_size(chosen, searched, likely) == new
+
+
+@pytest.mark.parametrize("grid, flat_from, refine_max, added, noise", [
+    ([2, 4, 8, 16], 6, 4, [6, 5], 0.0),  # 8 -> midpoint of 4 and 8 is 6 -> then 5; 5 loses to 6, which is adjacent
+    ([2, 4, 8, 16], 6, 1, [6], 0.0),  # stops at refine_max
+    ([4, 8], 1, 4, [2, 1], 0.0),  # the smallest grid size is chosen: try below it, down to 1
+    ([2, 4, 8], 2, 4, [1], 0.0),  # 2 is chosen, 1 is tried and loses: 2 and 1 are adjacent, done
+    ([2, 4, 8], 2, 0, [], 0.0),  # refine_max 0: refinement off
+    # Flat from 2 with noise: 2 is chosen (1 is worse), adjacent to 1, but 4 and 8 are in its 90% set:
+    # the gaps inside it are filled from the lowest (3, then 6 between 4 and 8, then 5).
+    ([1, 2, 4, 8], 2, 4, [3, 6, 5], 0.5),
 ])
 def test_refinement_adds_the_expected_sizes_on_a_planted_validation_curve(prepared, grid, flat_from, refine_max,
-                                                                          added):
+                                                                          added, noise):
     storage = optuna.storages.InMemoryStorage()
     plan = planning.make_plan(config.StudyConfig(latent_dims=grid), config.SearchConfig(), data.load_summary(prepared),
                               "latentstudy-digits")
     ran = []
     run_phase = fake_training(storage, ran)
     run_phase(plan, {})
-    final = coordinator.refine(plan, config.SearchConfig(replicates=0), refine_max, PlantedValidation(storage, flat_from),
-                               run_phase)
+    final = coordinator.refine(plan, config.SearchConfig(replicates=0), refine_max,
+                               PlantedValidation(storage, flat_from, noise), run_phase)
     got = [u.latent_dim for u in final.units if u.phase == planning.ADDED and u.arm == "vae"]
     assert got == added
     assert ran[1:] == [sorted(added[: i + 1]) for i in range(len(added))]  # one phase per added size
     for unit in final.units[len(plan.units):]:
         study = optuna.load_study(study_name=unit.study_name, storage=storage)
         assert study.user_attrs["phase"] == "added" and "rule chose k = " in study.user_attrs["reason"]
+        assert ("90% set {" in study.user_attrs["reason"]) == bool(noise)
         first = study.get_trials()[0]
         assert first.state.name == "WAITING" and first.user_attrs["init_from"]  # neighbours' best parameters
     if added[:1] == [6]:

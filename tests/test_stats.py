@@ -107,3 +107,45 @@ def test_sizes_with_and_without_replicates_compare_their_picks_with_the_seed_spr
     assert c.se[0] > 5 * c.se[1] and c.diff_se[0] > 0.3  # one model's seed luck, as measured
     same = stats.choose([2, 4], [replicated, replicated + 0.5], 200, seed=0)
     assert same.averaged and same.value[0] == pytest.approx(11.0 + shared.mean(), abs=0.02)
+
+
+def test_the_search_is_resampled_too_a_rerun_may_miss_the_lucky_pick():
+    """Four trials at a size, the pick 1 nat better than the other three: a resample of the four
+    holds the pick with probability 1 - (3/4)^4, and otherwise takes the best other trial."""
+    rng = np.random.default_rng(0)
+    shared = rng.exponential(3.0, size=400)
+    pick = (shared + 10.0 + rng.normal(0, 0.05, 400))[None]
+    others = np.stack([shared + 11.0 + rng.normal(0, 0.05, 400) for _ in range(3)])
+    held = stats.resample([pick], 4000, seed=0)[:, 0]
+    searched = stats.resample([pick], 4000, seed=0, others=[others])[:, 0]
+    lucky = np.abs(searched - held) < 0.5
+    assert lucky.mean() == pytest.approx(1 - (3 / 4) ** 4, abs=0.03)
+    assert np.allclose(searched[lucky], held[lucky])  # the same example draws either way
+    assert np.all(searched[~lucky] > held[~lucky] + 0.8)
+
+
+def test_a_size_whose_search_was_lucky_is_not_told_apart_from_one_whose_search_was_steady():
+    """k = 2's pick looks 0.2 better than k = 4's, but k = 2's other trials are 1 worse, and k = 4's
+    are as good as its pick: with the search resampled the rule cannot prefer 4 over 2."""
+    rng = np.random.default_rng(1)
+    shared = rng.exponential(3.0, size=500)
+
+    def model(mean: float) -> np.ndarray:
+        return shared + mean + rng.normal(0, 0.05, 500)
+
+    small, large = model(10.2)[None], model(10.0)[None]
+    small_rest = np.stack([model(11.2), model(11.3), model(11.4)])
+    large_rest = np.stack([model(10.0), model(10.05), model(10.1)])
+    fixed = stats.choose([2, 4], [small, large], 1000, seed=0)
+    assert fixed.chosen == 4 and fixed.trials == [1, 1]  # 0.2 is many SEs of the paired difference
+    searched = stats.choose([2, 4], [small, large], 1000, seed=0, others=[small_rest, large_rest])
+    assert searched.trials == [4, 4] and searched.value == fixed.value  # the point values stay the picks'
+    assert searched.chosen == 2 and searched.diff_se[0] > 0.2
+    assert searched.se[0] > 3 * fixed.se[0] and searched.se[1] < 1.5 * fixed.se[1]
+
+
+def test_other_trials_must_cover_the_same_examples():
+    with pytest.raises(ValueError):
+        stats.resample([np.zeros((1, 5))], 100, 0, others=[np.zeros((2, 6))])
+    with pytest.raises(ValueError):
+        stats.resample([np.zeros((1, 5)), np.zeros((1, 5))], 100, 0, others=[np.zeros((2, 5))])

@@ -1,5 +1,5 @@
-"""Test-split evaluation of every model the search kept (the best of each latent size and arm,
-and its seed replicates) and of PCA at every searched size.
+"""Test-split evaluation of every model the search handed on (the best of each latent size and
+arm, its seed replicates, and the size's other finished trials) and of PCA at every searched size.
 
 Every quantity is kept per test example (an npz), so each statistic of the report can be
 recomputed from this stage's outputs; evaluation.json holds the means. Per example: the IWAE-K
@@ -189,9 +189,9 @@ def model_summary(model: AutoEncoder, meta: dict, values: dict[str, np.ndarray],
 
 def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, probe: tuple | None, samples: int,
                   seed: int, base: dict, pca_sse: float) -> tuple[dict | None, dict[str, np.ndarray], list[str | None]]:
-    """The models of one size and arm (the search's best first, then its replicates): the row's
-    entry (the best model's values and flag; every model's in "models"), stacked per-example
-    arrays, flags."""
+    """The models of one size and arm (the search's best first, then its replicates, then the
+    size's other trials): the row's entry (the best model's values and flag; the best's and its
+    replicates' in "models", the other trials' in "trials"), stacked per-example arrays, flags."""
     if not entries:
         return None, {}, []
     models, arrays, flags = [], {}, []
@@ -207,18 +207,21 @@ def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, pro
         summary = model_summary(model, meta, values, mu)
         means = {k: summary[k] for k in ("sse_per_image", "distortion_nats", "iwae_nll_nats", "rate_nats") if k in summary}
         summary["flag"] = flag(means, base, model.spec.likelihood, pca_sse)
-        summary["replicate"] = entry["replicate"]
+        summary["replicate"], summary["rank"] = entry["replicate"], entry["rank"]
+        summary["objective"] = entry["objective"]
         models.append(summary)
         flags.append(summary["flag"])
         for key, v in values.items():
             arrays.setdefault(key, []).append(v)
         if entry is entries[0]:  # the search's best; replicates follow it
             best, best_meta, best_mu, best_kl = model, meta, mu, per_unit
-    row = {key: v for key, v in models[0].items() if key not in ("seed", "trial", "study", "replicate", "active_units")}
+    row = {key: v for key, v in models[0].items()
+           if key not in ("seed", "trial", "study", "replicate", "rank", "objective", "active_units")}
+    models, others = [m for m in models if m["rank"] == 0], [m for m in models if m["rank"] > 0]
     row.update({"latent_dim": best.spec.latent_dim, "n_params": n_params(best), "beta": best_meta.get("beta"),
                 "lr": best_meta.get("lr"), "train_seconds": best_meta.get("seconds"), "trial": best_meta.get("trial"),
                 "study": best_meta.get("study"), "epochs_run": best_meta.get("epochs_run"),
-                "mse_per_pixel": row["sse_per_image"] / x_test.shape[1], "models": models,
+                "mse_per_pixel": row["sse_per_image"] / x_test.shape[1], "models": models, "trials": others,
                 "n_sane": sum(m["flag"] is None for m in models)})
     if best.spec.variational:
         row["active_units"], row["mu_variance"] = active_units(best_mu)
@@ -261,14 +264,14 @@ def run(sizes: list[dict], models: list[dict], models_dir: Path, basis: pca_mod.
         pca_row, pca_values = evaluate_pca(basis, x_test, k, probe, seed)
         row = {"latent_dim": k, "compression_ratio": x_test.shape[1] / k, "phase": size.get("phase", "grid"),
                "reason": size.get("reason", ""), "pca": pca_row}
-        _append(stacks["pca"], k, 0, False, pca_values)
+        _append(stacks["pca"], k, 0, 0, False, pca_values)
         for arm in ARMS:
             entries = sorted((m for m in models if m["latent_dim"] == k and m["arm"] == arm),
-                             key=lambda m: m["replicate"])
+                             key=lambda m: (m["rank"], m["replicate"]))
             row[arm], values, flags = evaluate_size(entries, models_dir, x_test, probe, samples, seed, base,
                                                     pca_row["sse_per_image"])
             for i, entry in enumerate(entries):
-                _append(stacks[arm], k, entry["replicate"], flags[i] is not None,
+                _append(stacks[arm], k, entry["rank"], entry["replicate"], flags[i] is not None,
                         {key: v[i] for key, v in values.items()})
         rows.append(row)
         log(line(row))
@@ -279,8 +282,9 @@ def run(sizes: list[dict], models: list[dict], models_dir: Path, basis: pca_mod.
             "baseline": base, "rows": rows}, arrays
 
 
-def _append(stack: dict[str, list], k: int, replicate: int, flagged: bool, values: dict[str, np.ndarray]) -> None:
-    for key, value in {"latent_dim": k, "replicate": replicate, "flagged": flagged}.items():
+def _append(stack: dict[str, list], k: int, rank: int, replicate: int, flagged: bool,
+            values: dict[str, np.ndarray]) -> None:
+    for key, value in {"latent_dim": k, "rank": rank, "replicate": replicate, "flagged": flagged}.items():
         stack.setdefault(key, []).append(value)
     for key, v in values.items():
         stack.setdefault(key, []).append(np.asarray(v, dtype=np.float32))
@@ -290,13 +294,20 @@ def line(row: dict) -> str:
     k, vae, ae = row["latent_dim"], row["vae"], row["ae"]
     added = " (added)" if row["phase"] == "added" else ""
     parts = [f"[evaluate] k={k:<4}{added} PCA sse {row['pca']['sse_per_image']:.3f}"]
-    parts.append(f"AE sse {ae['sse_per_image']:.3f} ({len(ae['models'])} models)" if ae else "AE missing")
+    parts.append(f"AE sse {ae['sse_per_image']:.3f} {_count(ae)}" if ae else "AE missing")
     parts.append(f"VAE sse {vae['sse_per_image']:.3f} D {vae['distortion_nats']:.2f} R {vae['rate_nats']:.2f} "
-                 f"IWAE {vae['iwae_nll_nats']:.2f} AU {vae['active_units']}/{k} ({len(vae['models'])} models)"
-                 if vae else "VAE missing")
-    flags = [f"{arm} replicate {m['replicate']}: {m['flag']}" for arm in ARMS for m in (row[arm] or {}).get("models", [])
-             if m["flag"]]
+                 f"IWAE {vae['iwae_nll_nats']:.2f} AU {vae['active_units']}/{k} {_count(vae)}" if vae else "VAE missing")
+    flags = [f"{arm} {_name(m)}: {m['flag']}" for arm in ARMS
+             for m in [*(row[arm] or {}).get("models", []), *(row[arm] or {}).get("trials", [])] if m["flag"]]
     return " | ".join(parts) + "".join(f"\n[evaluate] k={k} FLAGGED {f}" for f in flags)
+
+
+def _count(entry: dict) -> str:
+    return f"({len(entry['models'])} models, {len(entry['trials'])} other trials)"
+
+
+def _name(model: dict) -> str:
+    return f"other trial {model['trial']}" if model["rank"] else f"replicate {model['replicate']}"
 
 
 def save_per_example(path: Path, arrays: dict[str, np.ndarray]) -> None:

@@ -47,18 +47,19 @@ PURPOSES = {
                               "probe accuracy", "", higher_is_better=True),
 }
 
-RULE = ("For each purpose the criterion is measured on every test example at every latent size. The test "
-        "examples are resampled {draws} times, the same resample for every size, and each size's seed "
-        "replicates are resampled too (a size's value is the mean over its replicates when every size has "
-        "them; otherwise each size's value is the search's pick, which was the best of several trials, and the "
-        "replicates only add the measured spread between seeds to their size's interval); the spread of the resampled means is each size's standard error (SE), "
-        "and the spread of its difference to the best size is the SE of that difference, much smaller because "
-        "hard examples are hard at every size. The answer is the smallest k that is worse than the best by no "
-        "more than one SE of their difference{margin}: the simplest model the data cannot tell from the best "
-        "(the one-standard-error rule). Stability is how often the same rule picks each k across the "
-        "resamples; the 90% set holds the sizes it picks in 90% of them. The search applied the same rule to "
-        "the validation split, replicates included, to decide which sizes to add; the numbers "
-        "here are on the test split only.")
+RULE = ("For each purpose the criterion is measured on every test example at every latent size. Each of "
+        "{draws} bootstrap draws resamples three things: the test examples (the same resample for every size, "
+        "so hard examples are hard at every size), each size's seed replicates, and the search itself (each "
+        "size's trials are resampled and the one with the best validation objective taken, as the search did, "
+        "so the beta and lr a rerun might have drawn are in the interval). A size's value is the mean over its "
+        "best configuration's seed replicates when every size has them; otherwise the search's pick, with the "
+        "seed spread added to its interval. The spread of the resampled values is each size's standard error "
+        "(SE), and the spread of its difference to the best size is the SE of that difference. The answer is "
+        "the smallest k that is worse than the best by no more than one SE of their difference{margin}: the "
+        "simplest model the data cannot tell from the best (the one-standard-error rule). Stability is how "
+        "often the same rule picks each k across the resamples; the 90% set holds the sizes it picks in 90% of "
+        "them. The search applied the same rule to the validation split to decide which sizes to add; the "
+        "numbers here are on the test split only.")
 
 
 def unavailable(purpose: str, has_model: bool, has_labels: bool) -> str | None:
@@ -140,21 +141,28 @@ class Answer:
             "still_improving": self.still_improving,
             "curve": [{"latent_dim": k, "value": self.at(k)[0], "se": c.se[i], "ci95": list(self.at(k)[2:]),
                        "diff_to_best": (-1 if self.purpose.higher_is_better else 1) * c.diff[i],
-                       "diff_se": c.diff_se[i], "models": c.models[i]} for i, k in enumerate(c.ks)],
+                       "diff_se": c.diff_se[i], "models": c.models[i], "trials": c.trials[i]}
+                      for i, k in enumerate(c.ks)],
         })
         return out
 
 
 def answer(purpose: Purpose, curves: dict[int, np.ndarray], excluded: dict[int, str], draws: int, seed: int,
-           tolerance: float, missing: str | None = None, input_dim: int | None = None) -> Answer:
+           tolerance: float, missing: str | None = None, input_dim: int | None = None,
+           others: dict[int, np.ndarray] | None = None) -> Answer:
     """The rule on one purpose's curve: curves maps k to its (models, examples) values in the
-    criterion's own orientation; sizes in `excluded` (no model, diverged) are left out."""
+    criterion's own orientation, others (optional) to its other search trials' values, best
+    validation objective first; sizes in `excluded` (no model, diverged) are left out."""
     ks = sorted(k for k in curves if k not in excluded)
     if missing is not None or not ks:
         return Answer(purpose, None, excluded, missing or "every size is excluded (see the flagged models)",
                       input_dim)
     values = [purpose.lowered(np.asarray(curves[k], dtype=np.float64)) for k in ks]
-    return Answer(purpose, stats.choose(ks, values, draws, seed, tolerance), excluded, None, input_dim)
+    rest = None
+    if others is not None:
+        empty = np.empty((0, values[0].shape[1]))
+        rest = [purpose.lowered(np.asarray(others[k], dtype=np.float64)) if k in others else empty for k in ks]
+    return Answer(purpose, stats.choose(ks, values, draws, seed, tolerance, rest), excluded, None, input_dim)
 
 
 # --- cross-checks ---------------------------------------------------------------------------------
@@ -278,8 +286,10 @@ def explain(rec: Recommendation, replicated: dict[str, list[int]], added: list[i
     if a.still_improving:
         parts.append(f"The criterion still improves at the largest size searched (k = {ch.best}): larger sizes "
                      "may do better; add them to study.latent_dims.")
-    reps = replicated.get(p.arm, [])
-    parts.append(f"Sizes with seed replicates in their interval: {', '.join(map(str, reps)) or 'none'}."
+    reps, trials = replicated.get(p.arm, []), sorted(set(ch.trials))
+    span = str(trials[0]) if len(trials) == 1 else f"{trials[0]} to {trials[-1]}"
+    parts.append(f"Sizes with seed replicates in their interval: {', '.join(map(str, reps)) or 'none'}; the "
+                 f"search's own trials resampled at each size: {span}."
                  + (f" Sizes added by the search: {', '.join(map(str, added))}." if added else ""))
     others = [f"{name} {other.summary()}" for name, other in rec.answers.items() if name != rec.headline]
     if others:

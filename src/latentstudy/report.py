@@ -106,9 +106,10 @@ def build_table(evaluation: dict) -> pd.DataFrame:
 # --- the answers ---------------------------------------------------------------------------------
 
 
-def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[int, str]]:
-    """The purpose's (models, examples) values per size, from the sane models only (the search's
-    pick first); and the sizes left out with the reason (no model; every model flagged)."""
+def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict[int, str]]:
+    """The purpose's (models, examples) values per size from the sane models only (the search's
+    pick first, then its replicates); the size's other sane trials, best objective first; and the
+    sizes left out with the reason (no model; the pick and its replicates all flagged)."""
     excluded = {}
     for row in inp.evaluation["rows"]:
         entry = row[purpose.arm]
@@ -118,9 +119,16 @@ def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[i
             excluded[row["latent_dim"]] = entry["models"][0]["flag"]
     key, arrays = f"{purpose.arm}_{purpose.quantity}", inp.per_example
     if key not in arrays:
-        return {}, excluded
-    ks, sane = arrays[f"{purpose.arm}_latent_dim"], ~arrays[f"{purpose.arm}_flagged"].astype(bool)
-    return {int(k): arrays[key][(ks == k) & sane] for k in np.unique(ks) if ((ks == k) & sane).any()}, excluded
+        return {}, {}, excluded
+    arm = purpose.arm
+    ks, rank, sane = arrays[f"{arm}_latent_dim"], arrays[f"{arm}_rank"], ~arrays[f"{arm}_flagged"].astype(bool)
+    picks, others = {}, {}
+    for k in np.unique(ks):
+        mine, rest = (ks == k) & sane & (rank == 0), (ks == k) & sane & (rank > 0)
+        if mine.any():
+            picks[int(k)] = arrays[key][mine]
+            others[int(k)] = arrays[key][rest][np.argsort(rank[rest], kind="stable")]
+    return picks, others, excluded
 
 
 def recommendation(cfg, inp: Inputs) -> Recommendation:
@@ -128,10 +136,11 @@ def recommendation(cfg, inp: Inputs) -> Recommendation:
     seed = int(inp.study.get("seed") or 0)
     answers: dict[str, Answer] = {}
     for name, purpose in PURPOSES.items():
-        values, excluded = curves(purpose, inp)
+        values, others, excluded = curves(purpose, inp)
         has_model = any(row[purpose.arm] for row in inp.evaluation["rows"])
         answers[name] = answer(purpose, values, excluded, cfg.bootstrap, seed, cfg.tolerance,
-                               unavailable(name, has_model, inp.evaluation["has_labels"]), inp.evaluation["input_dim"])
+                               unavailable(name, has_model, inp.evaluation["has_labels"]), inp.evaluation["input_dim"],
+                               others)
     name, why = headline(cfg.purpose, answers["generation"].choice is not None)
     main = answers[name]
     if main.choice is None:
@@ -245,9 +254,9 @@ def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dic
     main_figure(rec, table, added_sizes(inp.evaluation), fig_dir / "answers.png")
     add("answers.png", "The criteria against latent size",
         "One panel per purpose: the mean over test examples of each size's model (the mean over its seed "
-        "replicates when every size has them; else the search's pick, with the seed spread measured at the sizes "
-        "that have replicates added to their interval), with its 95% bootstrap interval. The rule compares sizes by their paired differences, whose intervals are far "
-        "narrower than these bars (recommendation.json has them). The dashed line is the chosen k, the band the "
+        "replicates when every size has them; else the search's pick), with its 95% bootstrap interval, which "
+        "also resamples the seeds and the search's trials at that size. The rule compares sizes by their paired "
+        "differences (recommendation.json has them). The dashed line is the chosen k, the band the "
         "sizes the rule picks in 90% of resamples; hollow red markers are sizes the search added between grid "
         "points.")
     figures.distortion_curves(table, rec.latent_dim, fig_dir / "distortion.png")

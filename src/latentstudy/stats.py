@@ -2,12 +2,21 @@
 stability of its choice. Pure functions on arrays, lower values always better.
 
 Each latent size k comes as an (R_k, n) array: R_k models (the search's best and its seed
-replicates) by n examples. One bootstrap draw resamples the n examples once, with the same
+replicates) by n examples, and optionally a (T_k, n) array of its other finished search trials,
+best validation objective first. One bootstrap draw resamples the n examples once, with the same
 indices for every k (Efron and Tibshirani 1993: the pairing makes differences between sizes
 far more precise than either size alone), and resamples each size's R_k models on its own, so
 the spread between seeds enters the interval as measured. When every size has as many models, a
 size's value is their mean; otherwise it is the search's pick (the first model) at every size,
 with the measured seed spread in the interval of the sizes that have replicates.
+
+The search's own luck enters the same way. Its trials at one size are draws of beta and lr; a
+rerun would draw others and might pick a worse configuration. Each bootstrap draw resamples the
+size's 1 + T_k trials with replacement and takes the one with the best validation objective, as
+the search did (the bootstrap of a tuning procedure, as in Tsamardinos et al. 2018): when that is
+not the pick, the size's value in that draw is the other trial's. With few trials per size the
+pick is often missing from a resample, so the interval says how much of the curve's shape a
+rerun of the search could change.
 
 The rule (Breiman et al. 1984; Hastie, Tibshirani and Friedman, ESL 7.10): the smallest k whose
 value is within one standard error of the best. The standard error is that of the paired
@@ -36,31 +45,42 @@ def weights(n: int, draws: int, seed: int) -> Iterator[np.ndarray]:
         yield np.bincount((np.arange(b)[:, None] * n + idx).ravel(), minlength=b * n).reshape(b, n) / n
 
 
-def resample(values: list[np.ndarray], draws: int, seed: int, average: bool = True) -> np.ndarray:
+def resample(values: list[np.ndarray], draws: int, seed: int, average: bool = True,
+             others: list[np.ndarray] | None = None) -> np.ndarray:
     """(draws, K): each size's value under each bootstrap draw.
 
     Examples are resampled with the same indices for every size. average=True: a size's value
     is the mean over its models, which are resampled independently per size (seeds are not
     paired across sizes). average=False: a size's value is its first model's; the spread between
     its models enters each draw as one randomly drawn model's deviation from their mean.
+    others[j]: size j's other search trials, best validation objective first; a draw whose
+    resampled trials miss the pick takes the best of them that it holds instead.
     """
     n = values[0].shape[1]
-    if any(v.ndim != 2 or v.shape[1] != n or len(v) == 0 for v in values):
+    others = others or [np.empty((0, n))] * len(values)
+    if any(v.ndim != 2 or v.shape[1] != n or len(v) == 0 for v in values) or len(others) != len(values) \
+            or any(o.ndim != 2 or o.shape[1] != n for o in others):
         raise ValueError("every size needs an (models, examples) array over the same examples")
     models = np.random.default_rng([seed, 1])
+    searches = np.random.default_rng([seed, 2])  # its own stream: adding trials leaves the seed draws
     out = np.empty((draws, len(values)))
     start = 0
     for w in weights(n, draws, seed):
         b = len(w)
-        for j, v in enumerate(values):
+        for j, (v, o) in enumerate(zip(values, others)):
             means = w @ v.T.astype(np.float64)  # (b, R_k)
             if average:
                 pick = models.integers(0, len(v), size=(b, len(v)))
-                out[start : start + b, j] = np.take_along_axis(means, pick, axis=1).mean(axis=1)
+                col = np.take_along_axis(means, pick, axis=1).mean(axis=1)
             else:
                 pick = models.integers(0, len(v), size=(b, 1))
-                spread = np.take_along_axis(means, pick, axis=1)[:, 0] - means.mean(axis=1)
-                out[start : start + b, j] = means[:, 0] + spread
+                col = means[:, 0] + np.take_along_axis(means, pick, axis=1)[:, 0] - means.mean(axis=1)
+            if len(o):
+                # Trials are ranked by objective (0 = the pick): the best drawn is the lowest rank.
+                rank = searches.integers(0, len(o) + 1, size=(b, len(o) + 1)).min(axis=1)
+                other = (w @ o.T.astype(np.float64))[np.arange(b), np.maximum(rank - 1, 0)]
+                col = np.where(rank == 0, col, other)
+            out[start : start + b, j] = col
         start += b
     return out
 
@@ -125,6 +145,7 @@ class Choice:
     diff_low: list[float]
     diff_high: list[float]
     models: list[int]  # models behind each size (1 + seed replicates)
+    trials: list[int]  # the search's finished trials at each size that the resamples choose from
     averaged: bool  # values are means over each size's models (else each size's first model)
     best: int  # the best size (k, not an index)
     chosen: int
@@ -141,15 +162,17 @@ class Choice:
         return self.value[b] + self.diff_se[i] + self.tolerance * abs(self.value[b])
 
 
-def choose(ks: list[int], values: list[np.ndarray], draws: int, seed: int, tolerance: float = 0.0) -> Choice:
-    """The one-SE rule on a curve of per-example values, with intervals and stability."""
+def choose(ks: list[int], values: list[np.ndarray], draws: int, seed: int, tolerance: float = 0.0,
+           others: list[np.ndarray] | None = None) -> Choice:
+    """The one-SE rule on a curve of per-example values, with intervals and stability; others:
+    each size's other search trials (see resample), or None to hold the search's picks fixed."""
     if list(ks) != sorted(set(ks)) or len(ks) != len(values) or not ks:
         raise ValueError("sizes must be strictly increasing, one array each")
     # Averaging only where every size has as many models: the first model of each size was picked
     # as the best of several trials, so a mean with fresh seeds is lower in luck than a lone pick,
     # and sizes with and without replicates would not compare like with like.
     average = len({len(v) for v in values}) == 1
-    boot = resample(values, draws, seed, average)
+    boot = resample(values, draws, seed, average, others)
     means = point(values, average)
     se_pair = pairwise_se(boot)
     chosen, best = one_se_rule(means, se_pair, tolerance)
@@ -161,6 +184,7 @@ def choose(ks: list[int], values: list[np.ndarray], draws: int, seed: int, toler
         ks=list(ks), value=means.tolist(), se=boot.std(axis=0, ddof=1).tolist(), low=low.tolist(),
         high=high.tolist(), diff=(means - means[best]).tolist(), diff_se=se_pair[:, best].tolist(),
         diff_low=dlow.tolist(), diff_high=dhigh.tolist(), models=[len(v) for v in values], averaged=average,
+        trials=[1 + len(o) for o in others] if others else [1] * len(ks),
         best=ks[best],
         chosen=ks[chosen], tolerance=tolerance, shares={k: float(s) for k, s in zip(ks, shares)},
         likely=[ks[i] for i in likely_set(shares)], draws=draws, samples=boot)

@@ -5,7 +5,8 @@ finished trials, then writes the outputs. Workers elsewhere may join through a s
 It runs the search in phases, one `coordinate` each: the grid; the replicates, which retrain the
 best configuration of every size and arm with more seeds; and the refinement, which adds a
 latent size (then its replicates) wherever the headline purpose's one-SE rule, applied to
-validation values, leaves a gap of more than 1 below its choice (at most study.refine_max sizes).
+validation values, leaves a gap of more than 1 below its choice or inside its 90% set (at most
+study.refine_max sizes).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyConfig, StudyError
 from latentstudy.search import keys, runs, weights
-from latentstudy.search.outputs import best_trials, kept_trials, write_outputs
+from latentstudy.search.outputs import best_trials, model_trials, write_outputs
 from latentstudy.search.plan import (
     ADDED,
     REPLICATE,
@@ -210,8 +211,9 @@ def neighbour_start(best: dict, k: int, arm: str) -> tuple[dict, str] | None:
 
 def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_phase) -> Plan:
     """Add sizes below the headline answer until it and the next smaller searched size are
-    adjacent, or refine_max sizes are added; each added size gets its seed replicates before the
-    rule looks again. run_phase(plan, enqueue) trains what the plan lacks."""
+    adjacent and no gap is left inside its 90% set (plan.next_size), or refine_max sizes are added;
+    each added size gets its seed replicates before the rule looks again. run_phase(plan, enqueue)
+    trains what the plan lacks."""
     if refine_max == 0:  # off: nothing to decide, so no validation pass
         return plan
     purpose = validation.headline(plan)
@@ -221,10 +223,10 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
         if answer.choice is None:
             print(f"[search] refinement skipped: no {purpose} answer on validation ({answer.missing})", flush=True)
             return plan
-        chosen, searched = answer.k, sizes(plan)
-        new = next_size(chosen, searched)
+        chosen, searched, likely = answer.k, sizes(plan), answer.choice.likely
+        new = next_size(chosen, searched, likely)
         if new is None or added >= refine_max:
-            why = ("it and the next smaller size are adjacent" if new is None else
+            why = ("every size from the next smaller one to the top of the 90% set is searched" if new is None else
                    f"study.refine_max = {refine_max} sizes added; raise it to resolve k further")
             print(f"[search] refinement done: on validation the {purpose} rule chooses k = {chosen} "
                   f"({answer.summary()}); {why}", flush=True)
@@ -233,10 +235,12 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
                       f"(k = {searched[-1]}); add larger sizes to study.latent_dims to see where it flattens",
                       flush=True)
             return plan
-        below = [k for k in searched if k < chosen]
-        reason = (f"added by the search: on validation the {purpose} rule chose k = {chosen}, "
-                  + (f"the next smaller searched size is {below[-1]}" if below else "the smallest size searched")
-                  + f"; k = {new} lies {'between' if below else 'below'}")
+        below = [k for k in searched if k < new]
+        above = min(k for k in searched if k > new)
+        reason = (f"added by the search: on validation the {purpose} rule chose k = {chosen}"
+                  + ("" if above == chosen else f", 90% set {{{', '.join(map(str, likely))}}}")
+                  + (f"; k = {new} lies between {below[-1]} and {above}" if below else
+                     f", the smallest size searched; k = {new} lies below"))
         best = best_trials(snapshot(plan, validation.storage))
         units = grid_units(plan.prefix, [new], search, ADDED, reason)
         plan = grow(plan, units)
@@ -346,7 +350,7 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
         print(line, flush=True)
     missing = [u.study_name for u, t in snap if counts(t)["COMPLETE"] == 0 and u.phase != REPLICATE]
     run_of = runs.restore(plan, snap, tracker) if tracker else {}
-    found = weights.gather(plan, kept_trials(snap), run_of, tracker, prepared, scratch)
+    found = weights.gather(plan, model_trials(snap), run_of, tracker, prepared, scratch)
     write_outputs(plan, snap, url, tracker, plan.experiment_id, prepared, models_dir, trials_csv, metrics_json,
                   study_json, scratch, found, run_of)
     if tracker:

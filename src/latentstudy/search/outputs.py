@@ -1,8 +1,8 @@
 """The search stage's outputs, read from the Optuna storage: the best model of every latent size
-and arm and its seed replicates (from the checkpoints search.weights found), trials.csv with one
-row per trial (and its MLflow run as the tracking store has it now), metrics.json and study.json,
-which lists the searched sizes (and why each was searched) and every model: what evaluate and
-report read.
+and arm, its seed replicates and the size's other finished trials (from the checkpoints
+search.weights found), trials.csv with one row per trial (and its MLflow run as the tracking
+store has it now), metrics.json and study.json, which lists the searched sizes (and why each was
+searched) and every model: what evaluate and report read.
 """
 
 from __future__ import annotations
@@ -89,21 +89,32 @@ def metrics_summary(plan: Plan, snap: list, best: dict) -> dict:
     return out
 
 
-def kept_trials(snap: list) -> dict[tuple[int, str, int], tuple[Unit, object]]:
-    """{(size, arm, replicate): (unit, trial)} of every model the search keeps: replicate 0 is the
-    best trial of its size and arm, 1, 2, ... its finished seed replicates."""
+def model_trials(snap: list) -> dict[tuple[int, str, int, int], tuple[Unit, object]]:
+    """{(size, arm, rank, replicate): (unit, trial)} of every model the search hands on. Rank 0:
+    the best trial of its size and arm (replicate 0) and its finished seed replicates (1, 2, ...);
+    rank 1, 2, ...: the size's other finished trials in order of their objective, which the rule
+    resamples to measure how a rerun of the search could have picked differently."""
     units = {(u.latent_dim, u.arm): u for u, _ in snap if u.phase != REPLICATE}
-    kept = {(k, arm, 0): (units[(k, arm)], t) for (k, arm), t in best_trials(snap).items()}
+    best = best_trials(snap)
+    out = {(k, arm, 0, 0): (units[(k, arm)], t) for (k, arm), t in best.items()}
     rep_units = {(u.latent_dim, u.arm): u for u, _ in snap if u.phase == REPLICATE}
     for (k, arm), trials in replicate_trials(snap).items():
-        kept |= {(k, arm, i): (rep_units[(k, arm)], t) for i, t in enumerate(trials, start=1)}
-    return kept
+        if (k, arm) in best:
+            out |= {(k, arm, 0, i): (rep_units[(k, arm)], t) for i, t in enumerate(trials, start=1)}
+    for unit, trials in snap:
+        pick = best.get((unit.latent_dim, unit.arm))
+        if unit.phase == REPLICATE or pick is None:
+            continue
+        rest = sorted((t for t in trials if t.state.name == "COMPLETE" and t.number != pick.number),
+                      key=lambda t: (t.value, t.number))
+        out |= {(unit.latent_dim, unit.arm, i, 0): (unit, t) for i, t in enumerate(rest, start=1)}
+    return out
 
 
 def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str | None, prepared: Path,
                   models_dir: Path, trials_csv: Path, metrics_json: Path, study_json: Path, scratch: Path,
                   weights: dict[tuple[int, str, int], Path], runs: dict[int, str]) -> None:
-    """weights: a checkpoint file for every key of kept_trials(snap); runs: {trial id: MLflow run}."""
+    """weights: a checkpoint file for every key of model_trials(snap); runs: {trial id: MLflow run}."""
     import pandas as pd
 
     from latentstudy import data, figures, models
@@ -112,13 +123,13 @@ def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str 
     summary = data.load_summary(prepared)
     x_val = data.load_split(prepared, "val")[0][:8]
     listed = []
-    for (k, arm, r), (_, trial) in sorted(kept_trials(snap).items()):
+    for (k, arm, rank, r), (_, trial) in sorted(model_trials(snap).items()):
         dest = models.best_path(models_dir, k, arm)
-        dest = dest if r == 0 else dest.with_name(f"k{k}-{arm}-r{r}.pt")
-        shutil.copyfile(weights[(k, arm, r)], dest)
-        listed.append(model_entry(k, arm, dest, r, trial))
+        dest = dest.with_name(f"k{k}-{arm}-r{r}.pt" if r else f"k{k}-{arm}-t{rank}.pt" if rank else dest.name)
+        shutil.copyfile(weights[(k, arm, rank, r)], dest)
+        listed.append(model_entry(k, arm, dest, rank, r, trial))
         run_id = runs.get(trial._trial_id)
-        if tracker and run_id and r == 0:
+        if tracker and run_id and rank == r == 0:
             model, _ = models.load_checkpoint(dest)
             grid = scratch / f"reconstructions-k{k}-{arm}.png"
             figures.reconstruction_strip(model, x_val, summary["image_shape"], grid)
@@ -143,15 +154,15 @@ def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str 
         "latent_dims": sizes(plan), "sizes": searched_sizes(plan),
         "replicates": {arm: sorted({m["latent_dim"] for m in listed if m["arm"] == arm and m["replicate"] > 0})
                        for arm in ("vae", "ae")},
-        "models": sorted(listed, key=lambda m: (m["latent_dim"], m["arm"], m["replicate"])),
+        "models": sorted(listed, key=lambda m: (m["latent_dim"], m["arm"], m["rank"], m["replicate"])),
         "seed": plan.seed, "search": plan.search,
     }, indent=2) + "\n")
 
 
-def model_entry(k: int, arm: str, path: Path, replicate: int, trial) -> dict:
-    """One kept model as study.json lists it for the stages after the search."""
-    return {"latent_dim": k, "arm": arm, "file": path.name, "replicate": replicate,
-            "seed": trial.user_attrs.get(keys.SEED), "trial": trial.number}
+def model_entry(k: int, arm: str, path: Path, rank: int, replicate: int, trial) -> dict:
+    """One model as study.json lists it for the stages after the search (see model_trials)."""
+    return {"latent_dim": k, "arm": arm, "file": path.name, "rank": rank, "replicate": replicate,
+            "objective": trial.value, "seed": trial.user_attrs.get(keys.SEED), "trial": trial.number}
 
 
 def searched_sizes(plan: Plan) -> list[dict]:

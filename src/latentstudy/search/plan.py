@@ -111,15 +111,21 @@ def sizes(plan: Plan) -> list[int]:
     return sorted({u.latent_dim for u in plan.units if u.phase != REPLICATE})
 
 
-def next_size(chosen: int, searched: list[int]) -> int | None:
-    """The size to add below the chosen one: the geometric midpoint between it and the next
-    smaller searched size (or 1), rounded; None when they are adjacent or the chosen is 1."""
+def next_size(chosen: int, searched: list[int], likely: list[int] = ()) -> int | None:
+    """The size to add: the geometric midpoint, rounded, between the chosen size and the next
+    smaller searched size (or 1); once those are adjacent, between the lowest two neighbouring
+    searched sizes more than 1 apart inside the span of the 90% set (`likely`), so the whole
+    interval is resolved to the unit. None when there is no such gap."""
     below = [k for k in searched if k < chosen]
     low = below[-1] if below else 0
-    if chosen - low <= 1:
-        return None
-    mid = round(math.sqrt(max(low, 1) * chosen))
-    return min(max(mid, low + 1), chosen - 1)
+    if chosen - low > 1:
+        return _midpoint(low, chosen)
+    inside = [k for k in searched if min(likely, default=chosen) <= k <= max(likely, default=chosen)]
+    return next((_midpoint(a, b) for a, b in zip(inside, inside[1:]) if b - a > 1), None)
+
+
+def _midpoint(low: int, high: int) -> int:
+    return min(max(round(math.sqrt(max(low, 1) * high)), low + 1), high - 1)
 
 
 def replicate_seeds(seed: int, count: int) -> list[int]:

@@ -1,6 +1,7 @@
-"""What the search decides on: the per-example validation values of the best model of every
-searched size and arm, computed from their checkpoints (never from the test split), and each
-purpose's one-SE rule applied to them, each size's seed replicates included as in the report.
+"""What the search decides on: the per-example validation values of every searched size and
+arm's models, computed from their checkpoints (never from the test split), and each purpose's
+one-SE rule applied to them as in the report: the best model, its seed replicates, and the
+size's other trials, which the rule resamples to measure the search's own luck.
 The refinement adds sizes where the headline purpose's answer sits between grid points.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from latentstudy import evaluate, recommend
-from latentstudy.search.outputs import best_trials, kept_trials
+from latentstudy.search.outputs import best_trials, model_trials
 from latentstudy.search.plan import Plan, Unit
 from latentstudy.search.store import snapshot
 
@@ -66,25 +67,27 @@ class Validation:
         return self._cache[key]
 
     def answer(self, plan: Plan, purpose: str) -> recommend.Answer:
-        """The purpose's rule on the validation values of the best model of every searched size
-        and its finished seed replicates (a replicate flagged as diverged is left out)."""
+        """The purpose's rule on the validation values of every searched size: its best model, that
+        model's finished seed replicates and the size's other trials (a replicate or other trial
+        flagged as diverged is left out)."""
         p = recommend.PURPOSES[purpose]
         rows: dict[int, list[np.ndarray]] = {}
+        others: dict[int, list[np.ndarray]] = {}
         excluded = {}
-        # Sorted keys: each size's best model (replicate 0) comes before its replicates.
-        for (k, arm, r), (unit, trial) in sorted(kept_trials(snapshot(plan, self.storage)).items()):
-            if arm != p.arm or (r > 0 and k not in rows):
+        # Sorted keys: each size's best model comes before its replicates and its other trials.
+        for (k, arm, rank, r), (unit, trial) in sorted(model_trials(snapshot(plan, self.storage)).items()):
+            if arm != p.arm or (rank + r > 0 and k not in rows):
                 continue
             values, reason = self.values(unit, trial)
-            if p.quantity not in values or (r > 0 and reason):
+            if p.quantity not in values or (rank + r > 0 and reason):
                 continue
-            rows.setdefault(k, []).append(values[p.quantity])
+            (others if rank else rows).setdefault(k, []).append(values[p.quantity])
             if reason:
                 excluded[k] = reason
         curves = {k: np.stack(v) for k, v in rows.items()}
         missing = recommend.unavailable(purpose, bool(curves), self.probe is not None)
         return recommend.answer(p, curves, excluded, self.rule.draws, self.rule.seed, self.rule.tolerance, missing,
-                                plan.input_dim)
+                                plan.input_dim, {k: np.stack(v) for k, v in others.items()})
 
     def headline(self, plan: Plan) -> str:
         """The headline purpose: report.purpose, or for auto generation when a VAE finished."""

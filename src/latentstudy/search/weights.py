@@ -1,5 +1,5 @@
-"""The weights of every model the search keeps (best trials, seed replicates), wherever they
-still are: the worker's checkpoint on this disk, its copy in MLflow (a worker on another
+"""The weights of every model the search hands on (best trials, seed replicates, the other
+finished trials), wherever they still are: the worker's checkpoint on this disk, its copy in MLflow (a worker on another
 machine), or, when both are gone (.latentstudy/checkpoints and mlartifacts deleted), retrained
 from the trial's recorded beta, learning rate and seed. Training is seeded, so on CPU this gives
 back the same weights; a retrained value that differs from the recorded one is named. Retrained
