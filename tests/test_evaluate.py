@@ -95,8 +95,8 @@ def test_a_model_far_worse_than_the_mean_is_flagged(trained_vae, tmp_path):
             param.mul_(1e4)
     dead = tmp_path / "k4-vae.pt"
     models.save_checkpoint(dead, model, meta)
-    row, _, flags = evaluate.evaluate_size([{"file": "k4-vae.pt", "rank": 0, "replicate": 0, "objective": 1.0}], tmp_path, x[300:], None, 4, 0, base,
-                                           1.0)
+    entry = {"file": "k4-vae.pt", "rank": 0, "replicate": 0, "objective": 1.0}
+    row, _, flags = evaluate.evaluate_size([entry], tmp_path, x[300:], None, 4, 0, base, 1.0)
     assert flags[0] and flags[0].startswith("far worse than trivial") and row["flag"] == flags[0]
 
 

@@ -150,7 +150,8 @@ def test_a_failing_search_ends_its_parent_run(tmp_path):
 # --- the checkpoints and the MLflow artifacts deleted ---------------------------------------------
 
 
-def test_deleted_checkpoints_and_artifacts_the_best_trials_are_retrained(project, cpu_threads):
+def test_deleted_checkpoints_and_artifacts_every_handed_on_trial_is_retrained(project, cpu_threads):
+    """Two VAE trials (the best and the other, which the rule resamples) and one autoencoder trial."""
     search_in_process(project, default_tracking(project))
     before = finished(project)
     originals = {p.name: torch.load(p, weights_only=True) for p in (project / "models/search").glob("*.pt")}
@@ -159,8 +160,8 @@ def test_deleted_checkpoints_and_artifacts_the_best_trials_are_retrained(project
 
     out = assert_ok(rerun(project))
     [line] = lines_with(out, "lost their weights")
-    assert line.startswith("[search] 2 kept trials lost their weights") and "k=2 vae trial" in line
-    assert len(lines_with(out, "[search] retrained")) == 2
+    assert line.startswith("[search] 3 kept trials lost their weights") and "k=2 vae trial" in line
+    assert len(lines_with(out, "[search] retrained")) == 3
     assert finished(project) == before
     for name, original in originals.items():  # seeded training on CPU: the same weights again
         again = torch.load(project / "models/search" / name, weights_only=True)

@@ -315,7 +315,8 @@ class PlantedValidation:
 
         shared = np.random.default_rng(0).exponential(3.0, size=200)
         curves = {k: (shared + 24.0 + max(0, self.flat_from - k)
-                      + np.random.default_rng(k).normal(0, self.noise, size=200))[None] for k in planning.sizes(plan)}
+                      + np.random.default_rng([k, 2]).normal(0, self.noise, size=200))[None]
+                  for k in planning.sizes(plan)}
         return recommend.answer(recommend.PURPOSES[purpose], curves, {}, 100, 0, 0.0)
 
 
@@ -346,9 +347,10 @@ def fake_training(storage, ran: list):
 @pytest.mark.parametrize("chosen, searched, likely, new", [
     (4, [2, 4, 8], [4], 3),  # the gap below the choice first
     (2, [2, 4, 8], [2], 1),  # the smallest searched: below it
-    (2, [1, 2, 4, 8], [2, 4], 3),  # adjacent below, but the 90% set {2, 4} has a gap
-    (3, [2, 3, 4, 8, 16], [3, 8, 16], 6),  # the lowest gap inside the set's span
-    (2, [1, 2, 4], [2], None),  # resolved
+    (2, [1, 2, 4, 8], [2, 4], 3),  # adjacent below, but 4 is in the 90% set: a rival more than 1 above
+    (3, [2, 3, 8, 16], [3, 8, 16], 5),  # the same, between 3 and 8
+    (3, [2, 3, 4, 8, 16], [3, 8, 16], None),  # 4 is adjacent; the set's far members are left alone
+    (2, [1, 2, 4], [2], None),  # resolved: 4 is not a rival
     (1, [1, 2, 3], [1, 2, 3], None),
 ])
 def test_the_next_size_resolves_the_choice_then_its_90_percent_set(chosen, searched, likely, new):
@@ -361,9 +363,9 @@ def test_the_next_size_resolves_the_choice_then_its_90_percent_set(chosen, searc
     ([4, 8], 1, 4, [2, 1], 0.0),  # the smallest grid size is chosen: try below it, down to 1
     ([2, 4, 8], 2, 4, [1], 0.0),  # 2 is chosen, 1 is tried and loses: 2 and 1 are adjacent, done
     ([2, 4, 8], 2, 0, [], 0.0),  # refine_max 0: refinement off
-    # Flat from 2 with noise: 2 is chosen (1 is worse), adjacent to 1, but 4 and 8 are in its 90% set:
-    # the gaps inside it are filled from the lowest (3, then 6 between 4 and 8, then 5).
-    ([1, 2, 4, 8], 2, 4, [3, 6, 5], 0.5),
+    # Flat from 2 with noise: 2 is chosen (1 is worse), adjacent to 1, but 4 is in its 90% set {2, 4}:
+    # 3 is added between them, and then 2's neighbours are both adjacent.
+    ([1, 2, 4, 8], 2, 4, [3], 0.5),
 ])
 def test_refinement_adds_the_expected_sizes_on_a_planted_validation_curve(prepared, grid, flat_from, refine_max,
                                                                           added, noise):

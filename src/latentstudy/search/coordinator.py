@@ -5,8 +5,8 @@ finished trials, then writes the outputs. Workers elsewhere may join through a s
 It runs the search in phases, one `coordinate` each: the grid; the replicates, which retrain the
 best configuration of every size and arm with more seeds; and the refinement, which adds a
 latent size (then its replicates) wherever the headline purpose's one-SE rule, applied to
-validation values, leaves a gap of more than 1 below its choice or inside its 90% set (at most
-study.refine_max sizes).
+validation values, leaves a gap of more than 1 below its choice, or above it to a size in its
+90% set (at most study.refine_max sizes).
 """
 
 from __future__ import annotations
@@ -210,10 +210,10 @@ def neighbour_start(best: dict, k: int, arm: str) -> tuple[dict, str] | None:
 
 
 def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_phase) -> Plan:
-    """Add sizes below the headline answer until it and the next smaller searched size are
-    adjacent and no gap is left inside its 90% set (plan.next_size), or refine_max sizes are added;
-    each added size gets its seed replicates before the rule looks again. run_phase(plan, enqueue)
-    trains what the plan lacks."""
+    """Add sizes next to the headline answer until it and the next smaller searched size are
+    adjacent, and so is the next larger one if it is in the 90% set (plan.next_size), or
+    refine_max sizes are added; each added size gets its seed replicates before the rule looks
+    again. run_phase(plan, enqueue) trains what the plan lacks."""
     if refine_max == 0:  # off: nothing to decide, so no validation pass
         return plan
     purpose = validation.headline(plan)
@@ -226,7 +226,8 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
         chosen, searched, likely = answer.k, sizes(plan), answer.choice.likely
         new = next_size(chosen, searched, likely)
         if new is None or added >= refine_max:
-            why = ("every size from the next smaller one to the top of the 90% set is searched" if new is None else
+            why = ("the size below it is adjacent, and no larger size in its 90% set is more than 1 above"
+                   if new is None else
                    f"study.refine_max = {refine_max} sizes added; raise it to resolve k further")
             print(f"[search] refinement done: on validation the {purpose} rule chooses k = {chosen} "
                   f"({answer.summary()}); {why}", flush=True)

@@ -113,15 +113,17 @@ def sizes(plan: Plan) -> list[int]:
 
 def next_size(chosen: int, searched: list[int], likely: list[int] = ()) -> int | None:
     """The size to add: the geometric midpoint, rounded, between the chosen size and the next
-    smaller searched size (or 1); once those are adjacent, between the lowest two neighbouring
-    searched sizes more than 1 apart inside the span of the 90% set (`likely`), so the whole
-    interval is resolved to the unit. None when there is no such gap."""
+    smaller searched size (or 1); once those are adjacent, between the chosen size and the next
+    larger searched size when that one is in the 90% set (`likely`): a rival more than 1 above.
+    None when both neighbours are resolved."""
     below = [k for k in searched if k < chosen]
     low = below[-1] if below else 0
     if chosen - low > 1:
         return _midpoint(low, chosen)
-    inside = [k for k in searched if min(likely, default=chosen) <= k <= max(likely, default=chosen)]
-    return next((_midpoint(a, b) for a, b in zip(inside, inside[1:]) if b - a > 1), None)
+    above = [k for k in searched if k > chosen]
+    if above and above[0] in likely and above[0] - chosen > 1:
+        return _midpoint(chosen, above[0])
+    return None
 
 
 def _midpoint(low: int, high: int) -> int:
