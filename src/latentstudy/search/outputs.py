@@ -113,7 +113,7 @@ def model_trials(snap: list) -> dict[tuple[int, str, int, int], tuple[Unit, obje
 
 def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str | None, prepared: Path,
                   models_dir: Path, trials_csv: Path, metrics_json: Path, study_json: Path, scratch: Path,
-                  weights: dict[tuple[int, str, int], Path], runs: dict[int, str]) -> None:
+                  weights: dict[tuple[int, str, int, int], Path], runs: dict[int, str]) -> None:
     """weights: a checkpoint file for every key of model_trials(snap); runs: {trial id: MLflow run}."""
     import pandas as pd
 
