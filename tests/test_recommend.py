@@ -3,7 +3,7 @@ import pytest
 
 from latentstudy import recommend
 from latentstudy.config import StudyError
-from latentstudy.recommend import PURPOSES, answer, headline, knee
+from latentstudy.recommend import PURPOSES, answer, by_size, headline, knee
 
 
 def planted(means: dict[int, float], n=400, noise=0.2, seed=0, models=1) -> dict[int, np.ndarray]:
@@ -106,3 +106,13 @@ def test_explanation_names_the_rule_numbers_and_the_cross_checks():
             assert (fragment in text) == answers["generation"].still_improving
         else:
             assert fragment in text, fragment
+
+
+def test_models_are_grouped_by_size_into_the_pick_with_its_replicates_and_the_other_trials_by_rank():
+    ks = np.array([2, 2, 2, 2, 4, 4, 8])
+    ranks = np.array([0, 2, 0, 1, 1, 0, 1])  # rows in any order; 8 has no rank-0 model
+    sane = np.array([True, True, True, True, True, False, True])  # 4's pick diverged
+    values = np.arange(7, dtype=float)[:, None] * np.ones((7, 3))
+    picks, others = by_size(ks, ranks, sane, values)
+    assert set(picks) == {2}  # 4 has no sane rank-0 model, 8 none at all
+    assert picks[2][:, 0].tolist() == [0.0, 2.0] and others[2][:, 0].tolist() == [3.0, 1.0]  # rank 1, then 2

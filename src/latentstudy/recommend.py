@@ -147,6 +147,21 @@ class Answer:
         return out
 
 
+def by_size(ks: np.ndarray, ranks: np.ndarray, sane: np.ndarray,
+            values: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """The rule's input from one row per model (its size, its rank among the size's trials, 0 for
+    the pick and its seed replicates, whether it is sane, its per-example values): per size with a
+    sane rank-0 model, those models (answer's curves) and the sane other trials in rank order
+    (answer's others). The report and the search's validation rule both group models here."""
+    picks, others = {}, {}
+    for k in np.unique(ks):
+        mine, rest = (ks == k) & sane & (ranks == 0), (ks == k) & sane & (ranks > 0)
+        if mine.any():
+            picks[int(k)] = values[mine]
+            others[int(k)] = values[rest][np.argsort(ranks[rest], kind="stable")]
+    return picks, others
+
+
 def answer(purpose: Purpose, curves: dict[int, np.ndarray], excluded: dict[int, str], draws: int, seed: int,
            tolerance: float, missing: str | None = None, input_dim: int | None = None,
            others: dict[int, np.ndarray] | None = None) -> Answer:

@@ -26,6 +26,7 @@ from latentstudy.recommend import (
     Purpose,
     Recommendation,
     answer,
+    by_size,
     explain,
     headline,
     knee_stability,
@@ -121,13 +122,8 @@ def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[i
     if key not in arrays:
         return {}, {}, excluded
     arm = purpose.arm
-    ks, rank, sane = arrays[f"{arm}_latent_dim"], arrays[f"{arm}_rank"], ~arrays[f"{arm}_flagged"].astype(bool)
-    picks, others = {}, {}
-    for k in np.unique(ks):
-        mine, rest = (ks == k) & sane & (rank == 0), (ks == k) & sane & (rank > 0)
-        if mine.any():
-            picks[int(k)] = arrays[key][mine]
-            others[int(k)] = arrays[key][rest][np.argsort(rank[rest], kind="stable")]
+    picks, others = by_size(arrays[f"{arm}_latent_dim"], arrays[f"{arm}_rank"], ~arrays[f"{arm}_flagged"].astype(bool),
+                            arrays[key])
     return picks, others, excluded
 
 

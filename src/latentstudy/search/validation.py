@@ -71,23 +71,28 @@ class Validation:
         model's finished seed replicates and the size's other trials (a replicate or other trial
         flagged as diverged is left out)."""
         p = recommend.PURPOSES[purpose]
-        rows: dict[int, list[np.ndarray]] = {}
-        others: dict[int, list[np.ndarray]] = {}
-        excluded = {}
-        # Sorted keys: each size's best model comes before its replicates and its other trials.
+        rows: list[tuple[int, int, bool, np.ndarray]] = []  # size, rank, sane, values of each model
+        picked, excluded = set(), {}
+        # Sorted keys: each size's best model comes before its replicates and its other trials, which
+        # are evaluated only where the best model gave the purpose's values.
         for (k, arm, rank, r), (unit, trial) in sorted(model_trials(snapshot(plan, self.storage)).items()):
-            if arm != p.arm or (rank + r > 0 and k not in rows):
+            if arm != p.arm or (rank + r > 0 and k not in picked):
                 continue
             values, reason = self.values(unit, trial)
-            if p.quantity not in values or (rank + r > 0 and reason):
+            if p.quantity not in values:
                 continue
-            (others if rank else rows).setdefault(k, []).append(values[p.quantity])
-            if reason:
-                excluded[k] = reason
-        curves = {k: np.stack(v) for k, v in rows.items()}
-        missing = recommend.unavailable(purpose, bool(curves), self.probe is not None)
+            rows.append((k, rank, reason is None, values[p.quantity]))
+            if rank + r == 0:
+                picked.add(k)
+                if reason:  # a diverged best model: its size is no candidate
+                    excluded[k] = reason
+        curves, others = {}, {}
+        if rows:
+            ks, ranks, sane, per_example = zip(*rows)
+            curves, others = recommend.by_size(np.array(ks), np.array(ranks), np.array(sane), np.stack(per_example))
+        missing = recommend.unavailable(purpose, bool(picked), self.probe is not None)
         return recommend.answer(p, curves, excluded, self.rule.draws, self.rule.seed, self.rule.tolerance, missing,
-                                plan.input_dim, {k: np.stack(v) for k, v in others.items()})
+                                plan.input_dim, others)
 
     def headline(self, plan: Plan) -> str:
         """The headline purpose: report.purpose, or for auto generation when a VAE finished."""
