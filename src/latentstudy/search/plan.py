@@ -80,7 +80,8 @@ def make_plan(study: StudyConfig, search: SearchConfig, summary: dict, experimen
     from latentstudy.models import choose_arch
 
     study.check_input_dim(summary["input_dim"])
-    choose_arch(search.model.arch, summary["image_shape"], len(search.model.channels))  # fail now, not in every worker
+    # Fail now, not in every worker.
+    choose_arch(search.model.arch, summary["image_shape"], len(search.model.channels))
     prefix = study_prefix(summary["dataset"], search, study.seed, summary["fingerprint"])
     return Plan(prefix, grid_units(prefix, study.latent_dims, search), asdict(search), study.seed,
                 summary["input_dim"], summary["image_shape"], summary["fingerprint"], experiment)

@@ -1,10 +1,10 @@
 """The weights of every model the search hands on (best trials, seed replicates, the other
-finished trials), wherever they still are: the worker's checkpoint on this disk, its copy in MLflow (a worker on another
-machine), or, when both are gone (.latentstudy/checkpoints and mlartifacts deleted), retrained
-from the trial's recorded beta, learning rate and seed. Training is seeded, so on CPU this gives
-back the same weights; a retrained value that differs from the recorded one is named. Retrained
-weights go back where they were lost (the checkpoint path, the trial's MLflow run), so the next
-run finds them.
+finished trials), wherever they still are: the worker's checkpoint on this disk, its copy in
+MLflow (a worker on another machine), or, when both are gone (.latentstudy/checkpoints and
+mlartifacts deleted), retrained from the trial's recorded beta, learning rate and seed. Training
+is seeded, so on CPU this gives back the same weights; a retrained value that differs from the
+recorded one is named. Retrained weights go back where they were lost (the checkpoint path, the
+trial's MLflow run), so the next run finds them.
 """
 
 from __future__ import annotations

@@ -105,7 +105,8 @@ def unit_spec(plan: Plan, unit: Unit):
     from latentstudy import models
 
     cfg = plan.config
-    return models.NetSpec(plan.input_dim, unit.latent_dim, models.choose_arch(cfg.model.arch, plan.image_shape, len(cfg.model.channels)),
+    arch = models.choose_arch(cfg.model.arch, plan.image_shape, len(cfg.model.channels))
+    return models.NetSpec(plan.input_dim, unit.latent_dim, arch,
                           models.choose_likelihood(cfg.model.likelihood, plan.image_shape)[0], unit.arm == "vae",
                           tuple(cfg.model.hidden), tuple(cfg.model.channels), models.chw(plan.image_shape))
 
