@@ -102,7 +102,9 @@ TINY_SEARCH = {
     "lr": {"low": 1.0e-3, "high": 3.0e-3},
     "pruner": "none",
     "model": {"arch": "mlp", "hidden": [32], "channels": [8]},
-    "train": {"epochs": 6, "batch_size": 64, "patience": 3},
+    # Tiny trainings stop at the cap (max_epochs = epochs), so the tests' runs stay short; the
+    # extension past the cap is tested in tests/test_train.py.
+    "train": {"epochs": 6, "max_epochs": 6, "batch_size": 64, "patience": 3},
     "device": "cpu",
     "cpu_workers": 1,
     "replicates": 0,  # tests that want the replicate phase ask for it

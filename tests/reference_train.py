@@ -55,7 +55,7 @@ def reference_train(spec: models.NetSpec, x_train: torch.Tensor, x_val: torch.Te
     noise = torch.Generator().manual_seed(train.derived_seed(seed, train.NOISE))
     chunk_rows = max(1, chunk_rows // cfg.batch_size) * cfg.batch_size
     history, best_value, best_state, waited = [], math.inf, None, 0
-    for epoch, perm in enumerate(orders[: cfg.epochs]):
+    for epoch, perm in enumerate(orders[: cfg.ceiling]):
         b = train.beta_at(epoch, beta, cfg.kl_warmup_epochs) if spec.variational else 0.0
         total = torch.zeros(3, dtype=torch.float64)
         for start in range(0, len(perm), chunk_rows):
@@ -90,4 +90,6 @@ def reference_train(spec: models.NetSpec, x_train: torch.Tensor, x_val: torch.Te
             waited += 1
             if waited >= cfg.patience:
                 break
+        if epoch + 1 >= cfg.epochs and waited >= cfg.late_patience:  # past the cap only while improving
+            break
     return history, best_state

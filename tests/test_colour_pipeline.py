@@ -59,7 +59,7 @@ def check_colour_report(repo, dataset: str) -> None:
     assert blob["spec"]["arch"] == "conv" and blob["spec"]["likelihood"] == "gaussian"
     assert blob["spec"]["image_shape"] == [3, SIZE, SIZE] or tuple(blob["spec"]["image_shape"]) == (3, SIZE, SIZE)
     page = (repo / "reports" / "index.html").read_text()
-    assert 'id="likelihood">Decoder likelihood: <b>gaussian</b>' in page and "colour images" in page
+    assert 'id="likelihood">VAE decoder likelihood: <b>gaussian</b>' in page and "colour images" in page
     assert 'id="explorer"' in page and f'"image_shape":[3,{SIZE},{SIZE}]' in page
     for name in ("reconstructions", "samples", "traversals", "interpolations"):
         assert is_colour(repo / "reports" / "figures" / f"{name}.png"), name

@@ -66,6 +66,9 @@ def load(tmp_path, text: str, section: str):
         ("study:\n  latent_dims: [4, 2]\n", "study", "strictly increasing"),
         ("study:\n  latent_dims: []\n", "study", "non-empty list"),
         ("study:\n  latent_dims: 8\n", "study", "expected a list of integers"),
+        ("study:\n  latent_dims: automatic\n", "study",
+         "study.latent_dims = 'automatic' is not allowed; expected a list of integers or one of auto"),
+        ("study:\n  latent_dims: [2, four]\n", "study", "study.latent_dims = [2, 'four'] is not allowed"),
         ("pca:\n  variance_targets: [1.5]\n", "pca", "fractions in (0, 1]"),
         ("report:\n  tolerance: 2\n", "report", "report.tolerance = 2.0 is out of range"),
         ("report:\n  purpose: compression\n", "report",
@@ -109,6 +112,36 @@ def test_latent_sizes_above_twice_the_input_dimension_are_refused():
     with pytest.raises(StudyError, match=r"study.latent_dims has 100000, above 128 = twice the data's input "
                                          r"dimension D = 64; allowed: latent sizes up to 128"):
         config.StudyConfig(latent_dims=[2, 100000]).check_input_dim(64)
+
+
+@pytest.mark.parametrize("input_dim, grid", [
+    (64, [2, 4, 8, 16, 32, 96]),  # the default digits study: its answers and runtime rest on this grid
+    (30, [2, 3, 5, 9, 15, 45]),
+    (13, [2, 3, 4, 5, 6, 20]),
+    (784, [2, 7, 28, 105, 392, 1176]),
+    (5, [1, 2, 3, 4, 5, 8]),  # D / 2 too small for 5 geometric sizes: the sizes up to D fill in
+    (3, [1, 2, 3, 4]),
+    (2, [1, 2, 3]),
+    (1, [1, 2]),
+])
+def test_the_auto_grid_spans_2_to_one_size_above_d(input_dim, grid):
+    assert config.StudyConfig().latent_dims == "auto"
+    assert config.StudyConfig().sizes(input_dim) == grid
+
+
+def test_every_auto_grid_is_increasing_and_asks_whether_k_above_d_helps():
+    for d in range(1, 300):
+        grid = config.auto_sizes(d)
+        assert grid == sorted(set(grid)) and grid[0] >= 1 and d < grid[-1] <= 2 * d, d
+        assert len(grid) == min(6, d + 1), d  # about six sizes; every size up to D and one above for tiny D
+
+
+def test_an_explicit_grid_is_kept_and_checked(tmp_path):
+    assert load(tmp_path, "study:\n  latent_dims: auto\n", "study").latent_dims == "auto"
+    study = load(tmp_path, "study:\n  latent_dims: [3, 7, 200]\n", "study")
+    assert study.sizes(100) == [3, 7, 200]
+    with pytest.raises(StudyError, match="study.latent_dims has 200, above 128"):
+        study.sizes(64)
 
 
 def test_project_root_of_a_dvc_temp_experiment(tmp_path):

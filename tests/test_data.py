@@ -10,6 +10,7 @@ from conftest import prepare_data
 
 from latentstudy.config import Split, StudyError
 from latentstudy.data import SPLITS, idx, load_split, load_summary, prepare
+from latentstudy.data import scaling as scaler
 
 # --- IDX ----------------------------------------------------------------------------------------
 
@@ -50,7 +51,7 @@ def test_mnist_dataset_from_a_folder_uses_the_test_files(mnist_dir, tmp_path):
     summary, splits = prepare_data(tmp_path, name="mnist", path=str(mnist_dir), subset="test", limit=600,
                                    intrinsic_max_points=200)
     assert summary["image_shape"] == [28, 28] and summary["input_dim"] == 784
-    assert summary["scaling"] == {"method": "divide", "divisor": 255.0}
+    assert summary["scaling"]["method"] == "divide" and summary["scaling"]["divisor"] == 255.0
     assert sum(summary["counts"].values()) == summary["n_examples"] == 600
     assert summary["class_names"] == [str(d) for d in range(10)]
     assert all(0.0 <= splits[s]["x"].min() and splits[s]["x"].max() <= 1.0 for s in SPLITS)
@@ -75,13 +76,25 @@ def test_digits_prepare_is_deterministic_and_stratified(tmp_path):
         np.testing.assert_array_equal(a[s]["x"], b[s]["x"])
         assert a[s]["x"].dtype == np.float32 and a[s]["y"].dtype == np.int64
     assert summary["n_examples"] == 1797 and summary["input_dim"] == 64 and summary["image_shape"] == [8, 8]
-    assert summary["scaling"] == {"method": "divide", "divisor": 16.0}
+    assert summary["scaling"]["method"] == "divide" and summary["scaling"]["divisor"] == 16.0
     assert summary["counts"] == {"train": 1258, "val": 269, "test": 270}
     shares = np.array(summary["class_counts"]["test"]) / np.array(summary["class_counts"]["train"])
     assert shares.min() > 0.17 and shares.max() < 0.26  # each class keeps about 15/70 of its train count
     assert 7.5 < summary["intrinsic_dim"]["twonn"] < 10.5
     _, c = prepare_data(tmp_path / "c", seed=1)
     assert not np.array_equal(a["test"]["x"], c["test"]["x"])
+
+
+def test_digits_stay_the_pixels_over_16_exactly(tmp_path):
+    """Images keep their [0, 1] scaling bit for bit: the default study's data and numbers do not move."""
+    from sklearn.datasets import load_digits
+
+    summary, splits = prepare_data(tmp_path)
+    got = np.concatenate([splits[s]["x"] for s in SPLITS])
+    expected = (load_digits().data / 16.0).astype(np.float32)
+    assert summary["scaling"]["why"] == "data.scaling auto: images divided by the dataset's own range, 16"
+    assert got.max() == 1.0 and summary["input_dim"] == 64  # constant pixels stay: an image keeps its shape
+    assert sorted(map(bytes, got)) == sorted(map(bytes, expected))
 
 
 def test_limit_keeps_exactly_that_many_with_class_shares():
@@ -100,20 +113,20 @@ def test_split_without_labels_covers_every_index_once():
 @pytest.mark.parametrize("lo, hi, integral, mode, expected", [
     (0.0, 1.0, False, "auto", "none"),
     (0.0, 255.0, True, "auto", "divide"),
-    (-3.0, 5.0, False, "auto", "minmax"),
-    (0.0, 255.0, False, "auto", "minmax"),  # not whole numbers: not pixel values
-    (0.0, 255.0, True, "minmax", "minmax"),
+    (-3.0, 5.0, False, "auto", "minmax_global"),
+    (0.0, 255.0, False, "auto", "minmax_global"),  # not whole numbers: not pixel values
+    (0.0, 255.0, True, "minmax_global", "minmax_global"),
 ])
-def test_scaling_maps_into_unit_interval(lo, hi, integral, mode, expected):
-    scaling = prepare.choose_scaling(lo, hi, integral, mode, None)
-    assert scaling["method"] == expected
-    scaled = prepare.apply_scaling(np.array([[lo, hi], [hi, lo]]), scaling)
+def test_image_scaling_maps_into_unit_interval(lo, hi, integral, mode, expected):
+    scaling = scaler.choose(mode, lo, hi, integral, None, "images", None, None, True)
+    assert scaling["method"] == expected and scaling["why"].startswith(f"data.scaling {mode}: ")
+    scaled = scaler.apply(np.array([[lo, hi], [hi, lo]]), scaling)
     assert scaled.dtype == np.float32 and scaled.min() >= 0 and scaled.max() <= 1
 
 
 def test_scaling_none_refuses_values_outside_unit_interval():
     with pytest.raises(StudyError, match="data.scaling = none but values span"):
-        prepare.choose_scaling(0.0, 2.0, True, "none", None)
+        scaler.choose("none", 0.0, 2.0, True, None, "images", None, None, True)
 
 
 # --- degenerate data: one line, and nothing written ---------------------------------------------
@@ -143,6 +156,32 @@ def test_a_split_below_the_minimum_is_named(tmp_path):
     assert "leaves the train split 3 of 5 examples; allowed: at least 10 per split" in str(err.value)
     with pytest.raises(StudyError, match="leaves the test split 4 of 90 examples.*about 200 examples"):
         prepare.split_indices(90, None, Split(0.8, 0.15, 0.05), 0)
+
+
+def test_a_missing_label_is_refused_naming_its_row(tmp_path):
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, size=80).astype(np.float64)
+    y[[12, 40]] = np.nan
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(80, 4)), y=y)
+    with pytest.raises(StudyError) as err:
+        prepare_data(tmp_path, name="file", path=str(tmp_path / "d.npz"), array_key="x", labels_key="y")
+    assert "the label at row 12 is missing (nan; 2 rows in all)" in str(err.value) and "\n" not in str(err.value)
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": rng.normal(size=80), "label": np.where(np.arange(80) % 2, "cat", "dog")})
+    frame.loc[7, "label"] = None
+    frame.to_parquet(tmp_path / "t.parquet")
+    with pytest.raises(StudyError, match="the label at row 7 is missing"):
+        prepare_data(tmp_path, name="file", path=str(tmp_path / "t.parquet"), labels_key="label")
+
+
+def test_labels_of_one_class_are_said(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "d.npz", x=rng.normal(size=(80, 4)), y=np.full(80, 3))
+    summary, _ = prepare_data(tmp_path, name="file", path=str(tmp_path / "d.npz"), array_key="x", labels_key="y")
+    assert summary["class_names"] == ["3"]
+    assert "[prepare] the labels have one class ('3'): the representation purpose does not apply" in \
+        capsys.readouterr().out.splitlines()
 
 
 def test_limit_below_three_splits_is_refused_in_params(tmp_path):

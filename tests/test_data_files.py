@@ -59,7 +59,7 @@ def test_npz_image_arrays_keep_their_shape_channel_first(tmp_path, capsys, shape
 def test_a_float_array_of_images_is_images(tmp_path):
     np.save(tmp_path / "x.npy", np.random.default_rng(0).normal(size=(80, 20, 20)).astype(np.float32))
     summary, _ = prepare_data(tmp_path, name="file", path=str(tmp_path / "x.npy"))
-    assert summary["image_shape"] == [20, 20] and summary["scaling"]["method"] == "minmax"
+    assert summary["image_shape"] == [20, 20] and summary["scaling"]["method"] == "minmax_global"
 
 
 def test_a_2d_array_stays_vectors_unless_image_shape_says(tmp_path, capsys):
@@ -174,7 +174,7 @@ def test_tables_with_a_column_prefix_and_labels(tmp_path, suffix):
                                    image_shape=[4, 4])
     assert summary["input_dim"] == 16 and summary["image_shape"] == [4, 4]
     assert summary["class_names"] == ["cat", "dog", "eel"] and summary["class_counts"]["train"] == [21, 21, 21]
-    assert summary["scaling"] == {"method": "divide", "divisor": 255.0}
+    assert summary["scaling"]["method"] == "divide" and summary["scaling"]["divisor"] == 255.0
 
 
 def test_a_non_numeric_parquet_column_is_named(tmp_path):

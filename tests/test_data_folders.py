@@ -34,7 +34,7 @@ def test_subfolders_are_labels_and_pixels_arrive_channel_first(tmp_path, capsys)
     summary, splits = prepare_data(tmp_path, name="images", path=str(tmp_path / "pics"))
     assert summary["image_shape"] == [3, 8, 8] and summary["input_dim"] == 192 and summary["n_examples"] == 80
     assert summary["class_names"] == ["cats", "dogs"] and summary["class_counts"]["train"] == [28, 28]
-    assert summary["scaling"] == {"method": "divide", "divisor": 255.0}
+    assert summary["scaling"]["method"] == "divide" and summary["scaling"]["divisor"] == 255.0
     rows = {bytes((x * 255).round().astype(np.uint8)): int(y)
             for s in splits.values() for x, y in zip(s["x"], s["y"])}
     for path, pixels in written.items():

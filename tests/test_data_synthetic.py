@@ -67,4 +67,4 @@ def test_patches_are_seeded_colour_cuts_of_the_two_photographs(tmp_path):
     assert colour > 5  # red and blue differ: colour photographs, not grey
     summary, _ = prepare_data(tmp_path, name="patches", patches={"n": 200, "size": 16})
     assert summary["image_shape"] == [3, 16, 16] and summary["class_names"] == ["china", "flower"]
-    assert summary["scaling"] == {"method": "divide", "divisor": 255.0}
+    assert summary["scaling"]["method"] == "divide" and summary["scaling"]["divisor"] == 255.0

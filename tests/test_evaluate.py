@@ -79,6 +79,19 @@ def test_linear_probe_reads_labels_from_the_code(trained_vae):
     assert values["sse_per_image"].mean() == pytest.approx(row["sse_per_image"])
 
 
+def test_the_nll_flag_compares_differences_in_nats_even_when_nlls_are_negative():
+    # A Gaussian NLL can be negative: a ratio of signed values would flag a model 0.15 nats per
+    # dimension worse than the trivial one (old rule: 6.5 > 2 + 2 x 2) and pass one 5 nats worse.
+    base = {"sse_per_image": 30.0, "gaussian_nll_nats": 2.0, "input_dim": 30}
+    sane = {"sse_per_image": 20.0}
+    assert evaluate.flag({**sane, "iwae_nll_nats": 6.5}, base, "gaussian") is None
+    assert evaluate.flag({**sane, "iwae_nll_nats": -23.55}, base, "gaussian") is None  # better than trivial
+    low = {**base, "gaussian_nll_nats": -100.0}
+    why = evaluate.flag({**sane, "iwae_nll_nats": 50.0}, low, "gaussian")
+    assert why == ("far worse than trivial: NLL bound 50 nats, 150 nats (5 per input dimension, over 1) above the "
+                   "trivial gaussian model's -100 (independent inputs around the training mean)")
+    assert evaluate.flag({**sane, "iwae_nll_nats": -71.0}, low, "gaussian") is None  # 29 nats: under 1 per dim
+
 def test_a_model_far_worse_than_the_mean_is_flagged(trained_vae, tmp_path):
     path, x, _ = trained_vae
     model, meta = models.load_checkpoint(path)
@@ -109,10 +122,11 @@ def test_run_keeps_every_model_per_example_and_averages_the_sane_replicates(trai
     kept = [{"latent_dim": 4, "arm": "vae", "file": "k4-vae-t1.pt", "rank": 1, "replicate": 0, "objective": 30.0},
             {"latent_dim": 4, "arm": "vae", "file": "k4-vae-r1.pt", "rank": 0, "replicate": 1, "objective": 29.5},
             {"latent_dim": 4, "arm": "vae", "file": "k4-vae.pt", "rank": 0, "replicate": 0, "objective": 29.0}]
-    result, arrays = evaluate.run(sizes, kept, tmp_path, pca.fit(x[:300]), x[:300], labels[:300], x[300:], labels[300:],
-                                  samples=4, probe_max_train=100, seed=0, log=lambda line: None)
+    result, arrays = evaluate.run(sizes, kept, tmp_path, pca.fit(x[:300]), x[:300], labels[:300], x[300:], x[300:],
+                                  labels[300:], samples=4, probe_max_train=100, seed=0, log=lambda line: None)
     rows = {r["latent_dim"]: r for r in result["rows"]}
     assert rows[2]["vae"] is None and rows[2]["ae"] is None and rows[2]["pca"]["sse_per_image"] > 0
+    assert rows[2]["code"]["code"] == "pca" and "ae_val_sse_per_image" not in rows[2]["code"]  # no autoencoder
     assert rows[2]["phase"] == "added" and rows[2]["reason"] == "because"
     vae = rows[4]["vae"]
     assert vae["iwae_nll_nats"] <= vae["neg_elbo_nats"] and len(vae["models"]) == 2 and vae["n_sane"] == 2
@@ -126,3 +140,18 @@ def test_run_keeps_every_model_per_example_and_averages_the_sane_replicates(trai
     evaluate.save_per_example(tmp_path / "out" / "per_example.npz", arrays)
     back = evaluate.load_per_example(tmp_path / "out" / "per_example.npz")
     assert set(back) == set(arrays) and np.array_equal(back["vae_flagged"], arrays["vae_flagged"])
+
+
+def test_the_better_code_of_a_size_is_chosen_on_validation_and_a_losing_autoencoder_is_undertrained():
+    rng = np.random.default_rng(0)
+    pca_sse = rng.gamma(4.0, 0.5, size=500)
+    worse = np.stack([pca_sse + 0.3 + rng.normal(0, 0.1, 500) for _ in range(3)])  # pick and two replicates
+    better = np.stack([0.5 * pca_sse + rng.normal(0, 0.1, 500) for _ in range(3)])
+    lost = evaluate.code_choice(worse, pca_sse, pca_exact=False)
+    assert lost["code"] == "pca" and lost["undertrained"] and lost["diff_val_sse_per_image"] > lost["diff_se"] > 0
+    won = evaluate.code_choice(better, pca_sse, pca_exact=False)
+    assert won["code"] == "ae" and not won["undertrained"]
+    assert won["ae_val_sse_per_image"] == pytest.approx(better.mean())
+    # Within one SE of the paired difference, whichever wins: the autoencoder is not undertrained.
+    close = evaluate.code_choice(pca_sse[None] + rng.normal(0.001, 0.5, (1, 500)), pca_sse, pca_exact=False)
+    assert not close["undertrained"] and close["diff_val_sse_per_image"] < close["diff_se"]

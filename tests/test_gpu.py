@@ -62,7 +62,7 @@ def test_a_cuda_stack_of_autoencoders_equals_the_textbook_loop_in_float64():
     cfg = TrainConfig(epochs=4, batch_size=16, patience=4, grad_clip=1.0)
     members = [train.Member(seed, 0.0, lr, key=seed) for seed, lr in ((1, 3e-3), (2, 1e-2), (3, 5e-3))]
     results = stack_results(CONV_AE, *x, cfg, members, size=3)
-    orders = data_orders(1, len(x[0]), cfg.epochs)
+    orders = data_orders(1, len(x[0]), cfg.ceiling)
     for m in members:
         _, best = reference_train(CONV_AE, x[0].cpu(), x[1].cpu(), cfg, seed=m.seed, beta=0.0, lr=m.lr,
                                   objective="neg_elbo", orders=orders)
@@ -88,7 +88,7 @@ def test_a_cuda_member_does_not_depend_on_its_stack_mates():
 @pytest.mark.parametrize("bf16", [False, True])
 def test_a_conv_vae_stack_trains_on_cuda(bf16):
     x = torch.rand(512, 784, device="cuda").round()
-    cfg = TrainConfig(epochs=3, batch_size=64, bf16=bf16)
+    cfg = TrainConfig(epochs=3, max_epochs=3, batch_size=64, bf16=bf16)
     members = [train.Member(seed, 1.0, 1e-3, key=seed) for seed in range(4)]
     results = stack_results(CONV_VAE, x[:448], x[448:], cfg, members, size=4)
     for r in results.values():

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentstudy import models
+from latentstudy import models, pca
 from latentstudy.config import StudyError
 
 
@@ -101,6 +101,52 @@ def test_gaussian_distortion_is_the_negative_log_likelihood():
     torch.testing.assert_close(model.distortion(x, mean), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_shared_scale_is_the_scalar_formula():
+    log_sigma = torch.tensor(-0.7, dtype=torch.float64)
+    x, mean = torch.randn(4, 16, dtype=torch.float64), torch.randn(4, 16, dtype=torch.float64)
+    old = 0.5 * ((x - mean) ** 2).sum(1) * torch.exp(-2 * log_sigma) + 16 * (log_sigma + 0.5 * math.log(2 * math.pi))
+    torch.testing.assert_close(models.distortion("gaussian", x, mean, log_sigma), old, rtol=1e-12, atol=1e-12)
+
+
+def test_per_feature_scale_is_the_gaussian_nll_summed_over_features():
+    model = models.build(models.NetSpec(16, 3, "mlp", "gaussian", True, (32,), scale="per_feature"))
+    sigma = torch.linspace(0.1, 3.0, 16)
+    with torch.no_grad():
+        model.log_sigma.fill_(0.25)
+        model.log_sigma_offset.copy_(sigma.log() - 0.25)
+    torch.testing.assert_close(model.log_scale(), sigma.log())
+    x, mean = torch.randn(5, 16), torch.randn(5, 16)
+    expected = -torch.distributions.Normal(mean, sigma).log_prob(x).sum(1)
+    torch.testing.assert_close(model.distortion(x, mean), expected, rtol=1e-5, atol=1e-5)
+    # As evaluate.vae_terms scores K samples: (K * n, D) rows, the same scales on each.
+    torch.testing.assert_close(model.distortion(x.repeat(3, 1), mean.repeat(3, 1)), expected.repeat(3))
+
+
+@pytest.mark.parametrize("scale", ["shared", "per_feature"])
+def test_stacked_scales_broadcast_member_by_member(scale):
+    # S = D = 4: a per-feature (S, D) scale must not be read as one scale per member along D.
+    S, n, D = 4, 3, 4
+    log_sigma = torch.randn(S, *((D,) if scale == "per_feature" else ()), dtype=torch.float64)
+    x, out = torch.randn(n, D, dtype=torch.float64), torch.randn(S, n, D, dtype=torch.float64)
+    got = models.distortion("gaussian", x, out, log_sigma.view(S, 1, -1))
+    for s in range(S):
+        sigma = log_sigma[s].exp().expand(D)
+        expected = -torch.distributions.Normal(out[s], sigma).log_prob(x).sum(1)
+        torch.testing.assert_close(got[s], expected)
+
+
+def test_a_checkpoint_without_a_scale_loads_as_shared(tmp_path):
+    # Checkpoints written before NetSpec.scale existed hold one log sigma.
+    model = make(likelihood="gaussian")
+    path = tmp_path / "old.pt"
+    models.save_checkpoint(path, model, {})
+    blob = torch.load(path, weights_only=True)
+    del blob["spec"]["scale"]
+    torch.save(blob, path)
+    again, _ = models.load_checkpoint(path)
+    assert again.spec.scale == "shared" and again.log_scale().shape == ()
+
+
 def test_checkpoint_round_trip(tmp_path):
     model = make(latent=4, arch="conv", image_shape=(1, 8, 8), input_dim=64)
     path = tmp_path / "m.pt"
@@ -127,3 +173,38 @@ def test_auto_likelihood_is_gaussian_for_colour_images(requested, shape, chosen)
     got, why = choose_likelihood(requested, shape)
     assert got == chosen and why
     assert ("colour" in why) == (requested == "auto" and chosen == "gaussian")
+
+
+def test_data_outside_the_unit_interval_is_gaussian_and_never_bernoulli():
+    from latentstudy.models import choose_likelihood
+
+    for shape in (None, [8, 8]):
+        got, why = choose_likelihood("auto", shape, unit_interval=False)
+        assert got == "gaussian" and "standardised per feature" in why
+    assert choose_likelihood("gaussian", None, unit_interval=False)[0] == "gaussian"
+    with pytest.raises(StudyError, match=r"likelihood = bernoulli but the prepared data is not in \[0, 1\]"):
+        choose_likelihood("bernoulli", None, unit_interval=False)
+
+
+@pytest.mark.parametrize("arch, k", [("mlp", 3), ("mlp", 25), ("conv", 5)])
+def test_an_autoencoder_started_at_pca_is_pca_exactly(arch, k):
+    # k = 25 > D = 20: the code units past PCA's 20 components start unused, the code is exact.
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 20)) @ rng.normal(size=(20, 20)) * 0.1 + rng.uniform(size=20)
+    basis = pca.fit(x)
+    spec = models.NetSpec(20, k, arch, "gaussian", False, (16,), (4,), (5, 2, 2) if arch == "conv" else None,
+                          pca_path=True)
+    model = models.build(spec).double()
+    model.load_state_dict(models.start_at_pca(model.state_dict(), spec, basis.mean, basis.components))
+    with torch.no_grad():
+        x_hat = models.reconstruct(model, torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(x_hat, pca.reconstruct(basis, x, k), atol=1e-9)
+    assert models.last_layers(model) == (["encoder.2", "decoder.2.0"] if arch == "mlp" else
+                                         ["encoder.head", "decoder.deconvs.0"])
+
+
+def test_a_pca_path_needs_a_deterministic_gaussian_autoencoder():
+    with pytest.raises(ValueError, match="PCA path"):
+        models.NetSpec(20, 3, "mlp", "bernoulli", False, pca_path=True)
+    with pytest.raises(ValueError, match="PCA path"):
+        models.NetSpec(20, 3, "mlp", "gaussian", True, pca_path=True)

@@ -225,6 +225,37 @@ def test_prepare_failure_halfway_leaves_nothing(tmp_path, monkeypatch):
 
 
 @pytest.mark.e2e
+def test_a_table_on_mixed_scales_is_standardised_and_the_vae_uses_its_code(tmp_path, cpu_threads):
+    """breast_cancer (columns from 0.001 to 4,254) as a CSV at default scaling: one min-max over all
+    columns gave a VAE with 0 active units at every size; standardised per feature, with the Gaussian
+    decoder auto now picks, the VAE uses its code at k = 2."""
+    from sklearn.datasets import load_breast_cancer
+
+    bunch = load_breast_cancer(as_frame=True)
+    bunch.data.assign(label=bunch.target).to_csv(tmp_path / "bc.csv", index=False)
+    params = write_params(
+        tmp_path / "params.yaml", data={"name": "file", "path": str(tmp_path / "bc.csv"), "labels_key": "label"},
+        study={"latent_dims": [2, 4], "seed": 0, "refine_max": 0},
+        search=dict(TINY_SEARCH, trials_per_dim=1, train={"epochs": 60, "batch_size": 64, "patience": 10}),
+        evaluate={"iwae_samples": 8}, report={"bootstrap": 200})
+    prepared, out = tmp_path / "data", tmp_path / "reports"
+    stages.prepare(params, prepared, tmp_path)
+    stages.pca(params, prepared, out / "pca.json", out / "curve.csv", tmp_path / "pca.npz")
+    stages.search(params, prepared, tmp_path, tmp_path / "models", out / "trials.csv", out / "search.json",
+                  out / "study.json", None)
+    result = stages.evaluate(params, prepared, tmp_path / "models", out / "study.json", tmp_path / "pca.npz",
+                             out / "evaluation.json", out / "per_example.npz")
+    stages.report(params, prepared, out / "evaluation.json", out / "per_example.npz", out / "trials.csv",
+                  out / "pca.json", out / "study.json", tmp_path / "models", tmp_path / "pca.npz", out, None)
+    assert json.loads((prepared / "summary.json").read_text())["scaling"]["method"] == "standard"
+    assert json.loads((out / "pca.json").read_text())["components_for_variance"]["0.99"] > 2
+    k2 = next(row for row in result["rows"] if row["latent_dim"] == 2)
+    assert k2["vae"]["active_units"] >= 1
+    page = (out / "index.html").read_text()
+    assert 'VAE decoder likelihood: <b>gaussian</b>' in page and "Data scaling: <b>standard</b>" in page
+
+
+@pytest.mark.e2e
 def test_manifold_generation_answer_is_resolved_to_the_unit(tmp_path, cpu_threads):
     """Three latent factors embedded in 16 dimensions, a coarse grid [2, 4, 8]: the search adds
     sizes between grid points on validation, and the generation answer on test is 3 or 4.

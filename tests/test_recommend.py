@@ -63,6 +63,16 @@ def test_headline_and_purposes_the_data_cannot_serve():
     recommend.check_purpose("representation", has_labels=True)
 
 
+def test_labels_of_one_class_make_representation_not_applicable():
+    assert recommend.unavailable("representation", True, True, 1) == "not applicable: the labels have one class"
+    assert recommend.unavailable("representation", True, True, 2) is None
+    assert recommend.unavailable("generation", True, True, 1) is None
+    assert recommend.label_classes({"class_names": ["a"]}) == 1 and recommend.label_classes({}) is None
+    with pytest.raises(StudyError, match="report.purpose = representation but the labels have one class"):
+        recommend.check_purpose("representation", True, 1)
+    recommend.check_purpose("auto", True, 1)
+
+
 def test_knee_of_a_planted_elbow_and_of_flat_curves():
     assert knee([1, 2, 4, 8, 16, 32], [10.0, 5.0, 2.0, 1.6, 1.5, 1.45]) == 4
     assert knee([1, 2, 4], [1.0, 1.0, 1.0]) is None
@@ -116,3 +126,15 @@ def test_models_are_grouped_by_size_into_the_pick_with_its_replicates_and_the_ot
     picks, others = by_size(ks, ranks, sane, values)
     assert set(picks) == {2}  # 4 has no sane rank-0 model, 8 none at all
     assert picks[2][:, 0].tolist() == [0.0, 2.0] and others[2][:, 0].tolist() == [3.0, 1.0]  # rank 1, then 2
+
+
+def test_a_stability_of_100_percent_from_parsimony_alone_is_said_in_plain_words():
+    # 2 and 4 are within noise of each other, far from 8 and 16: the rule takes 2 in every resample,
+    # which is parsimony, not certainty; only two of four sizes are indistinguishable.
+    rng = np.random.default_rng(2)
+    shared = rng.normal(0, 2.0, size=400)
+    curves = {k: (shared + m + rng.normal(0, 3.0, size=400))[None] for k, m in {2: 20.0, 4: 20.3, 8: 30, 16: 31}.items()}
+    a = answer(PURPOSES["generation"], curves, {}, 300, 0, 0.0)
+    assert a.k == 2 and a.choice.shares[2] == 1.0 and a.choice.indistinguishable == [2, 4] and not a.cannot_tell
+    assert a.plain_words().startswith("this data cannot tell k = 2 from k = 4 on the NLL bound (2 of 4 sizes")
+    assert a.summary().startswith("k = 2, chosen in 100% of resamples;") and "by parsimony" in a.summary()

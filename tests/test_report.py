@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +44,8 @@ def per_example(ks=(2, 4, 8), flagged=()) -> dict[str, np.ndarray]:
            "ae_latent_dim": np.array(ks[:-1]), "ae_replicate": np.zeros(len(ks) - 1, int),
            "ae_rank": np.zeros(len(ks) - 1, int),
            "ae_flagged": np.zeros(len(ks) - 1, bool),
-           "ae_sse_per_image": np.stack([hard + 8.0 / k + rng.normal(0, 0.1, N) for k in ks[:-1]])}
+           "ae_sse_per_image": np.stack([hard + 8.0 / k + rng.normal(0, 0.1, N) for k in ks[:-1]]),
+           "pca_latent_dim": np.array(ks), "pca_sse_per_image": np.stack([hard + 12.0 / k for k in ks])}
     return out
 
 
@@ -90,6 +92,14 @@ def test_answers_come_from_the_per_example_values(tmp_path):
     assert set(report.mlflow_metrics(report.build_table(evaluation()), rec)) >= {
         "generation_latent_dim", "generation_interval_low", "generation_interval_high", "generation_stability",
         "generation_ci95_low", "reconstruction_latent_dim"}
+
+
+def test_one_class_labels_say_representation_does_not_apply(tmp_path):
+    inp = inputs(tmp_path, ev={**evaluation(), "has_labels": True})
+    inp = dataclasses.replace(inp, summary={**inp.summary, "has_labels": True, "class_names": ["only"]})
+    rec = report.recommendation(config.ReportConfig(bootstrap=200), inp)
+    assert rec.answers["representation"].missing == "not applicable: the labels have one class"
+    assert "no answer: not applicable: the labels have one class" in page.answers_html(rec, report.build_table(evaluation()))
 
 
 def test_other_trials_are_resampled_with_the_search_and_a_flagged_one_is_left_out(tmp_path):
@@ -167,3 +177,99 @@ def test_sample_dims_prefers_the_recommended_size():
 
     assert gallery.sample_dims([2, 4, 8, 16], 8, 3) == [2, 8, 16]
     assert gallery.sample_dims([4], 4, 3) == [4]
+
+
+def test_the_page_lists_sizes_the_search_extended_with_their_reason(tmp_path):
+    ev = evaluation()
+    ev["rows"][2].update(phase="added", reason="extended by the search: on validation the generation criterion "
+                                               "still improves at k = 4, the largest searched; k = 8 doubles it")
+    for row in ev["rows"]:
+        row["vae"]["iwae_samples"] = 8
+    table = report.build_table(ev)
+    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
+    html = page.page(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev), table, rec, [], "")
+    listed = html.split("Sizes the search added or extended")[1].split("</ul>")[0]
+    assert "<li>k = 4: added by the search: test</li>" in listed
+    assert "<li>k = 8: extended by the search: on validation the generation criterion still improves at k = 4" in listed
+
+
+def test_reconstruction_takes_pca_where_it_is_the_better_code_on_validation(tmp_path):
+    ev, arrays = evaluation(), per_example()
+    rng = np.random.default_rng(3)
+    pca_test = {2: 30.0, 4: 20.0, 8: 10.0}  # at k = 4 PCA is 18 worse than the AE (8 / 4 = 2 plus shared hardness)
+    arrays.update({"pca_latent_dim": np.array([2, 4, 8]),
+                   "pca_sse_per_image": np.stack([pca_test[k] + rng.normal(0, 0.1, N) for k in (2, 4, 8)])})
+    for row in ev["rows"]:
+        row["code"] = {"code": "pca" if row["latent_dim"] == 8 else "ae", "undertrained": False}
+    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev, arrays))
+    a = rec.answers["reconstruction"]
+    # k = 8 has no autoencoder, but PCA won there on validation: the better code stands in for it.
+    assert a.choice.ks == [2, 4, 8] and a.at(8)[0] == pytest.approx(arrays["pca_sse_per_image"][2].mean())
+    assert a.at(4)[0] == pytest.approx(arrays["ae_sse_per_image"][1].mean())
+    ev["rows"][1]["code"] = {"code": "pca", "undertrained": True}  # an undertrained AE at k = 4: PCA stands in
+    table = report.build_table(ev)
+    assert table.recon_code.tolist() == ["ae", "pca", "pca"] and table.ae_undertrained.tolist() == [False, True, False]
+    assert "PCA!</td>" in page.table_html(table, 4)
+    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev, arrays))
+    assert rec.answers["reconstruction"].at(4)[0] == pytest.approx(arrays["pca_sse_per_image"][1].mean())
+
+
+def test_sizes_the_data_cannot_tell_apart_are_said_in_plain_words(tmp_path):
+    arrays = per_example()
+    rng = np.random.default_rng(5)
+    # Every difference far below its SE: the seeds' noise (5 nats) swamps the 0.2-nat steps.
+    arrays["vae_iwae_nll_nats"] = np.stack([25.0 - 0.1 * i + rng.normal(0, 5.0, N) for i in range(3)])
+    rec = report.recommendation(config.ReportConfig(bootstrap=300, purpose="generation"), inputs(tmp_path, arrays=arrays))
+    a = rec.main
+    assert a.k == 2 and a.choice.indistinguishable == [2, 4, 8] and a.cannot_tell
+    assert a.plain_words().startswith("this data cannot tell k = 2 from k = 8 on the NLL bound (3 of 3 sizes")
+    assert "chosen by parsimony" in a.summary() and "indistinguishable from the best {2, 4, 8}" in a.summary()
+    box = page.answers_html(rec, report.build_table(evaluation()))
+    assert "cannot tell k = 2 from k = 8" in box and "chosen by parsimony" in box
+    assert rec.to_dict()["answers"]["generation"]["indistinguishable"] == [2, 4, 8]
+    arrays["vae_iwae_nll_nats"] = np.stack([30.0 - 6 * i + rng.normal(0, 0.3, N) for i in range(3)])  # steep
+    clear = report.recommendation(config.ReportConfig(bootstrap=300, purpose="generation"),
+                                  inputs(tmp_path, arrays=arrays)).main
+    assert clear.choice.indistinguishable == [8] and not clear.cannot_tell and clear.plain_words() is None
+    # The default planted curve is flat after k = 4: two of three sizes cannot be told apart.
+    flat = report.recommendation(config.ReportConfig(bootstrap=300, purpose="generation"), inputs(tmp_path)).main
+    assert flat.choice.indistinguishable == [4, 8] and flat.cannot_tell
+
+
+def test_a_vae_that_ignores_its_code_at_every_size_says_so_with_the_remedies(tmp_path):
+    ev = evaluation()
+    for row in ev["rows"]:
+        row["vae"]["active_units"] = 1 if row["latent_dim"] == 4 else 0
+    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
+    (note,) = rec.answers["generation"].notes
+    assert note.startswith("the VAE ignores its code: at most one active unit at every size (posterior collapse")
+    assert "search.train.free_bits" in note and "search.train.kl_warmup_epochs" in note
+    assert "posterior collapse at every size" in page.answers_html(rec, report.build_table(evaluation()))
+    assert report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path)).answers["generation"].notes == ()
+
+
+def test_undertrained_sizes_are_counted_and_named_on_the_page(tmp_path):
+    ev = evaluation()
+    ev["rows"][0]["ae"]["still_improving"] = 2
+    ev["rows"][1]["vae"]["still_improving"] = 1
+    for row in ev["rows"]:
+        row["code"] = {"code": "pca" if row["latent_dim"] == 4 else "ae", "undertrained": row["latent_dim"] == 4}
+    table = report.build_table(ev)
+    assert table.ae_still_improving[0] == 2 and table.vae_still_improving[1] == 1
+    notes = page.training_notes(table)
+    assert notes[0] == ("autoencoder trainings still improving at the epoch ceiling, per size: k = 2 (2); their "
+                        "values are those of undertrained models: raise search.train.max_epochs.")
+    assert notes[1].startswith("VAE trainings still improving at the epoch ceiling, per size: k = 4 (1)")
+    assert notes[2].startswith("reconstruction: at k = 4 the autoencoder is worse than PCA by more than one SE")
+    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
+    assert "k = 2 (2)" in page.answers_html(rec, table)
+    assert page.training_notes(report.build_table(evaluation())) == []
+
+
+def test_a_vae_worse_than_a_smaller_latent_beyond_noise_is_marked(tmp_path):
+    arrays = per_example()
+    rng = np.random.default_rng(2)
+    arrays["vae_iwae_nll_nats"] = np.stack([v + rng.normal(0, 0.1, N) for v in (30.0, 24.0, 26.0)])
+    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, arrays=arrays))
+    (note,) = rec.answers["generation"].notes
+    assert note.startswith("k = 8's NLL bound is 1.99 nats worse than k = 4's (SE of the difference 0.02)")

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, kill_mid_search, overridden, write_params
 
-from latentstudy import config, data, stages
+from latentstudy import config, data, pca, stages
 from latentstudy.search import coordinator, plan as planning, store
 from latentstudy.tracking import Tracker
 
@@ -46,6 +46,36 @@ def studies_of(tmp_path: Path, params: Path, prepared: Path):
     plan = planning.make_plan(study, cfg, data.load_summary(prepared), "latentstudy-digits")
     storage = store.open_storage(store.storage_url(cfg, tmp_path / ".latentstudy"), 20)
     return plan, storage
+
+
+def test_a_batch_above_the_training_split_is_clamped_with_one_line(prepared, capsys):
+    summary = data.load_summary(prepared)
+    n = summary["counts"]["train"]
+    big = config.build(config.SearchConfig, {"train": {"batch_size": 100000}}, "x")
+    plan = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), big, summary, "latentstudy-digits")
+    assert plan.config.train.batch_size == n
+    lines = [line for line in capsys.readouterr().out.splitlines() if "batch_size" in line]
+    assert lines == [f"[search] search.train.batch_size = 100000 is above the training split's {n} examples; "
+                     f"clamped to {n}: one step per epoch, so models may stay undertrained (a batch of 32 to 256 "
+                     "is usual)"]
+    fits = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), config.SearchConfig(), summary, "x")
+    assert fits.prefix == planning.study_prefix("digits", config.SearchConfig(), 0, summary["fingerprint"])
+    assert fits.config.train.batch_size == 64 and "batch_size" not in capsys.readouterr().out
+
+
+def test_standardised_data_gets_a_gaussian_decoder_and_bernoulli_is_refused(prepared):
+    from latentstudy.search.worker import unit_spec
+
+    summary = {**data.load_summary(prepared), "scaling": {"method": "standard"}}
+    plan = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), config.SearchConfig(), summary, "x")
+    assert not plan.unit_interval and unit_spec(plan, plan.units[0]).likelihood == "gaussian"
+    assert planning.Plan.from_json(plan.to_json()) == plan
+    bernoulli = config.build(config.SearchConfig, {"model": {"likelihood": "bernoulli"}}, "x")
+    with pytest.raises(config.StudyError, match=r"likelihood = bernoulli but the prepared data is not in \[0, 1\]"):
+        planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), bernoulli, summary, "x")
+    images = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), config.SearchConfig(),
+                                data.load_summary(prepared), "x")
+    assert images.unit_interval and unit_spec(images, images.units[0]).likelihood == "bernoulli"
 
 
 def test_study_name_hashes_what_changes_results(prepared, tmp_path):
@@ -103,7 +133,8 @@ def test_a_worker_out_of_work_picks_up_units_added_to_the_plan(prepared, tmp_pat
         optuna.load_study(study_name=rep.study_name, storage=storage).enqueue_trial(
             params, user_attrs={"seed": seed, "replicate_of": 0})
     x = [torch.as_tensor(data.load_split(prepared, name)[0]) for name in ("train", "val")]
-    ctx = worker.WorkerContext(small, storage, None, None, *x, torch.device("cpu"), tmp_path / "ck", "w0", True)
+    ctx = worker.WorkerContext(small, storage, None, None, *x, torch.device("cpu"), tmp_path / "ck", "w0", True,
+                               pca.fit(x[0].numpy()))
     assert worker.run_worker(ctx) == sum(u.budget for u in grown.units)
     for unit in grown.units:
         trials = optuna.load_study(study_name=unit.study_name, storage=storage).get_trials()
@@ -216,7 +247,7 @@ def test_a_hopeless_trial_is_pruned_and_its_slot_refilled(prepared, tmp_path, tr
     # so it outruns the median of 0 and 1 whatever seeds the study's name gives.
     params = search_params(tmp_path, dims=(2,), **{"pruner": "median", "lr.low": 1e-7, "trials_per_dim": 4,
                                                    "max_trials_per_dim": 12, "stack": 2, "train.epochs": 10,
-                                                   "train.patience": 10})
+                                                   "train.max_epochs": 10, "train.patience": 10})
     plan, storage = studies_of(tmp_path, params, prepared)
     store.create_studies(plan, storage)
     vae = optuna.load_study(study_name=plan.units[0].study_name, storage=storage)
@@ -262,7 +293,7 @@ def test_kill_9_mid_search_then_resume(prepared, tmp_path, tracking_uri):
     import shutil
 
     shutil.copytree(prepared, tmp_path / "data")
-    params = search_params(tmp_path, dims=(2, 3), trials_per_dim=3, **{"train.epochs": 40, "train.patience": 40})
+    params = search_params(tmp_path, dims=(2, 3), trials_per_dim=3, **{"train.epochs": 40, "train.max_epochs": 40, "train.patience": 40})
     plan, storage = studies_of(tmp_path, params, tmp_path / "data")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     kill_mid_search(stage_command(tmp_path), tmp_path, plan, storage, env, complete=2)
@@ -357,6 +388,51 @@ def test_the_next_size_resolves_the_choice_then_its_90_percent_set(chosen, searc
     assert planning.next_size(chosen, searched, likely) == new
 
 
+@pytest.mark.parametrize("chosen, best, searched, new", [
+    (8, 8, [2, 4, 8], 16),  # still improving at the largest: double it before the gap below
+    (32, 96, [2, 4, 8, 16, 32, 96], 128),  # doubling passes 2 x D = 128: the cap
+    (128, 128, [2, 4, 64, 128], 91),  # at the cap: refine as before
+    (16, 16, [2, 4, 16, 32], 8),  # the best inside the range: refine as before
+    (2, 2, [2], 1),  # one size: nothing says the curve still improves
+])
+def test_the_next_size_extends_the_grid_while_the_best_is_its_largest(chosen, best, searched, new):
+    assert planning.next_size(chosen, searched, [chosen], best, cap=128) == new
+
+
+@pytest.mark.parametrize("grid, flat_from, refine_max, added", [
+    ([2, 4, 8, 16], 1000, 4, [32, 64, 128, 91]),  # doubling first, up to 2 x D = 128, then below the answer
+    ([2, 4, 8, 16], 40, 4, [32, 64, 128, 45]),  # 64 is best, 128 no better: then refine below 64
+    ([2, 4, 8, 16], 1000, 2, [32, 64]),  # extensions count against refine_max
+])
+def test_a_curve_still_falling_at_the_largest_size_extends_the_grid_first(prepared, grid, flat_from, refine_max,
+                                                                           added, capsys):
+    storage = optuna.storages.InMemoryStorage()
+    plan = planning.make_plan(config.StudyConfig(latent_dims=grid), config.SearchConfig(), data.load_summary(prepared),
+                              "latentstudy-digits")
+    assert plan.input_dim == 64
+    ran = []
+    run_phase = fake_training(storage, ran)
+    run_phase(plan, {})
+    final = coordinator.refine(plan, config.SearchConfig(replicates=0), refine_max,
+                               PlantedValidation(storage, flat_from), run_phase, lambda plan: plan)
+    got = [u.latent_dim for u in final.units if u.phase == planning.ADDED and u.arm == "vae"]
+    assert got == added
+    for k in got:
+        study = optuna.load_study(study_name=f"{plan.prefix}-k{k}-vae", storage=storage)
+        reason = study.user_attrs["reason"]
+        assert study.user_attrs["phase"] == "added"
+        assert reason.startswith("extended by the search: ") == (k > max(grid) and k in (32, 64, 128))
+        first = study.get_trials()[0]
+        if reason.startswith("extended"):
+            below = k // 2  # the largest searched when k was added
+            assert f"still improves at k = {below}, the largest searched; k = {k} " in reason
+            # The only neighbour is the one below: its best parameters start the new size.
+            assert first.user_attrs["init_from"] == f"k{below}"
+            assert first.system_attrs["fixed_params"]["lr"] == pytest.approx(1e-3 * below)
+    out = capsys.readouterr().out
+    assert ("still improves at k = 128 = 2 x D" in out) == (flat_from > 128 and refine_max == 4)
+
+
 @pytest.mark.parametrize("grid, flat_from, refine_max, added, noise", [
     ([2, 4, 8, 16], 6, 4, [6, 5], 0.0),  # 8 -> midpoint of 4 and 8 is 6 -> then 5; 5 loses to 6, which is adjacent
     ([2, 4, 8, 16], 6, 1, [6], 0.0),  # stops at refine_max
@@ -376,7 +452,7 @@ def test_refinement_adds_the_expected_sizes_on_a_planted_validation_curve(prepar
     run_phase = fake_training(storage, ran)
     run_phase(plan, {})
     final = coordinator.refine(plan, config.SearchConfig(replicates=0), refine_max,
-                               PlantedValidation(storage, flat_from, noise), run_phase)
+                               PlantedValidation(storage, flat_from, noise), run_phase, lambda plan: plan)
     got = [u.latent_dim for u in final.units if u.phase == planning.ADDED and u.arm == "vae"]
     assert got == added
     assert ran[1:] == [sorted(added[: i + 1]) for i in range(len(added))]  # one phase per added size
@@ -399,7 +475,8 @@ def test_each_added_size_gets_its_seed_replicates_before_the_rule_looks_again(pr
     run_phase = fake_training(storage, ran)
     run_phase(plan, {})
     plan = coordinator.replicate(plan, 1, storage, run_phase)  # the grid's, as search_and_write does
-    final = coordinator.refine(plan, config.SearchConfig(replicates=1), 4, PlantedValidation(storage, 6), run_phase)
+    final = coordinator.refine(plan, config.SearchConfig(replicates=1), 4, PlantedValidation(storage, 6), run_phase,
+                               lambda plan: coordinator.replicate(plan, 1, storage, run_phase))
     searched = {(u.latent_dim, u.arm) for u in final.units if u.phase != planning.REPLICATE}
     replicated = [(u.latent_dim, u.arm) for u in final.units if u.phase == planning.REPLICATE]
     assert sorted(replicated) == sorted(searched) and len(set(replicated)) == len(replicated)  # each once

@@ -16,8 +16,11 @@ from latentstudy.stack import Stack
 SPECS = {
     "mlp-vae": models.NetSpec(20, 3, "mlp", "bernoulli", True, (16, 8), (4,)),
     "mlp-ae": models.NetSpec(20, 3, "mlp", "gaussian", False, (16,), (4,)),
+    "mlp-vae-gaussian-per-feature": models.NetSpec(20, 3, "mlp", "gaussian", True, (16, 8), (4,), scale="per_feature"),
     "conv-vae": models.NetSpec(64, 2, "conv", "bernoulli", True, (8,), (3, 4), (1, 8, 8)),
     "conv-ae": models.NetSpec(48, 2, "conv", "gaussian", False, (8,), (3,), (3, 4, 4)),
+    "mlp-ae-pca-path": models.NetSpec(20, 3, "mlp", "gaussian", False, (16,), (4,), pca_path=True),
+    "conv-ae-pca-path": models.NetSpec(48, 2, "conv", "gaussian", False, (8,), (3,), (3, 4, 4), pca_path=True),
 }
 COMPARED = ("train_loss", "train_distortion", "train_rate", "val_distortion", "val_rate", "val_neg_elbo", "val_sse")
 
@@ -57,7 +60,7 @@ def run_stack(spec, x, cfg, members, size, prune=None, **kw):
 
 def assert_matches_reference(spec, x, cfg, result, first_seed, offset, chunk_rows=train.CHUNK_ROWS):
     m = result.member
-    orders = data_orders(first_seed, len(x[0]), offset + cfg.epochs)[offset:]
+    orders = data_orders(first_seed, len(x[0]), offset + cfg.ceiling)[offset:]
     history, best = reference_train(spec, x[0], x[1], cfg, seed=m.seed, beta=m.beta, lr=m.lr, objective="neg_elbo",
                                     orders=orders, chunk_rows=chunk_rows)
     assert len(result.history) == (len(history) if result.status == "complete" else result.epochs_run)
@@ -109,7 +112,7 @@ def test_a_member_that_joined_late_trains_again_alone_from_its_recorded_data_ord
 def test_a_diverging_member_fails_alone(cpu_threads):
     spec = SPECS["mlp-vae"]
     x = data(spec.input_dim)
-    cfg = TrainConfig(epochs=4, batch_size=16, patience=4, grad_clip=0.0)
+    cfg = TrainConfig(epochs=4, max_epochs=4, batch_size=16, patience=4, grad_clip=0.0)
     members = [train.Member(5, 1.0, 3e-3, key="ok1"), train.Member(6, 1.0, 1e300, key="nan"),
                train.Member(7, 1.0, 4e-3, key="ok2")]
     results, _ = run_stack(spec, x, cfg, members, size=3)
@@ -153,6 +156,26 @@ def test_members_load_and_export_ordinary_state_dicts():
     model.load_state_dict(stack.state_dict(0))
     x = torch.rand(5, spec.input_dim)
     torch.testing.assert_close(stack.encode(x)[0][0], model.encode(x)[0])
+
+
+def test_each_member_is_scored_with_its_own_per_feature_scales():
+    # S = D = 4: a per-feature scale of shape (S, D) must reach its own member, feature by feature.
+    spec = models.NetSpec(4, 2, "mlp", "gaussian", False, (8,), scale="per_feature")
+    stack = Stack(spec, 4, dtype=torch.float64)
+    lone = []
+    for row in range(4):
+        model = models.build(spec).double()
+        with torch.no_grad():
+            model.log_sigma.normal_()
+            model.log_sigma_offset.normal_()
+        stack.load(row, model.state_dict())
+        lone.append(model)
+    x = torch.randn(5, 4, dtype=torch.float64)
+    got = stack.terms(x, None).distortion
+    for row, model in enumerate(lone):
+        torch.testing.assert_close(got[row], models.forward(model, x, None).distortion)
+        exported = stack.state_dict(row)
+        assert all(torch.equal(exported[k], v) for k, v in model.state_dict().items())
 
 
 def test_the_start_is_the_seeded_build():

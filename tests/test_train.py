@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from latentstudy import models, train
-from latentstudy.config import TrainConfig
+from latentstudy import config, models, train
+from latentstudy.config import StudyError, TrainConfig
 
 
 @pytest.fixture(scope="module")
@@ -48,6 +48,33 @@ def test_loss_goes_down_and_best_weights_are_restored(tiny, cpu_threads):
 def test_early_stopping_stops(tiny, cpu_threads):
     result = run(tiny, cfg=TrainConfig(epochs=200, batch_size=32, patience=2), lr=3e-2)
     assert result.epochs_run < 200
+
+
+def test_a_training_still_improving_at_the_cap_goes_on_and_is_marked_at_the_ceiling(tiny, cpu_threads):
+    # At 4 epochs this model is still improving: it goes on past the cap (patience 30, so only the
+    # late patience or the ceiling can stop it), and one still improving at the ceiling is marked.
+    late = run(tiny, cfg=TrainConfig(epochs=4, max_epochs=40, batch_size=32, patience=30))
+    values = [r["val_neg_elbo"] for r in late.history]
+    assert late.epochs_run > 4 and late.status == "complete"
+    cfg = TrainConfig(epochs=4, max_epochs=40, batch_size=32, patience=30)
+    if late.epochs_run < 40:  # stopped by the late patience: no new best in its last late_patience epochs
+        assert late.best_epoch == late.epochs_run - cfg.late_patience and not late.still_improving
+    else:
+        assert late.still_improving and late.best_epoch > 40 - cfg.late_patience
+    assert late.best["neg_elbo"] == min(values)
+    capped = run(tiny, cfg=TrainConfig(epochs=4, max_epochs=4, batch_size=32, patience=30))
+    assert capped.epochs_run == 4 and capped.still_improving  # best at epoch 4: stopped while improving
+    assert capped.best_epoch == 4
+
+
+def test_a_training_that_stopped_improving_before_the_cap_is_not_marked(tiny, cpu_threads):
+    result = run(tiny, cfg=TrainConfig(epochs=200, max_epochs=200, batch_size=32, patience=2), lr=3e-2)
+    assert result.epochs_run < 200 and not result.still_improving
+
+
+def test_max_epochs_below_the_cap_is_one_line():
+    with pytest.raises(StudyError, match=r"train.max_epochs = 3 is below epochs = 5"):
+        config.build(TrainConfig, {"epochs": 5, "max_epochs": 3}, "params.yaml: search.train")
 
 
 def test_nan_loss_raises_with_the_epoch(tiny, cpu_threads):

@@ -24,7 +24,10 @@ from latentstudy.models import AutoEncoder, kl_per_dim, load_checkpoint, n_param
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u | x]) > 0.01
 CHUNK = 256
-FAR = 3.0  # "far worse": more than this times the trivial model's squared error (or NLL)
+FAR = 3.0  # "far worse": more than this times the trivial model's squared error (never negative)
+# "Far worse" in nats: an NLL bound more than this many nats per input dimension above the trivial
+# density's. NLLs are signed (a Gaussian's can be negative), so they are compared by difference.
+FAR_NATS_PER_DIM = 1.0
 ARMS = ("vae", "ae")
 # Per-example arrays kept in the npz, per arm (probe_correct too, when the data has labels).
 QUANTITIES = {"vae": ("iwae_nll_nats", "distortion_nats", "rate_nats", "sse_per_image"),
@@ -152,7 +155,7 @@ def baseline(mean: np.ndarray, x: np.ndarray) -> dict[str, float]:
     var = sse / x.shape[1]
     gaussian = 0.5 * x.shape[1] * (math.log(2 * math.pi * var) + 1) if var > 0 else float("nan")
     return {"sse_per_image": sse, "bernoulli_nll_nats": float(errs["bce_nats"].mean()),
-            "gaussian_nll_nats": gaussian}
+            "gaussian_nll_nats": gaussian, "input_dim": int(x.shape[1])}
 
 
 def flag(means: dict[str, float], base: dict[str, float], likelihood: str, pca_sse: float | None = None) -> str | None:
@@ -165,11 +168,40 @@ def flag(means: dict[str, float], base: dict[str, float], likelihood: str, pca_s
         pca = f"PCA at this size {pca_sse:.3g}, " if pca_sse is not None else ""
         return (f"far worse than trivial: squared error {sse:.3g} per example, over {FAR:g}x that of "
                 f"predicting the training mean ({pca}mean {ref:.3g})")
-    nll, trivial = means.get("iwae_nll_nats"), base.get(f"{likelihood}_nll_nats")
-    if nll is not None and trivial is not None and math.isfinite(trivial) and nll > trivial + (FAR - 1) * abs(trivial):
-        return (f"far worse than trivial: NLL bound {nll:.4g} nats, over {FAR:g}x the independent-pixel "
-                f"model's {trivial:.4g}")
+    nll, trivial, dims = means.get("iwae_nll_nats"), base.get(f"{likelihood}_nll_nats"), base["input_dim"]
+    if nll is not None and trivial is not None and math.isfinite(trivial) and nll - trivial > FAR_NATS_PER_DIM * dims:
+        gap = nll - trivial
+        return (f"far worse than trivial: NLL bound {nll:.4g} nats, {gap:.4g} nats ({gap / dims:.3g} per input "
+                f"dimension, over {FAR_NATS_PER_DIM:g}) above the trivial {likelihood} model's {trivial:.4g} "
+                "(independent inputs around the training mean)")
     return None
+
+
+# --- the better code at each size -----------------------------------------------------------------
+
+
+def code_choice(ae_sse: np.ndarray | None, pca_sse: np.ndarray, pca_exact: bool) -> dict:
+    """The better code of one size on validation: the autoencoder (ae_sse: (models, n) squared
+    errors of its pick and seed replicates; None when none finished) or PCA (pca_sse: (n,)), the
+    best linear code of that size. An autoencoder worse than PCA by more than one standard error of
+    the paired difference is undertrained (or overfit): its value says nothing about the size."""
+    out = {"code": "pca", "pca_val_sse_per_image": float(pca_sse.mean()), "pca_exact": pca_exact,
+           "undertrained": False}
+    if ae_sse is None:
+        return out
+    diff = np.asarray(ae_sse, dtype=np.float64).mean(axis=0) - pca_sse
+    se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+    return {**out, "code": "ae" if diff.mean() < 0 else "pca", "ae_val_sse_per_image": float(ae_sse.mean()),
+            "diff_val_sse_per_image": float(diff.mean()), "diff_se": se, "undertrained": bool(diff.mean() > se)}
+
+
+def val_sse(entries: list[dict], models_dir: Path, x_val: np.ndarray) -> np.ndarray | None:
+    """(models, n) validation squared errors of a size's pick and its seed replicates (rank 0)."""
+    picks = [e for e in entries if e["rank"] == 0]
+    if not picks:
+        return None
+    return np.stack([example_errors(x_val, reconstructions(load_checkpoint(models_dir / e["file"])[0], x_val))[
+        "sse_per_image"] for e in picks])
 
 
 # --- the stage ----------------------------------------------------------------------------------
@@ -178,6 +210,7 @@ def flag(means: dict[str, float], base: dict[str, float], likelihood: str, pca_s
 def model_summary(model: AutoEncoder, meta: dict, values: dict[str, np.ndarray], mu: np.ndarray) -> dict:
     """One model's means and facts for evaluation.json."""
     out = {"seed": meta.get("seed"), "trial": meta.get("trial"), "study": meta.get("study"),
+           "still_improving": bool(meta.get("still_improving", False)),
            **{key: float(v.mean()) for key, v in values.items() if key != "probe_correct"}}
     if "probe_correct" in values:
         out["probe_accuracy"] = float(values["probe_correct"].mean())
@@ -216,13 +249,15 @@ def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, pro
         if entry is entries[0]:  # the search's best; replicates follow it
             best, best_meta, best_mu, best_kl = model, meta, mu, per_unit
     row = {key: v for key, v in models[0].items()
-           if key not in ("seed", "trial", "study", "replicate", "rank", "objective", "active_units")}
+           if key not in ("seed", "trial", "study", "replicate", "rank", "objective", "active_units", "still_improving")}
     models, others = [m for m in models if m["rank"] == 0], [m for m in models if m["rank"] > 0]
     row.update({"latent_dim": best.spec.latent_dim, "n_params": n_params(best), "beta": best_meta.get("beta"),
                 "lr": best_meta.get("lr"), "train_seconds": best_meta.get("seconds"), "trial": best_meta.get("trial"),
                 "study": best_meta.get("study"), "epochs_run": best_meta.get("epochs_run"),
                 "mse_per_pixel": row["sse_per_image"] / x_test.shape[1], "models": models, "trials": others,
-                "n_sane": sum(m["flag"] is None for m in models)})
+                "n_sane": sum(m["flag"] is None for m in models),
+                # trainings of this size (pick, replicates, other trials) stopped at the ceiling still improving
+                "still_improving": sum(m["still_improving"] for m in [*models, *others])})
     if best.spec.variational:
         row["active_units"], row["mu_variance"] = active_units(best_mu)
         row["collapsed_units"] = best.spec.latent_dim - row["active_units"]
@@ -247,10 +282,11 @@ def evaluate_pca(basis: pca_mod.PCABasis, x_test: np.ndarray, k: int, probe: tup
 
 
 def run(sizes: list[dict], models: list[dict], models_dir: Path, basis: pca_mod.PCABasis, x_train: np.ndarray,
-        y_train: np.ndarray | None, x_test: np.ndarray, y_test: np.ndarray | None, samples: int,
+        y_train: np.ndarray | None, x_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray | None, samples: int,
         probe_max_train: int, seed: int, log=print) -> tuple[dict, dict[str, np.ndarray]]:
     """Evaluate every searched size (sizes: the search's, with why each was searched) and every
-    model (models: the search's list of checkpoints). Returns evaluation.json and the npz arrays."""
+    model (models: the search's list of checkpoints), and pick each size's better code (autoencoder
+    or PCA) on the validation split x_val. Returns evaluation.json and the npz arrays."""
     probe = None
     if y_train is not None and y_test is not None:
         keep = np.random.default_rng(seed).permutation(len(x_train))[:probe_max_train]
@@ -273,6 +309,10 @@ def run(sizes: list[dict], models: list[dict], models_dir: Path, basis: pca_mod.
             for i, entry in enumerate(entries):
                 _append(stacks[arm], k, entry["rank"], entry["replicate"], flags[i] is not None,
                         {key: v[i] for key, v in values.items()})
+            if arm == "ae":
+                sane = [e for e, f in zip(entries, flags) if f is None]
+                pca_val = example_errors(x_val, pca_mod.reconstruct(basis, x_val, k))["sse_per_image"]
+                row["code"] = code_choice(val_sse(sane, models_dir, x_val), pca_val, k >= basis.n_components)
         rows.append(row)
         log(line(row))
     for arm, stack in stacks.items():
@@ -294,7 +334,10 @@ def line(row: dict) -> str:
     k, vae, ae = row["latent_dim"], row["vae"], row["ae"]
     added = " (added)" if row["phase"] == "added" else ""
     parts = [f"[evaluate] k={k:<4}{added} PCA sse {row['pca']['sse_per_image']:.3f}"]
-    parts.append(f"AE sse {ae['sse_per_image']:.3f} {_count(ae)}" if ae else "AE missing")
+    code = row["code"]
+    better = f", {code['code'].upper()} the better code on validation" + (
+        " (AE undertrained: worse than PCA by more than one SE)" if code["undertrained"] else "")
+    parts.append(f"AE sse {ae['sse_per_image']:.3f} {_count(ae)}{better}" if ae else f"AE missing{better}")
     parts.append(f"VAE sse {vae['sse_per_image']:.3f} D {vae['distortion_nats']:.2f} R {vae['rate_nats']:.2f} "
                  f"IWAE {vae['iwae_nll_nats']:.2f} AU {vae['active_units']}/{k} {_count(vae)}" if vae else "VAE missing")
     flags = [f"{arm} {_name(m)}: {m['flag']}" for arm in ARMS

@@ -144,13 +144,19 @@
     ctx.putImageData(img, 0, 0);
   }
 
+  let span = null; // vectors are drawn on [0, 1] widened to the examples' values (standardised data)
   function plot(canvas, ctx, x) {
+    if (!span) {
+      span = [0, 1];
+      for (const r of examples.x) for (const v of r) span = [Math.min(span[0], v), Math.max(span[1], v)];
+    }
     const { width: W, height: H } = canvas;
     ctx.fillStyle = "#fff";
     ctx.fillRect(0, 0, W, H);
     ctx.beginPath();
     x.forEach((v, i) => {
-      const px = ((i + 0.5) * W) / x.length, py = H - 2 - (H - 4) * Math.min(1, Math.max(0, v));
+      const f = Math.min(1, Math.max(0, (v - span[0]) / (span[1] - span[0])));
+      const px = ((i + 0.5) * W) / x.length, py = H - 2 - (H - 4) * f;
       if (i === 0) ctx.moveTo(px, py); else ctx.lineTo(px, py);
     });
     ctx.strokeStyle = PALETTE[0];

@@ -66,7 +66,7 @@ def export_decoder(model: AutoEncoder) -> dict:
     """The decoder as JSON: layers in forward order, float32 weights in base64, and how to read its output.
 
     Bernoulli outputs are logits (the page applies a sigmoid); Gaussian outputs are the means, which
-    the page clips to [0, 1] only for display.
+    the page clips to [0, 1] only for display (vectors: to the examples' range, for standardised data).
     """
     spec = model.spec
     layers = _conv_layers(model.decoder) if spec.arch == "conv" else _mlp_layers(model.decoder)

@@ -35,9 +35,12 @@ def as_images(rows: np.ndarray, image_shape: list[int] | None) -> np.ndarray:
 
 def image_grid(rows: list[np.ndarray], labels: list[str], image_shape: list[int] | None, path: Path,
                title: str | None = None) -> None:
-    """One row of images per entry of rows (each (n, D) in [0, 1]); line plots for non-image data."""
+    """One row of images per entry of rows (each (n, D) in [0, 1]); line plots for non-image data,
+    on [0, 1] widened to the rows' values (standardised data)."""
     plt = _plt()
     n = max(len(r) for r in rows)
+    lo = min([0.0] + [float(r.min()) for r in rows if r.size])
+    hi = max([1.0] + [float(r.max()) for r in rows if r.size])
     fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n + 1.2, 1.1 * len(rows) + (0.4 if title else 0)),
                              squeeze=False)
     for i, (row, label) in enumerate(zip(rows, labels)):
@@ -49,7 +52,7 @@ def image_grid(rows: list[np.ndarray], labels: list[str], image_shape: list[int]
             if j < len(row):
                 if image_shape is None:
                     ax.plot(row[j], lw=0.8)
-                    ax.set_ylim(-0.05, 1.05)
+                    ax.set_ylim(lo - 0.05 * (hi - lo), hi + 0.05 * (hi - lo))
                 else:
                     ax.imshow(imgs[j], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
             else:

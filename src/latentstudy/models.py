@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
@@ -33,12 +34,21 @@ class NetSpec:
     hidden: tuple[int, ...] = (256, 128)
     channels: tuple[int, ...] = (32, 64)
     image_shape: tuple[int, ...] | None = None  # (channels, height, width) for conv
+    # The Gaussian decoder's learned log sigma: one for every feature, or one per feature (the shared one
+    # plus a per-feature offset). shared is what checkpoints written before this field held; the study's
+    # default is search.model.gaussian_scale.
+    scale: Literal["shared", "per_feature"] = "shared"
+    # Autoencoder only: a linear path x -> z -> x_hat beside the nonlinear body, started at PCA
+    # (start_at_pca), so that at every size the model starts at the best linear code of its size.
+    pca_path: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "hidden", tuple(self.hidden))
         object.__setattr__(self, "channels", tuple(self.channels))
         if self.image_shape is not None:
             object.__setattr__(self, "image_shape", tuple(self.image_shape))
+        if self.pca_path and (self.variational or self.likelihood != "gaussian"):
+            raise ValueError("a PCA path needs a deterministic autoencoder with a Gaussian (identity-mean) decoder")
 
 
 def chw(image_shape: list[int] | tuple[int, ...] | None) -> tuple[int, int, int] | None:
@@ -66,10 +76,19 @@ def choose_arch(arch: str, image_shape: list[int] | None, conv_layers: int) -> L
     return arch
 
 
-def choose_likelihood(likelihood: str, image_shape: list[int] | None) -> tuple[Literal["bernoulli", "gaussian"], str]:
-    """The decoder's likelihood, and why: `auto` is Gaussian for colour images, else Bernoulli."""
+def choose_likelihood(likelihood: str, image_shape: list[int] | None,
+                      unit_interval: bool = True) -> tuple[Literal["bernoulli", "gaussian"], str]:
+    """The decoder's likelihood, and why: `auto` is Gaussian for colour images and for data outside
+    [0, 1] (unit_interval False: standardised, see data.scaling.in_unit_interval), else Bernoulli.
+    Bernoulli on data outside [0, 1] is refused: its likelihood is not defined there."""
+    if likelihood == "bernoulli" and not unit_interval:
+        raise StudyError("search.model.likelihood = bernoulli but the prepared data is not in [0, 1] (data.scaling "
+                         "standard); allowed: gaussian or auto, or data.scaling minmax | minmax_global")
     if likelihood != "auto":
         return likelihood, "set in search.model.likelihood"
+    if not unit_interval:
+        return "gaussian", ("search.model.likelihood auto chose it for data standardised per feature (real values, "
+                            "not in [0, 1]), which a Gaussian with a learned scale models")
     if image_shape is not None and chw(image_shape)[0] > 1:
         return "gaussian", ("search.model.likelihood auto chose it for colour images: natural images' pixel "
                             "intensities are continuous, which a Gaussian with a learned scale models")
@@ -151,7 +170,8 @@ class AutoEncoder(nn.Module):
     """A VAE (diagonal-Gaussian q(z|x)) when spec.variational, else a deterministic autoencoder.
 
     The encoder emits mu and log sigma^2 (VAE) or z itself (AE). The decoder emits Bernoulli
-    logits or Gaussian means; the Gaussian's scale is one learned scalar (log sigma).
+    logits or Gaussian means; the Gaussian's scale is learned: one log sigma (spec.scale shared)
+    or one per output feature (per_feature).
     """
 
     def __init__(self, spec: NetSpec):
@@ -168,18 +188,27 @@ class AutoEncoder(nn.Module):
                                          mlp([*reversed(spec.hidden), spec.input_dim]))
         if spec.likelihood == "gaussian":
             self.log_sigma = nn.Parameter(torch.zeros(()))
+            if spec.scale == "per_feature":
+                # Feature d's log sigma is the shared one plus its own offset: the shared part gets every
+                # feature's gradient and falls as fast as a shared scale does. One (D,) vector alone
+                # lagged far behind on colour patches (benchmarks/gaussian_scale.py).
+                self.log_sigma_offset = nn.Parameter(torch.zeros(spec.input_dim))
+        if spec.pca_path:
+            self.pca_encoder = nn.Linear(spec.input_dim, spec.latent_dim)
+            self.pca_decoder = nn.Linear(spec.latent_dim, spec.input_dim)
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(mu, log sigma^2) of q(z|x); for the autoencoder (z, None)."""
         h = self.encoder(x)
         if not self.spec.variational:
-            return h, None
+            return (h + self.pca_encoder(x) if self.spec.pca_path else h), None
         mu, logvar = h.chunk(2, dim=1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder output: Bernoulli logits or Gaussian means, shape (n, D)."""
-        return self.decoder(z)
+        out = self.decoder(z)
+        return out + self.pca_decoder(z) if self.spec.pca_path else out
 
     def mean(self, out: torch.Tensor) -> torch.Tensor:
         """The reconstruction in data space: E[x|z]."""
@@ -187,18 +216,56 @@ class AutoEncoder(nn.Module):
 
     def distortion(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """-log p(x|z) per example, in nats, summed over the D outputs."""
-        return distortion(self.spec.likelihood, x, out, getattr(self, "log_sigma", None))
+        return distortion(self.spec.likelihood, x, out, self.log_scale())
+
+    def log_scale(self) -> torch.Tensor | None:
+        """The Gaussian decoder's log sigma: () shared, (D,) per feature; None for Bernoulli."""
+        if self.spec.likelihood != "gaussian":
+            return None
+        offset = getattr(self, "log_sigma_offset", None)
+        return self.log_sigma if offset is None else self.log_sigma + offset
 
 
 def distortion(likelihood: str, x: torch.Tensor, out: torch.Tensor, log_sigma: torch.Tensor | None) -> torch.Tensor:
     """-log p(x|z) in nats, summed over the last (D) dimension. out may carry leading dimensions
-    that x lacks (a stack's members); log_sigma then has the shape of out's leading dimensions.
-    out is cast to x's dtype: bf16 autocast outputs are scored in full precision."""
+    that x lacks (a stack's members). log_sigma broadcasts against out: () or (D,) for one model,
+    shared or per feature; (S, 1, 1) or (S, 1, D) for a stack of S. out is cast to x's dtype: bf16
+    autocast outputs are scored in full precision."""
     out = out.to(x.dtype)
     if likelihood == "bernoulli":
         return F.binary_cross_entropy_with_logits(out, x.expand_as(out), reduction="none").sum(-1)
-    sq = ((x - out) ** 2).sum(-1)
-    return 0.5 * sq * torch.exp(-2 * log_sigma) + x.shape[-1] * (log_sigma + 0.5 * LOG_2PI)
+    per_feature = 0.5 * (x - out) ** 2 * torch.exp(-2 * log_sigma) + log_sigma
+    return per_feature.sum(-1) + 0.5 * x.shape[-1] * LOG_2PI
+
+
+def last_layers(model: AutoEncoder) -> list[str]:
+    """The state_dict prefixes of the encoder's and the decoder's last weighted layer."""
+    weighted = (nn.Linear, nn.Conv2d, nn.ConvTranspose2d)
+    return [f"{part}.{[n for n, m in getattr(model, part).named_modules() if isinstance(m, weighted)][-1]}"
+            for part in ("encoder", "decoder")]
+
+
+def start_at_pca(state: dict[str, torch.Tensor], spec: NetSpec, mean: np.ndarray,
+                 components: np.ndarray) -> dict[str, torch.Tensor]:
+    """An autoencoder's initial weights (state, e.g. train.initial_state's) changed so that it is
+    exactly PCA with the top k components (rows of `components`, (r, D)) around `mean`: the linear
+    path encodes z = V (x - mean) and decodes mean + V^T z, and the nonlinear body's last layers
+    start at zero, so it adds nothing until training finds something better than the linear code.
+    Code units past PCA's r components start unused (zero rows)."""
+    with torch.device("meta"):
+        template = build(spec)
+    k, r = spec.latent_dim, min(spec.latent_dim, len(components))
+    dtype = state["pca_encoder.weight"].dtype
+    v = torch.zeros(k, spec.input_dim, dtype=torch.float64)
+    v[:r] = torch.as_tensor(np.asarray(components[:r], dtype=np.float64))
+    m = torch.as_tensor(np.asarray(mean, dtype=np.float64))
+    out = dict(state)
+    out.update({"pca_encoder.weight": v, "pca_encoder.bias": -(v @ m), "pca_decoder.weight": v.T.contiguous(),
+                "pca_decoder.bias": m})
+    for prefix in last_layers(template):
+        for name in (f"{prefix}.weight", f"{prefix}.bias"):
+            out[name] = torch.zeros_like(state[name])
+    return {name: value.to(dtype) for name, value in out.items()}
 
 
 def n_params(model: nn.Module) -> int:

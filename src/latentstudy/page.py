@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from latentstudy.data.scaling import in_unit_interval, settings as scaling_settings
 from latentstudy.models import choose_likelihood
 from latentstudy.recommend import RULE, Recommendation, fmt
 
@@ -48,11 +49,18 @@ HTML_COLUMNS = [  # (group, header, column, format)
     ("linear probe accuracy", "VAE", "vae_probe_accuracy", "{:.3f}"),
     ("models (seeds)", "AE", "ae_models", "{:d}"),
     ("models (seeds)", "VAE", "vae_models", "{:d}"),
+    ("reconstruction", "better code", "recon_code", "{}"),
+    ("still improving at the ceiling", "AE", "ae_still_improving", "{:d}"),
+    ("still improving at the ceiling", "VAE", "vae_still_improving", "{:d}"),
 ]
 
 
 def _cell(row: pd.Series, col: str, fmt_: str) -> str:
     v = row[col]
+    if col == "recon_code" and isinstance(v, str):
+        under = row.get("ae_undertrained") is True
+        title = ' title="the autoencoder is worse than PCA by more than one SE on validation: undertrained"'
+        return f'<td class="flag"{title}>{v.upper()}!</td>' if under else f"<td>{v.upper()}</td>"
     text = "–" if pd.isna(v) else fmt_.format(int(v) if "d" in fmt_ else float(v))
     if col == "latent_dim" and row.get("phase") == "added":
         return f'<td class="added" title="{html.escape(str(row["reason"]))}">{text}+</td>'
@@ -85,10 +93,19 @@ def table_html(table: pd.DataFrame, chosen: int | None) -> str:
 
 
 def likelihood_html(study: dict, summary: dict) -> str:
-    """Which decoder likelihood the models trained with, and why."""
-    requested = study.get("search", {}).get("model", {}).get("likelihood", "auto")
-    chosen, why = choose_likelihood(requested, summary["image_shape"])
-    return f'<p id="likelihood">Decoder likelihood: <b>{chosen}</b> ({html.escape(why)}).</p>'
+    """Which scaling and decoder likelihoods the models trained with, and why."""
+    model = study.get("search", {}).get("model", {})
+    chosen, why = choose_likelihood(model.get("likelihood", "auto"), summary["image_shape"],
+                                    in_unit_interval(summary["scaling"]))
+    scale = (f", {model['gaussian_scale'].replace('_', '-')} scale"
+             if chosen == "gaussian" and "gaussian_scale" in model else "")
+    ae = ("the autoencoder trains on its squared error (a Gaussian with one shared scale)"
+          + (", with a linear path started at PCA" if model.get("ae_pca_path") else ""))
+    scaling = summary["scaling"]
+    said = f' Data scaling: <b>{html.escape(scaling["method"])}</b> ({html.escape(scaling["why"])}).' \
+        if "why" in scaling else ""
+    return (f'<p id="likelihood">VAE decoder likelihood: <b>{chosen}</b>{scale} ({html.escape(why)}); '
+            f"{ae}.{said}</p>")
 
 
 def figure_html(path: Path, title: str, caption: str) -> str:
@@ -98,7 +115,25 @@ def figure_html(path: Path, title: str, caption: str) -> str:
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def answers_html(rec: Recommendation) -> str:
+def training_notes(table: pd.DataFrame) -> list[str]:
+    """Sizes whose models were undertrained: trainings still improving at the epoch ceiling, and
+    autoencoders worse than PCA on validation (PCA then stands in as the better code)."""
+    notes = []
+    for arm, name in (("ae", "autoencoder"), ("vae", "VAE")):
+        col = f"{arm}_still_improving"
+        late = table[table[col].fillna(0) > 0] if col in table else table.iloc[:0]
+        if len(late):
+            sizes = ", ".join(f"k = {int(r.latent_dim)} ({int(r[col])})" for _, r in late.iterrows())
+            notes.append(f"{name} trainings still improving at the epoch ceiling, per size: {sizes}; their values are "
+                         "those of undertrained models: raise search.train.max_epochs.")
+    if "ae_undertrained" in table and table.ae_undertrained.fillna(False).astype(bool).any():
+        sizes = ", ".join(str(int(k)) for k in table.latent_dim[table.ae_undertrained.fillna(False).astype(bool)])
+        notes.append(f"reconstruction: at k = {sizes} the autoencoder is worse than PCA by more than one SE on "
+                     "validation (undertrained); PCA, the better code there, stands in for it.")
+    return notes
+
+
+def answers_html(rec: Recommendation, table: pd.DataFrame) -> str:
     """The first box: the answer per purpose, headline first, with interval and stability."""
     rows = []
     for name in [rec.headline, *(n for n in rec.answers if n != rec.headline)]:
@@ -106,19 +141,25 @@ def answers_html(rec: Recommendation) -> str:
         label = html.escape(name) + (" <em>(headline)</em>" if name == rec.headline else "")
         cls = ' class="headline"' if name == rec.headline else ""
         if a.choice is None:
-            rows.append(f"<tr{cls}><td>{label}</td><td colspan=7>no answer: {html.escape(a.missing or '')}</td></tr>")
+            rows.append(f"<tr{cls}><td>{label}</td><td colspan=8>no answer: {html.escape(a.missing or '')}</td></tr>")
             continue
         c, p = a.choice, a.purpose
         value, se, low, high = a.at(c.chosen)
         rows.append(
             f"<tr{cls}><td>{label}</td><td><strong>k = {c.chosen}</strong></td>"
-            f"<td>{{{', '.join(map(str, c.likely))}}}</td><td>{c.shares[c.chosen]:.0%}</td>"
+            f"<td>{{{', '.join(map(str, c.likely))}}}</td><td>{{{', '.join(map(str, c.indistinguishable))}}}</td>"
+            f"<td>{c.shares[c.chosen]:.0%}{'*' if a.cannot_tell else ''}</td>"
             f"<td>{html.escape(p.short)}</td><td>{fmt(value)} &plusmn; {fmt(se)}</td><td>{fmt(low)} to {fmt(high)}"
             f"</td><td>{c.best}</td></tr>")
-    head = ("<tr><th>purpose</th><th>answer</th><th>90% set</th><th>chosen in</th><th>criterion</th>"
+    head = ("<tr><th>purpose</th><th>answer</th><th>90% set</th><th>cannot tell from the best</th>"
+            "<th>chosen in</th><th>criterion</th>"
             "<th>at k, &plusmn; SE</th><th>95% interval</th><th>best k</th></tr>")
     notes = []
     for name, a in rec.answers.items():
+        words = a.plain_words()
+        if words:
+            notes.append(f"* {name}: {words}.")
+        notes += [f"{name}: {note}." for note in a.notes]
         if a.still_improving:
             notes.append(f"{name}: the criterion still improves at the largest size searched (k = {a.choice.best}); "
                          "larger sizes may do better: add them to study.latent_dims.")
@@ -126,6 +167,7 @@ def answers_html(rec: Recommendation) -> str:
         if flagged:
             notes.append(f"{name}: left out as absurd (diverged or broken training), never recommended: "
                          + "; ".join(f"k = {k} ({r})" for k, r in sorted(flagged.items())))
+    notes += training_notes(table)
     warn = "".join(f'<p class="warn">{html.escape(n)}</p>' for n in notes)
     return (f'<div class="rec" id="recommendation"><strong>k = {rec.latent_dim}</strong> for {rec.headline} '
             f'<span class="meta">({html.escape(rec.why)})</span>'
@@ -150,7 +192,8 @@ def settings_html(settings: dict) -> str:
 
 
 def settings_of(cfg, inp) -> dict:
-    return {"data": {k: inp.summary[k] for k in ("dataset", "source", "scaling", "counts")},
+    return {"data": {**{k: inp.summary[k] for k in ("dataset", "source", "counts")},
+                     "scaling": scaling_settings(inp.summary["scaling"])},
             "study": {"searched sizes": inp.study.get("latent_dims"), "seed": inp.study.get("seed")},
             "search": inp.study.get("search") or {},
             "report": {"purpose": cfg.purpose, "tolerance": cfg.tolerance, "bootstrap": cfg.bootstrap}}
@@ -182,7 +225,7 @@ D = {s['input_dim']} ({shape}), split {s['counts']['train']} / {s['counts']['val
 Study <code>{html.escape(inp.study.get('prefix', ''))}</code>, latent sizes {', '.join(map(str, table.latent_dim))}
 ({len(added)} added by the search). Generated {date}.</p>
 <h2>The answer</h2>
-{answers_html(rec)}
+{answers_html(rec, table)}
 {warn}
 <h2>How the answer is chosen</h2>
 <p>{html.escape(RULE.format(draws=cfg.bootstrap, margin=margin))}</p>
@@ -190,7 +233,8 @@ Study <code>{html.escape(inp.study.get('prefix', ''))}</code>, latent sizes {', 
 as a density model whatever beta trained it; reconstruction uses the autoencoder's squared error per example;
 representation uses the accuracy of a linear probe on the VAE's mean codes. Sizes retrained with more seeds (their
 interval includes the spread between seeds): {html.escape(reps_text)}.</p>
-{f"<p>Sizes the search added between grid points:</p><ul>{added_html}</ul>" if added_html else ""}
+{f"<p>Sizes the search added or extended (above the grid while the criterion still improved at its largest size, "
+   f"then between grid points):</p><ul>{added_html}</ul>" if added_html else ""}
 <h2>Reconstruction against compression</h2>
 <p>Test split; squared errors are summed over the {s['input_dim']} inputs and decoded from z = mu(x); nats are per
 example (D distortion, R rate, D+R the negative ELBO, IWAE the {iwae_k}-sample importance-weighted bound, never

@@ -41,7 +41,8 @@ class Purpose:
 PURPOSES = {
     "generation": Purpose("generation", "vae", "iwae_nll_nats", "test negative log-likelihood bound (IWAE)",
                           "NLL bound", "nats per example"),
-    "reconstruction": Purpose("reconstruction", "ae", "sse_per_image", "autoencoder test squared error",
+    "reconstruction": Purpose("reconstruction", "ae", "sse_per_image",
+                              "test squared error of the better code (autoencoder or PCA, chosen on validation)",
                               "squared error", "per example"),
     "representation": Purpose("representation", "vae", "probe_correct", "linear-probe accuracy on the VAE's codes",
                               "probe accuracy", "", higher_is_better=True),
@@ -62,20 +63,32 @@ RULE = ("For each purpose the criterion is measured on every test example at eve
         "numbers here are on the test split only.")
 
 
-def unavailable(purpose: str, has_model: bool, has_labels: bool) -> str | None:
-    """Why a purpose cannot be answered for this study, or None."""
+def unavailable(purpose: str, has_model: bool, has_labels: bool, classes: int | None = None) -> str | None:
+    """Why a purpose cannot be answered for this study, or None. classes: how many classes the
+    labels have, when known (a probe needs two)."""
     if purpose == "representation" and not has_labels:
         return "the data has no labels to probe"
+    if purpose == "representation" and classes is not None and classes < 2:
+        return "not applicable: the labels have one class"
     if not has_model:
         return f"no {'VAE' if PURPOSES[purpose].arm == 'vae' else 'autoencoder'} finished at any size"
     return None
 
 
-def check_purpose(requested: str, has_labels: bool) -> None:
+def label_classes(summary: dict) -> int | None:
+    """How many classes summary.json's labels have; None when it does not say."""
+    names = summary.get("class_names")
+    return None if names is None else len(names)
+
+
+def check_purpose(requested: str, has_labels: bool, classes: int | None = None) -> None:
     """A purpose the data cannot serve is a user error, caught before any work."""
     if requested == "representation" and not has_labels:
         raise StudyError("report.purpose = representation but the data has no labels; allowed here: auto, "
                          "generation or reconstruction (or give labels: data.labels_key)")
+    if requested == "representation" and classes is not None and classes < 2:
+        raise StudyError("report.purpose = representation but the labels have one class: there is nothing to "
+                         "probe; allowed here: auto, generation or reconstruction (or labels of two or more classes)")
 
 
 def headline(requested: str, has_vae: bool) -> tuple[str, str]:
@@ -97,6 +110,7 @@ class Answer:
     excluded: dict[int, str] = field(default_factory=dict)  # sizes left out of the curve, and why
     missing: str | None = None  # why there is no answer at all
     input_dim: int | None = None  # D: at k >= D a code can be the identity, so larger k cannot help
+    notes: tuple[str, ...] = ()  # what the reader must know to trust the answer (posterior collapse)
 
     @property
     def k(self) -> int | None:
@@ -116,20 +130,45 @@ class Answer:
         below_d = self.input_dim is None or c is None or c.ks[-1] < self.input_dim
         return c is not None and len(c.ks) > 1 and c.best == c.ks[-1] and below_d
 
+    @property
+    def cannot_tell(self) -> bool:
+        """The criterion cannot tell most searched sizes from the best: the answer is parsimony's."""
+        c = self.choice
+        return c is not None and len(c.ks) > 1 and len(c.indistinguishable) > len(c.ks) / 2
+
+    def plain_words(self) -> str | None:
+        """The sentence an answer the data cannot support needs, or None: when the criterion cannot
+        tell most sizes from the best, and whenever a stability of 100% comes from parsimony alone
+        (the rule picks the smallest of several sizes it cannot tell apart in every resample)."""
+        c = self.choice
+        if c is None:
+            return None
+        same = c.indistinguishable
+        if not (self.cannot_tell or (len(same) > 1 and c.shares[c.chosen] >= 0.995)):
+            return None
+        which = "the smallest" if c.chosen == same[0] else f"k = {c.chosen}, the smallest within one SE of the best,"
+        return (f"this data cannot tell k = {same[0]} from k = {same[-1]} on the {self.purpose.short} ({len(same)} of "
+                f"{len(c.ks)} sizes have a 95% interval of their difference to the best that includes 0); {which} "
+                "is chosen by parsimony")
+
     def summary(self) -> str:
-        """e.g. "k = 6, chosen in 84% of resamples; 90% set {5, 6}"."""
+        """e.g. "k = 6, chosen in 84% of resamples; 90% set {5, 6}; indistinguishable from the best {5, 6, 8}",
+        and the plain-words sentence when the data cannot tell the sizes apart."""
         if self.choice is None:
             return f"no answer: {self.missing}"
         c = self.choice
+        words = self.plain_words()
         return (f"k = {c.chosen}, chosen in {c.shares[c.chosen]:.0%} of resamples; "
-                f"90% set {{{', '.join(map(str, c.likely))}}}")
+                f"90% set {_set(c.likely)}; indistinguishable from the best {_set(c.indistinguishable)}"
+                + (f"; {words}" if words else ""))
 
     def interval(self) -> tuple[int, int] | None:
         return (min(self.choice.likely), max(self.choice.likely)) if self.choice else None
 
     def to_dict(self) -> dict:
         out = {"purpose": self.purpose.name, "criterion": self.purpose.criterion, "latent_dim": self.k,
-               "missing": self.missing, "excluded": {str(k): v for k, v in self.excluded.items()}}
+               "missing": self.missing, "excluded": {str(k): v for k, v in self.excluded.items()},
+               "notes": list(self.notes)}
         c = self.choice
         if c is None:
             return out
@@ -138,13 +177,29 @@ class Answer:
             "interval": list(self.interval()), "likely_set": c.likely, "stability": c.shares[c.chosen],
             "shares": {str(k): round(v, 4) for k, v in c.shares.items() if v > 0}, "best_latent_dim": c.best,
             "value": value, "se": se, "ci95": [low, high], "tolerance": c.tolerance, "bootstrap": c.draws,
-            "still_improving": self.still_improving,
+            "still_improving": self.still_improving, "indistinguishable": c.indistinguishable,
+            "cannot_tell": self.cannot_tell, "plain_words": self.plain_words(),
             "curve": [{"latent_dim": k, "value": self.at(k)[0], "se": c.se[i], "ci95": list(self.at(k)[2:]),
                        "diff_to_best": (-1 if self.purpose.higher_is_better else 1) * c.diff[i],
                        "diff_se": c.diff_se[i], "models": c.models[i], "trials": c.trials[i]}
                       for i, k in enumerate(c.ks)],
         })
         return out
+
+
+def _set(ks: list[int]) -> str:
+    return "{" + ", ".join(map(str, ks)) + "}"
+
+
+def collapse_note(active_units: dict[int, int]) -> str | None:
+    """The generation answer's warning when the VAE ignores its code at every size (active_units:
+    each size's best sane VAE's count), or None."""
+    if not active_units or max(active_units.values()) > 1:
+        return None
+    return ("the VAE ignores its code: at most one active unit at every size (posterior collapse at every size), "
+            "so its NLL bound measures the decoder alone and cannot tell sizes apart. Remedies: free bits "
+            "(search.train.free_bits, e.g. 0.5 nats), KL warm-up (search.train.kl_warmup_epochs, e.g. 20), or a "
+            "likelihood that fits the data (search.model.likelihood, data.scaling)")
 
 
 def by_size(ks: np.ndarray, ranks: np.ndarray, sane: np.ndarray,
@@ -160,6 +215,37 @@ def by_size(ks: np.ndarray, ranks: np.ndarray, sane: np.ndarray,
             picks[int(k)] = values[mine]
             others[int(k)] = values[rest][np.argsort(ranks[rest], kind="stable")]
     return picks, others
+
+
+def with_better_code(picks: dict[int, np.ndarray], others: dict[int, np.ndarray], pca: dict[int, np.ndarray],
+                     codes: dict[int, str]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """The reconstruction curve of the better code at each size: where PCA is (codes[k] == "pca"),
+    its per-example values (n,) replace the autoencoder's. PCA has no seed and no search, so it
+    stands for as many identical models as the autoencoders elsewhere and has no other trials."""
+    count = max((len(v) for v in picks.values()), default=1)
+    picks, others = dict(picks), dict(others)
+    for k, code in codes.items():
+        if code == "pca" and k in pca:
+            picks[k] = np.repeat(np.asarray(pca[k])[None], count, axis=0)
+            others.pop(k, None)
+    return picks, others
+
+
+def worse_than_smaller(curves: dict[int, np.ndarray]) -> dict[int, tuple[int, float, float]]:
+    """Sizes whose criterion (lower is better; (models, examples) values per size) is worse than the
+    best smaller size's by more than one SE of their paired difference: {k: (that size, gap, SE)}.
+    A larger latent can switch its extra units off and match a smaller one, so such a gap points at
+    training, not at the data."""
+    ks = sorted(curves)
+    means = {k: np.asarray(curves[k], dtype=np.float64).mean(axis=0) for k in ks}
+    out = {}
+    for i, k in enumerate(ks[1:], start=1):
+        ref = min(ks[:i], key=lambda j: means[j].mean())
+        diff = means[k] - means[ref]
+        se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
+        if diff.mean() > se:
+            out[k] = (ref, float(diff.mean()), se)
+    return out
 
 
 def answer(purpose: Purpose, curves: dict[int, np.ndarray], excluded: dict[int, str], draws: int, seed: int,

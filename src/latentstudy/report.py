@@ -27,11 +27,15 @@ from latentstudy.recommend import (
     Recommendation,
     answer,
     by_size,
+    collapse_note,
     explain,
     headline,
     knee_stability,
+    label_classes,
     pca_components,
     unavailable,
+    with_better_code,
+    worse_than_smaller,
 )
 
 ARMS = ("vae", "ae")
@@ -65,6 +69,10 @@ COLUMNS = [
     ("ae_params", "ae", "n_params"),
     ("vae_train_seconds", "vae", "train_seconds"),
     ("ae_train_seconds", "ae", "train_seconds"),
+    ("recon_code", "code", "code"),  # the better code on validation: "ae" or "pca"
+    ("ae_undertrained", "code", "undertrained"),
+    ("vae_still_improving", "vae", "still_improving"),
+    ("ae_still_improving", "ae", "still_improving"),
     ("vae_flag", "vae", "flag"),
     ("ae_flag", "ae", "flag"),
 ]
@@ -93,7 +101,7 @@ def build_table(evaluation: dict) -> pd.DataFrame:
     for r in evaluation["rows"]:
         row = {"latent_dim": r["latent_dim"], "phase": r.get("phase", "grid"), "reason": r.get("reason", "")}
         for col, arm, key in COLUMNS:
-            source = r if arm is None else (r[arm] or {})
+            source = r if arm is None else (r.get(arm) or {})
             row[col] = source.get(key)
         for arm in ARMS:
             row[f"{arm}_models"] = len((r[arm] or {}).get("models", [])) or None
@@ -124,6 +132,11 @@ def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[i
     arm = purpose.arm
     picks, others = by_size(arrays[f"{arm}_latent_dim"], arrays[f"{arm}_rank"], ~arrays[f"{arm}_flagged"].astype(bool),
                             arrays[key])
+    codes = {row["latent_dim"]: row["code"]["code"] for row in inp.evaluation["rows"] if "code" in row}
+    if purpose.name == "reconstruction" and "pca" in codes.values():  # the better code, chosen on validation
+        pca = dict(zip(arrays["pca_latent_dim"].tolist(), arrays["pca_sse_per_image"]))
+        picks, others = with_better_code(picks, others, pca, codes)
+        excluded = {k: why for k, why in excluded.items() if codes.get(k) != "pca"}
     return picks, others, excluded
 
 
@@ -135,8 +148,10 @@ def recommendation(cfg, inp: Inputs) -> Recommendation:
         values, others, excluded = curves(purpose, inp)
         has_model = any(row[purpose.arm] for row in inp.evaluation["rows"])
         answers[name] = answer(purpose, values, excluded, cfg.bootstrap, seed, cfg.tolerance,
-                               unavailable(name, has_model, inp.evaluation["has_labels"]), inp.evaluation["input_dim"],
-                               others)
+                               unavailable(name, has_model, inp.evaluation["has_labels"], label_classes(inp.summary)),
+                               inp.evaluation["input_dim"], others)
+    if answers["generation"].choice is not None:
+        answers["generation"] = replace(answers["generation"], notes=generation_notes(inp))
     name, why = headline(cfg.purpose, answers["generation"].choice is not None)
     main = answers[name]
     if main.choice is None:
@@ -146,6 +161,20 @@ def recommendation(cfg, inp: Inputs) -> Recommendation:
                          "or pick another report.purpose")
     rec = Recommendation(answers, name, why, cross_checks(cfg, inp, main, seed))
     return replace(rec, text=explain(rec, inp.study.get("replicates") or {}, added_sizes(inp.evaluation)))
+
+
+def generation_notes(inp: Inputs) -> tuple[str, ...]:
+    """What the generation answer's reader must know: a VAE that ignores its code at every size, and
+    sizes whose NLL bound is worse than a smaller size's beyond noise (undertrained, even after the
+    search's extra trials)."""
+    active = {row["latent_dim"]: row["vae"]["active_units"] for row in inp.evaluation["rows"]
+              if row["vae"] and row["vae"].get("flag") is None and "active_units" in row["vae"]}
+    notes = [collapse_note(active)]
+    picks, _, _ = curves(PURPOSES["generation"], inp)
+    notes += [f"k = {k}'s NLL bound is {gap:.2f} nats worse than k = {ref}'s (SE of the difference {se:.2f}): a larger "
+              "latent can switch its extra units off, so this points at training, not at the data"
+              for k, (ref, gap, se) in worse_than_smaller(picks).items()]
+    return tuple(n for n in notes if n)
 
 
 def cross_checks(cfg, inp: Inputs, main: Answer, seed: int) -> Checks:

@@ -144,16 +144,22 @@ class Stack:
         """(mu, log sigma^2) per member, each (S, n, k); for autoencoders (z, None)."""
         h = self._conv_encoder(x) if self.spec.arch == "conv" else self._mlp(self.template.encoder, x)
         if not self.spec.variational:
-            return h, None
+            return (h + self._linear(self.template.pca_encoder, x) if self.spec.pca_path else h), None
         mu, logvar = h.chunk(2, dim=-1)
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Decoder outputs (S, n, D): Bernoulli logits or Gaussian means."""
-        return self._conv_decoder(z) if self.spec.arch == "conv" else self._mlp(self.template.decoder, z)
+        out = self._conv_decoder(z) if self.spec.arch == "conv" else self._mlp(self.template.decoder, z)
+        return out + self._linear(self.template.pca_decoder, z) if self.spec.pca_path else out
 
     def _distortion(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        log_sigma = self.p["log_sigma"].unsqueeze(1) if self.spec.likelihood == "gaussian" else None
+        if self.spec.likelihood != "gaussian":
+            return distortion(self.spec.likelihood, x, out, None)
+        # as AutoEncoder.log_scale, against out's (S, n, D): (S, 1, 1) shared, (S, 1, D) per feature
+        log_sigma = self.p["log_sigma"].view(self.size, 1, 1)
+        if "log_sigma_offset" in self.p:
+            log_sigma = log_sigma + self.p["log_sigma_offset"].unsqueeze(1)
         return distortion(self.spec.likelihood, x, out, log_sigma)
 
     def terms(self, x: torch.Tensor, eps: torch.Tensor | None) -> StackTerms:

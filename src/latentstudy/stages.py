@@ -74,14 +74,14 @@ def pca(params: Path, prepared: Path, metrics_json: Path, curve_csv: Path, basis
     cfg = config.load_section(params, "pca")
     x_train, _ = data.load_split(prepared, "train")
     x_test, _ = data.load_split(prepared, "test")
-    study.check_input_dim(x_train.shape[1])
+    ks = study.sizes(x_train.shape[1])
     with outputs(metrics_json, curve_csv, basis_path):
         basis = pca_mod.fit(x_train)
         metrics = {
             "input_dim": basis.input_dim,
             "n_components": basis.n_components,
             "components_for_variance": {f"{t:g}": pca_mod.components_for(basis, t) for t in cfg.variance_targets},
-            "latent_dims": {f"k{k}": pca_mod.metrics_at(basis, x_test, k) for k in study.latent_dims},
+            "latent_dims": {f"k{k}": pca_mod.metrics_at(basis, x_test, k) for k in ks},
         }
         basis_path.parent.mkdir(parents=True, exist_ok=True)
         pca_mod.save(basis, basis_path)
@@ -90,7 +90,7 @@ def pca(params: Path, prepared: Path, metrics_json: Path, curve_csv: Path, basis
         pd.DataFrame(pca_mod.curve(basis, x_test)).to_csv(curve_csv, index=False)
     needed = ", ".join(f"{int(float(t) * 100)}%: {k}" for t, k in metrics["components_for_variance"].items())
     print(f"[pca] {basis.n_components} components; components for explained variance {needed}")
-    for k in study.latent_dims:
+    for k in ks:
         m = metrics["latent_dims"][f"k{k}"]
         print(f"[pca] k={k:<4} test squared error per image {m['sse_per_image']:.3f}  "
               f"explained variance {m['explained_variance_ratio']:.3f}")
@@ -110,7 +110,8 @@ def search(params: Path, prepared: Path, root: Path, models_dir: Path, trials_cs
     ev = config.load_section(params, "evaluate")
     if tracking:
         require_reachable(tracking)  # before anything is read or written
-    recommend.check_purpose(rep.purpose, data.load_summary(prepared)["has_labels"])
+    summary = data.load_summary(prepared)
+    recommend.check_purpose(rep.purpose, summary["has_labels"], recommend.label_classes(summary))
     # The search decides which sizes to add with the report's rule, on validation.
     rule = Rule(rep.purpose, rep.tolerance, rep.bootstrap, study.seed, ev.iwae_samples, ev.probe_max_train)
     with outputs(models_dir, trials_csv, metrics_json, study_json):
@@ -129,11 +130,12 @@ def evaluate(params: Path, prepared: Path, models_dir: Path, study_json: Path, b
         raise StudyError(f"{study_json}: lists no searched sizes or models (an older search); rerun the search "
                          "stage: dvc repro -f search")
     x_train, y_train = data.load_split(prepared, "train")
+    x_val, _ = data.load_split(prepared, "val")
     x_test, y_test = data.load_split(prepared, "test")
     basis = pca_mod.load(basis_path)
     with outputs(out_json, per_example_npz):
         result, arrays = evaluate_mod.run(searched["sizes"], searched["models"], models_dir, basis, x_train, y_train,
-                                          x_test, y_test, cfg.iwae_samples, cfg.probe_max_train, cfg.seed)
+                                          x_val, x_test, y_test, cfg.iwae_samples, cfg.probe_max_train, cfg.seed)
         write_json(out_json, result)
         evaluate_mod.save_per_example(per_example_npz, arrays)
     return result
@@ -154,7 +156,7 @@ def report(params: Path, prepared: Path, evaluation_json: Path, per_example_npz:
         require_reachable(tracking)  # now, not after the report's work
     x_test, y_test = data.load_split(prepared, "test")
     summary = data.load_summary(prepared)
-    recommend.check_purpose(cfg.purpose, summary["has_labels"])
+    recommend.check_purpose(cfg.purpose, summary["has_labels"], recommend.label_classes(summary))
     if not per_example_npz.is_file():
         raise StudyError(f"{per_example_npz}: not found; run the stages before the report (dvc repro)")
     inp = rep.Inputs(_read_json(evaluation_json), evaluate_mod.load_per_example(per_example_npz),

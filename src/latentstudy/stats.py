@@ -156,6 +156,12 @@ class Choice:
     samples: np.ndarray = field(repr=False, compare=False)  # (draws, K) the resampled curves
 
     @property
+    def indistinguishable(self) -> list[int]:
+        """The sizes the criterion cannot tell from the best: their 95% interval of the difference
+        to the best includes 0 (the best itself, whose difference is 0 in every draw, among them)."""
+        return [k for k, lo, hi in zip(self.ks, self.diff_low, self.diff_high) if lo <= 0 <= hi]
+
+    @property
     def threshold(self) -> float:
         """The largest value that still counts as the best, at the chosen size's SE."""
         i, b = self.ks.index(self.chosen), self.ks.index(self.best)

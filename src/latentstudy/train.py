@@ -70,6 +70,7 @@ class TrainResult:
     seconds: float
     state_dict: dict | None = field(default=None, repr=False)  # the best epoch's weights, when complete
     reason: str = ""  # why it stopped: pruned at epoch N, non-finite loss at epoch N
+    still_improving: bool = False  # complete at the epoch ceiling with a new best in its last late_patience epochs
     data_order: tuple[int, int] = (0, 0)  # (seed, first stack epoch) of the minibatch order it trained on
 
     @property
@@ -332,9 +333,9 @@ def _after_epoch(slot: _Slot, spec: NetSpec, cfg: TrainConfig, objective: str, t
     d, r, sse = val
     metrics = {"distortion": d, "rate": r, "neg_elbo": d + r, "sse": sse, "mse": sse / spec.input_dim}
 
-    def stop(status: str, reason: str = "", best: dict | None = None) -> TrainResult:
+    def stop(status: str, reason: str = "", best: dict | None = None, still_improving: bool = False) -> TrainResult:
         return TrainResult(slot.member, status, slot.history, slot.best_epoch, best if best is not None else slot.best,
-                           seconds, reason=reason, data_order=slot.data_order)
+                           seconds, reason=reason, data_order=slot.data_order, still_improving=still_improving)
 
     if not all(map(_finite, train_sums)):
         return stop("failed", f"non-finite training loss ({loss}) at epoch {epoch}", metrics)
@@ -352,8 +353,13 @@ def _after_epoch(slot: _Slot, spec: NetSpec, cfg: TrainConfig, objective: str, t
         slot.best_value, slot.best_epoch, slot.best, slot.waited = metrics[objective], epoch, metrics, 0
     elif epoch > cfg.kl_warmup_epochs:  # the objective may rise while beta still ramps up
         slot.waited += 1
-    if slot.waited >= cfg.patience or epoch >= cfg.epochs:
+    if slot.waited >= cfg.patience:
         return stop("complete")
+    if epoch >= cfg.epochs:  # past the cap: on while it still improves, up to the ceiling
+        if slot.waited >= cfg.late_patience:
+            return stop("complete")
+        if epoch >= cfg.ceiling:
+            return stop("complete", still_improving=True)
     return None
 
 

@@ -1,9 +1,11 @@
 """The prepared data every stage reads: <prepared>/{train,val,test}.npz and summary.json.
 
-x is float32 (n, D) in [0, 1]; an image's row is its pixels in channel-first order (c, h, w),
-and summary.json's image_shape says [h, w] or [c, h, w]. y holds int64 labels when the data has
-them. The prepare stage writes these files (latentstudy.data.prepare) from the readers beside
-this module; the other stages import only this module.
+x is float32 (n, D), scaled as summary.json's "scaling" says (images in [0, 1]; vectors and
+tables standardised per feature by default; latentstudy.data.scaling applies it to raw rows); an
+image's row is its pixels in channel-first order (c, h, w), and summary.json's image_shape says
+[h, w] or [c, h, w]. y holds int64 labels when the data has them. The prepare stage writes
+these files (latentstudy.data.prepare) from the readers beside this module; the other stages
+import only this module.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""The prepare stage: read the dataset, check it, scale it to [0, 1], split it, write it.
+"""The prepare stage: read the dataset, check it, split it, scale it (data.scaling; the scaler is
+fitted on the training split and stored in summary.json, see latentstudy.data.scaling), write it.
 
 Rows pass through in blocks, in the reader's own dtype until a block is scaled (in float64) and
 written as float32: prepare never holds a float copy of the whole dataset, and the rows of a
@@ -19,6 +20,7 @@ import numpy as np
 from latentstudy import intrinsic, npz
 from latentstudy.config import MIN_PER_SPLIT, DataConfig, Split, StudyError
 from latentstudy.data import SPLITS, arrays, layout
+from latentstudy.data import scaling as scaler
 from latentstudy.data.raw import Progress, Raw, say
 from latentstudy.data.sources import read
 
@@ -33,20 +35,29 @@ def run(cfg: DataConfig, root: Path, out_dir: Path) -> dict:
     lay = layout.resolve(x.shape[1:], raw.image_shape, cfg.image_shape, raw.source)
     say(lay.text)
     codes, names = label_codes(raw, len(x))
+    if len(names) == 1:
+        say(f"the labels have one class ({names[0]!r}): the representation purpose does not apply")
     keep = subsample(len(x), codes, cfg.limit, cfg.seed)
     if x.ndim == 2 and lay.image_shape is not None:
         layout.check_channel_order(x[keep[:ROUGHNESS_ROWS]], lay, raw.source)
-    lo, hi, integral = scan(raw, lay, keep)
-    scaling = choose_scaling(float(lo.min()), float(hi.max()), integral, cfg.scaling, raw.default_scale)
     y = codes[keep] if codes is not None else None
-    parts = split_indices(len(keep), y, cfg.split, cfg.seed)
+    parts = assign_splits(len(keep), y, cfg.split, cfg.seed)
+    split_of = split_of_rows(len(x), keep, parts)
+    train = scaler.Moments() if scaler.per_feature(cfg.scaling, shared_scale(raw, lay) is not None) else None
+    lo, hi, integral = scan(raw, lay, keep, split_of, train)  # bad values are reported before small splits
+    check_split(parts, len(keep), cfg.split)
+    scaling = fit_scaler(cfg.scaling, raw, lay, lo, hi, integral, train)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_splits(out_dir, raw, lay, keep, parts, y, scaling)
+    extreme_rows = write_splits(out_dir, raw, lay, keep, split_of, parts, y, scaling)
+    if scaling["method"] == "standard":
+        scaling["extreme"] = scaler.extreme(extreme_rows, scaling)
+        if line := scaler.extreme_line(scaling["extreme"]):
+            say(line)
     summary = {
         "dataset": cfg.name,
         "source": raw.source,
         "n_examples": int(len(keep)),
-        "input_dim": int(lo.size),
+        "input_dim": len(extreme_rows),
         "image_shape": lay.image_shape,
         "counts": {s: int(len(parts[s])) for s in SPLITS},
         "has_labels": y is not None,
@@ -86,8 +97,44 @@ def label_codes(raw: Raw, n: int) -> tuple[np.ndarray | None, list[str]]:
     if labels.ndim != 1 or len(labels) != n:
         raise StudyError(f"{raw.source}: {n} examples but labels of shape {np.shape(raw.y)}; allowed: one label "
                          "per example")
+    missing = np.flatnonzero(missing_labels(labels))
+    if len(missing):
+        raise StudyError(f"{raw.source}: the label at row {missing[0]} is missing ({labels[missing[0]]}; "
+                         f"{len(missing)} row{'s' * (len(missing) != 1)} in all); allowed: a label on every "
+                         "example: fill or remove those rows, or drop data.labels_key")
     names, codes = np.unique(labels.astype(str), return_inverse=True)
     return codes.astype(np.int64), names.tolist()
+
+
+def missing_labels(labels: np.ndarray) -> np.ndarray:
+    """Which labels are missing: NaN in a float array (npz, a table's numeric column), None or NaN
+    in an object array (a table's text column)."""
+    if labels.dtype.kind == "f":
+        return np.isnan(labels)
+    if labels.dtype.kind == "O":
+        import pandas as pd
+
+        return np.asarray(pd.isna(labels), bool)
+    return np.zeros(len(labels), bool)
+
+
+def shared_scale(raw: Raw, lay: layout.Layout) -> str | None:
+    """What the data is when all its features share one scale (images), else None (vectors, tables)."""
+    if lay.image_shape is not None:
+        return "images"
+    return "features on one shared scale" if raw.default_scale is not None or raw.shared_scale else None
+
+
+def fit_scaler(mode: str, raw: Raw, lay: layout.Layout, lo: np.ndarray, hi: np.ndarray, integral: bool,
+               train: scaler.Moments | None) -> dict:
+    """The scaler data.scaling asks for, from scan's ranges and training moments: auto keeps data
+    whose features share one scale (images) in [0, 1] and standardises the rest."""
+    scaling = scaler.choose(mode, float(lo.min()), float(hi.max()), integral, raw.default_scale,
+                            shared_scale(raw, lay), train, raw.feature_names, lay.image_shape is not None)
+    say(f"scaling: {scaling['why']}")
+    if line := scaler.dropped_line(scaling):
+        say(line)
+    return scaling
 
 
 # --- blocks of rows ---------------------------------------------------------------------------
@@ -109,9 +156,11 @@ def blocks(raw: Raw, lay: layout.Layout, rows: np.ndarray, what: str) -> Iterato
             raw.pages.release(start, start + step)
 
 
-def scan(raw: Raw, lay: layout.Layout, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+def scan(raw: Raw, lay: layout.Layout, rows: np.ndarray, split_of: np.ndarray,
+         train: scaler.Moments | None) -> tuple[np.ndarray, np.ndarray, bool]:
     """Each feature's min and max over the rows, and whether every value is a whole number;
-    a NaN or infinity, or data without any variation, is an error."""
+    a NaN or infinity, or data without any variation, is an error. The training rows' moments
+    go into train, when given."""
     lo = hi = None
     integral = True
     for sel, block in blocks(raw, lay, rows, "checking values"):
@@ -122,6 +171,8 @@ def scan(raw: Raw, lay: layout.Layout, rows: np.ndarray) -> tuple[np.ndarray, np
                 raise StudyError(f"{raw.source}: value {block[r, c]} at row {sel[r]}, column {c}; allowed: finite "
                                  "numbers (no NaN or inf)")
             integral = integral and bool(np.all(block == np.round(block)))
+        if train is not None:
+            train.add(block[split_of[sel] == 0])
         b_lo, b_hi = block.min(axis=0).astype(np.float64), block.max(axis=0).astype(np.float64)
         lo = b_lo if lo is None else np.minimum(lo, b_lo)
         hi = b_hi if hi is None else np.maximum(hi, b_hi)
@@ -130,38 +181,6 @@ def scan(raw: Raw, lay: layout.Layout, rows: np.ndarray) -> tuple[np.ndarray, np
         raise StudyError(f"{raw.source}: the data has zero variance ({same} across all {len(rows)} examples): there "
                          "is nothing to encode; check the file and data.array_key")
     return lo, hi, integral
-
-
-# --- scaling ----------------------------------------------------------------------------------
-
-
-def choose_scaling(lo: float, hi: float, integral: bool, mode: str, default_scale: float | None) -> dict:
-    """How the values map into [0, 1]: the dataset's own range, min-max, or as they are."""
-    if mode == "auto":
-        if default_scale is not None:
-            return {"method": "divide", "divisor": default_scale}
-        if lo >= 0 and hi <= 1:
-            return {"method": "none"}
-        if lo >= 0 and hi <= 255 and integral:
-            return {"method": "divide", "divisor": 255.0}
-        mode = "minmax"
-    if mode == "none":
-        if lo < 0 or hi > 1:
-            raise StudyError(f"data.scaling = none but values span [{lo:g}, {hi:g}]; allowed: data already in "
-                             "[0, 1], or scaling auto | minmax")
-        return {"method": "none"}
-    return {"method": "minmax", "min": lo, "max": hi}
-
-
-def apply_scaling(block: np.ndarray, scaling: dict) -> np.ndarray:
-    """A block of rows scaled (in float64) into float32."""
-    x = block.astype(np.float64)
-    if scaling["method"] == "divide":
-        x = np.clip(x / scaling["divisor"], 0.0, 1.0)
-    elif scaling["method"] == "minmax":
-        span = scaling["max"] - scaling["min"]
-        x = (x - scaling["min"]) / (span if span > 0 else 1.0)
-    return x.astype(np.float32)
 
 
 # --- subsample and split ----------------------------------------------------------------------
@@ -187,6 +206,11 @@ def subsample(n: int, y: np.ndarray | None, limit: int | None, seed: int) -> np.
 
 def split_indices(n: int, y: np.ndarray | None, split: Split, seed: int) -> dict[str, np.ndarray]:
     """Seeded train/val/test indices; stratified by label so each class keeps its share."""
+    return check_split(assign_splits(n, y, split, seed), n, split)
+
+
+def assign_splits(n: int, y: np.ndarray | None, split: Split, seed: int) -> dict[str, np.ndarray]:
+    """split_indices before its check: prepare reports bad values before a split too small."""
     rng = np.random.default_rng(seed)
     groups = [np.arange(n)] if y is None else [np.flatnonzero(y == c) for c in np.unique(y)]
     parts: dict[str, list[np.ndarray]] = {s: [] for s in SPLITS}
@@ -197,7 +221,10 @@ def split_indices(n: int, y: np.ndarray | None, split: Split, seed: int) -> dict
         parts["train"].append(members[:n_train])
         parts["val"].append(members[n_train : n_train + n_val])
         parts["test"].append(members[n_train + n_val :])
-    out = {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
+    return {s: np.sort(np.concatenate(parts[s])) for s in SPLITS}
+
+
+def check_split(out: dict[str, np.ndarray], n: int, split: Split) -> dict[str, np.ndarray]:
     small = [s for s in SPLITS if len(out[s]) < MIN_PER_SPLIT]
     if small:
         s = small[0]
@@ -212,25 +239,35 @@ def split_indices(n: int, y: np.ndarray | None, split: Split, seed: int) -> dict
 # --- writing ----------------------------------------------------------------------------------
 
 
-def write_splits(out_dir: Path, raw: Raw, lay: layout.Layout, keep: np.ndarray, parts: dict[str, np.ndarray],
-                 y: np.ndarray | None, scaling: dict) -> None:
-    """The three split files, streamed in one pass over the source."""
-    split_of = np.full(len(raw.x), -1, np.int8)
+def split_of_rows(n: int, keep: np.ndarray, parts: dict[str, np.ndarray]) -> np.ndarray:
+    """Each source row's split (its index in SPLITS; -1: left out by data.limit)."""
+    split_of = np.full(n, -1, np.int8)
     for j, s in enumerate(SPLITS):
         split_of[keep[parts[s]]] = j
-    width = int(np.prod(raw.x.shape[1:], dtype=np.int64))
+    return split_of
+
+
+def write_splits(out_dir: Path, raw: Raw, lay: layout.Layout, keep: np.ndarray, split_of: np.ndarray,
+                 parts: dict[str, np.ndarray], y: np.ndarray | None, scaling: dict) -> np.ndarray:
+    """The three split files, streamed in one pass over the source; returns, per prepared
+    feature, how many rows have |z| > scaler.EXTREME_Z (standardised data; else zeros)."""
+    width = int(np.prod(raw.x.shape[1:], dtype=np.int64)) - len(scaling.get("dropped", []))
+    extreme = np.zeros(width, np.int64)
     with contextlib.ExitStack() as files:
         writers = [files.enter_context(npz.Writer(out_dir / f"{s}.npz")) for s in SPLITS]
         with contextlib.ExitStack() as members:
             write = [members.enter_context(w.stream("x", (len(parts[s]), width), np.float32))
                      for w, s in zip(writers, SPLITS)]
             for sel, block in blocks(raw, lay, keep, "writing splits"):
-                scaled, which = apply_scaling(block, scaling), split_of[sel]
+                scaled, which = scaler.apply(block, scaling), split_of[sel]
+                if scaling["method"] == "standard":
+                    extreme += (np.abs(scaled) > scaler.EXTREME_Z).sum(axis=0)
                 for j in range(len(SPLITS)):
                     write[j](scaled[which == j])
         if y is not None:
             for w, s in zip(writers, SPLITS):
                 w.add("y", y[parts[s]])
+    return extreme
 
 
 def fingerprint(out_dir: Path, labels: bool) -> str:
@@ -258,7 +295,7 @@ def intrinsic_dim(raw: Raw, lay: layout.Layout, train_rows: np.ndarray, scaling:
     if len(train_rows) > cfg.intrinsic_max_points:
         pick = np.random.default_rng(cfg.seed).choice(len(train_rows), size=cfg.intrinsic_max_points, replace=False)
         train_rows = np.sort(train_rows[pick])
-    sample = apply_scaling(lay.rows(raw.x[train_rows]), scaling)
+    sample = scaler.apply(lay.rows(raw.x[train_rows]), scaling)
     if raw.pages is not None:
         raw.pages.release(0, len(raw.x))
     return intrinsic.estimates(sample, cfg.intrinsic_max_points, cfg.seed)

@@ -49,6 +49,10 @@ class Raw:
     default_scale: float | None = None  # the dataset's own pixel range (/255, /16), if it has one
     image_shape: list[int] | None = None  # when the reader knows it: x's examples, channel-first
     pages: Pages | None = None
+    feature_names: list[str] | None = None  # a table's column names, one per feature
+    # Every feature is on one scale (as pixels are): data.scaling auto keeps it in [0, 1] rather
+    # than standardising each feature, as for images.
+    shared_scale: bool = False
 
 
 class Progress:

@@ -33,7 +33,7 @@ def read_file(path: Path, cfg: DataConfig) -> Raw:
     if not path.is_file():
         raise StudyError(f"data.path: {path}: not a file; allowed: {FILES} (a folder of images is data.name: images)")
     suffix = path.suffix.lower()
-    pages = None
+    pages, names = None, None
     if suffix == ".npz":
         x, y, pages = arrays.read_npz(path, cfg.array_key, cfg.labels_key)
     elif suffix == ".npy":
@@ -42,8 +42,8 @@ def read_file(path: Path, cfg: DataConfig) -> Raw:
                              ".npz or a table")
         (x, pages), y = arrays.read_npy(path), None
     elif suffix in tables.SUFFIXES:
-        x, y = tables.read_table(path, cfg.array_key, cfg.labels_key)
+        x, y, names = tables.read_table(path, cfg.array_key, cfg.labels_key)
     else:
         raise StudyError(f"data.path: {path}: unsupported suffix {suffix!r}; allowed: .npz, .npy, .csv, .parquet, "
                          ".feather (a folder of images is data.name: images)")
-    return Raw(x, y, f"file {path}", pages=pages)
+    return Raw(x, y, f"file {path}", pages=pages, feature_names=names)

@@ -46,7 +46,8 @@ def make_manifold(m: Manifold) -> Raw:
     phase = rng.uniform(0, 2 * np.pi, size=m.ambient_dim)
     x = 1.0 / (1.0 + np.exp(-2.5 * np.sin(2 * np.pi * u @ freq / 2 + phase)))
     x = x + m.noise * rng.normal(size=x.shape)
-    return Raw(np.clip(x, 0.0, 1.0), None, f"manifold d={m.intrinsic_dim} in D={m.ambient_dim}")
+    # Its coordinates share the unit scale by construction: auto keeps them in [0, 1] (known_dimension.py).
+    return Raw(np.clip(x, 0.0, 1.0), None, f"manifold d={m.intrinsic_dim} in D={m.ambient_dim}", shared_scale=True)
 
 
 def make_shapes(s: Shapes) -> Raw:

@@ -16,7 +16,9 @@ from latentstudy.data.raw import attempt
 SUFFIXES = (".csv", ".parquet", ".feather")
 
 
-def read_table(path: Path, array_key: str | None, labels_key: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+def read_table(path: Path, array_key: str | None,
+               labels_key: str | None) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """(features, labels or None, the feature columns' names)."""
     import pandas as pd
 
     suffix = path.suffix.lower()
@@ -50,4 +52,4 @@ def read_table(path: Path, array_key: str | None, labels_key: str | None) -> tup
     y = frame[labels_key].to_numpy() if labels_key else None
     # One numpy dtype for all columns (not object); pandas' nullable columns become floats with NaN.
     dtypes = [d if isinstance(d, np.dtype) else np.dtype(np.float64) for d in features.dtypes]
-    return features.to_numpy(dtype=np.result_type(*dtypes), na_value=np.nan), y
+    return features.to_numpy(dtype=np.result_type(*dtypes), na_value=np.nan), y, cols

@@ -4,9 +4,10 @@ finished trials, then writes the outputs. Workers elsewhere may join through a s
 
 It runs the search in phases, one `coordinate` each: the grid; the replicates, which retrain the
 best configuration of every size and arm with more seeds; and the refinement, which adds a
-latent size (then its replicates) wherever the headline purpose's one-SE rule, applied to
-validation values, leaves a gap of more than 1 below its choice, or above it to a size in its
-90% set (at most study.refine_max sizes).
+latent size (then its replicates): above the grid, doubling, while the headline criterion on
+validation is best at the largest size searched (up to 2 x D); then wherever the headline
+purpose's one-SE rule leaves a gap of more than 1 below its choice, or above it to a size in its
+90% set (at most study.refine_max sizes in all).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyConfig, StudyError
-from latentstudy.search import keys, runs, weights
+from latentstudy.search import budget, keys, runs, weights
 from latentstudy.search.outputs import best_trials, model_trials, write_outputs
 from latentstudy.search.plan import (
     ADDED,
@@ -209,11 +210,13 @@ def neighbour_start(best: dict, k: int, arm: str) -> tuple[dict, str] | None:
     return mean, ",".join(f"k{kk}" for kk in near)
 
 
-def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_phase) -> Plan:
-    """Add sizes next to the headline answer until it and the next smaller searched size are
-    adjacent, and so is the next larger one if it is in the 90% set (plan.next_size), or
-    refine_max sizes are added; each added size gets its seed replicates before the rule looks
-    again. run_phase(plan, enqueue) trains what the plan lacks."""
+def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_phase, settle) -> Plan:
+    """Add sizes (plan.next_size): first above the grid, doubling its largest size while the
+    headline criterion's best is there, up to 2 x D; then next to the answer until it and the next
+    smaller searched size are adjacent, and so is the next larger one if it is in the 90% set; at
+    most refine_max sizes in all. Each added size is settled (more budget where it lags, its seed
+    replicates) before the rule looks again. run_phase(plan, enqueue) trains what the plan lacks;
+    settle(plan) returns the settled plan."""
     if refine_max == 0:  # off: nothing to decide, so no validation pass
         return plan
     purpose = validation.headline(plan)
@@ -224,24 +227,23 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
             print(f"[search] refinement skipped: no {purpose} answer on validation ({answer.missing})", flush=True)
             return plan
         chosen, searched, likely = answer.k, sizes(plan), answer.choice.likely
-        new = next_size(chosen, searched, likely)
+        cap = 2 * plan.input_dim
+        new = next_size(chosen, searched, likely, answer.choice.best, cap)
         if new is None or added >= refine_max:
             why = ("the size below it is adjacent, and no larger size in its 90% set is more than 1 above"
                    if new is None else
                    f"study.refine_max = {refine_max} sizes added; raise it to resolve k further")
             print(f"[search] refinement done: on validation the {purpose} rule chooses k = {chosen} "
                   f"({answer.summary()}); {why}", flush=True)
-            if answer.still_improving:
+            if answer.choice.best == searched[-1] >= cap:
+                print(f"[search] note: the {purpose} criterion still improves at k = {searched[-1]} = 2 x D, "
+                      "the largest size the search tries", flush=True)
+            elif answer.still_improving:
                 print(f"[search] note: the {purpose} criterion still improves at the largest size searched "
                       f"(k = {searched[-1]}); add larger sizes to study.latent_dims to see where it flattens",
                       flush=True)
             return plan
-        below = [k for k in searched if k < new]
-        above = min(k for k in searched if k > new)
-        reason = (f"added by the search: on validation the {purpose} rule chose k = {chosen}"
-                  + ("" if above == chosen else f", 90% set {{{', '.join(map(str, likely))}}}")
-                  + (f"; k = {new} lies between {below[-1]} and {above}" if below else
-                     f", the smallest size searched; k = {new} lies below"))
+        reason = added_reason(purpose, chosen, likely, searched, new)
         best = best_trials(snapshot(plan, validation.storage))
         units = grid_units(plan.prefix, [new], search, ADDED, reason)
         plan = grow(plan, units)
@@ -253,7 +255,21 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
         added += 1
         print(f"[search] refinement {added}/{refine_max}: adding k = {new} ({reason})", flush=True)
         run_phase(plan, enqueue)
-        plan = replicate(plan, search.replicates, validation.storage, run_phase)
+        plan = settle(plan)
+
+
+def added_reason(purpose: str, chosen: int, likely: list[int], searched: list[int], new: int) -> str:
+    """Why the search adds `new`: above the largest searched size (an extension) or between two."""
+    top = searched[-1]
+    if new > top:
+        return (f"extended by the search: on validation the {purpose} criterion still improves at k = {top}, "
+                f"the largest searched; k = {new} " + ("doubles it" if new == 2 * top else "is 2 x D, the cap"))
+    below = [k for k in searched if k < new]
+    above = min(k for k in searched if k > new)
+    return (f"added by the search: on validation the {purpose} rule chose k = {chosen}"
+            + ("" if above == chosen else f", 90% set {{{', '.join(map(str, likely))}}}")
+            + (f"; k = {new} lies between {below[-1]} and {above}" if below else
+               f", the smallest size searched; k = {new} lies below"))
 
 
 def replicate(plan: Plan, replicates: int, storage, run_phase) -> Plan:
@@ -329,23 +345,34 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
         coordinate(plan, storage, url, tracker.uri if tracker else None, prepared, checkpoints, slots)
 
     def checkpoint(unit: Unit, trial) -> Path:
-        # Usually on this disk: ask MLflow for the trial's run (one query, 0.2 s) only when it is not.
+        # Usually on this disk: ask MLflow for the runs only when it is not. Weights lost here are
+        # gathered for every kept trial at once (one line, one retraining pass), as at the end.
         on_disk = weights.find(trial, None, None, scratch)
         if on_disk is not None:
             return on_disk
-        run_of = runs.restore(plan, [(unit, [trial])], tracker) if tracker else {}
-        return weights.gather(plan, {0: (unit, trial)}, run_of, tracker, prepared, scratch)[0]
+        snap = snapshot(plan, storage)
+        kept = model_trials(snap)
+        found = weights.gather(plan, kept, runs.restore(plan, snap, tracker) if tracker else {}, tracker, prepared,
+                               scratch)
+        return next(found[key] for key, (u, t) in kept.items() if (u.study_name, t.number) == (unit.study_name,
+                                                                                             trial.number))
 
     run_phase(plan, {})
     snap = snapshot(plan, storage)
     if all(counts(t)["COMPLETE"] == 0 for _, t in snap):
         raise StudyError("no trial finished at any latent size; see the failure reasons above "
                          "(search.lr range, search.train settings)")
-    # The grid's replicates first: the refinement's rule then sees each size's seed spread.
-    plan = replicate(plan, search.replicates, storage, run_phase)
-    # Refinement off: no validation pass, so the splits are not loaded for nothing.
-    validation = Validation(prepared, storage, checkpoint, rule) if study.refine_max else None
-    plan = refine(plan, search, study.refine_max, validation, run_phase)
+    # Refinement and more budget off: no validation pass, so the splits are not loaded for nothing.
+    validation = Validation(prepared, storage, checkpoint, rule) if study.refine_max or search.reinforce else None
+
+    def settle(plan: Plan) -> Plan:
+        # Before the rule looks: more trials where a model lags its simpler reference, then the
+        # replicates, so the refinement's rule sees each size's seed spread.
+        if search.reinforce:
+            plan = budget.reinforce(plan, search, validation, run_phase)
+        return replicate(plan, search.replicates, storage, run_phase)
+
+    plan = refine(settle(plan), search, study.refine_max, validation, run_phase, settle)
     snap = snapshot(plan, storage)
     for line in shortfalls(snap):  # once, after the last phase
         print(line, flush=True)

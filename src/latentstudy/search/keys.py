@@ -23,6 +23,7 @@ INIT_FROM = "init_from"  # an added size's first trial: the neighbours whose bes
 METRICS = "metrics"  # validation values at the best epoch (or the last, when pruned)
 EPOCHS_RUN = "epochs_run"
 BEST_EPOCH = "best_epoch"
+STILL_IMPROVING = "still_improving"  # complete at the epoch ceiling while still improving: undertrained
 SECONDS = "seconds"
 N_PARAMS = "n_params"
 FAIL_REASON = "fail_reason"

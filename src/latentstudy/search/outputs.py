@@ -16,7 +16,7 @@ from latentstudy.search.plan import ADDED, GRID, REPLICATE, Plan, Unit, counts, 
 from latentstudy.search.store import _redact
 
 CSV_COLUMNS = ["study", "number", "latent_dim", "arm", "phase", "beta", "lr", "seed", "state", "fail_reason",
-               "retry_of", "replicate_of", "epochs_run", "best_epoch", "val_distortion_nats", "val_rate_nats",
+               "retry_of", "replicate_of", "epochs_run", "best_epoch", "still_improving", "val_distortion_nats", "val_rate_nats",
                "val_neg_elbo_nats", "val_sse_per_image", "objective_value", "seconds", "n_params", "device", "worker", "mlflow_run_id"]
 
 
@@ -39,6 +39,7 @@ def trial_rows(snap: list, runs: dict[int, str]) -> list[dict]:
                 "seed": t.user_attrs.get(keys.SEED), "state": t.state.name, "fail_reason": reason,
                 "retry_of": t.user_attrs.get(keys.RETRY_OF), "replicate_of": t.user_attrs.get(keys.REPLICATE_OF),
                 "epochs_run": t.user_attrs.get(keys.EPOCHS_RUN), "best_epoch": t.user_attrs.get(keys.BEST_EPOCH),
+                "still_improving": t.user_attrs.get(keys.STILL_IMPROVING),
                 "val_distortion_nats": m.get("val_distortion"), "val_rate_nats": m.get("val_rate"),
                 "val_neg_elbo_nats": m.get("val_neg_elbo"), "val_sse_per_image": m.get("val_sse"),
                 "objective_value": t.value, "seconds": t.user_attrs.get(keys.SECONDS),

@@ -6,8 +6,9 @@ trial's outcome (search params minus budgets and devices, the seed, the data fin
 different params never share trials and a rerun with the same params resumes. The plan is
 stored in every study, so a worker anywhere can join with the prefix alone.
 
-The plan grows in phases: the grid; sizes the refinement adds between grid points (units like
-the grid's, with the reason); and replicate units, `<prefix>-k<k>-<arm>-rep`, which run only
+The plan grows in phases: the grid; sizes the refinement adds above the grid while the answer
+still improves at its largest size, then between grid points (units like the grid's, phase
+"added", with the reason); and replicate units, `<prefix>-k<k>-<arm>-rep`, which run only
 their enqueued trials: the best configuration of a size retrained with other seeds.
 """
 
@@ -24,7 +25,7 @@ from latentstudy.config import SearchConfig, StudyConfig, build
 ARMS = ("vae", "ae")
 # Everything in SearchConfig changes results except these: budgets, devices, storage.
 RUNTIME_KEYS = ("trials_per_dim", "ae_trials_per_dim", "max_trials_per_dim", "device", "stack",
-                "workers_per_device", "cpu_workers", "storage", "heartbeat_seconds", "replicates")
+                "workers_per_device", "cpu_workers", "storage", "heartbeat_seconds", "replicates", "reinforce")
 GRID, ADDED, REPLICATE = "grid", "added", "replicate"  # a unit's phase
 
 
@@ -55,6 +56,7 @@ class Plan:
     experiment: str
     experiment_id: str | None = None  # MLflow ids, when tracking
     parent_run_id: str | None = None
+    unit_interval: bool = True  # the prepared data lies in [0, 1] (summary.json scaling): Bernoulli can model it
 
     @property
     def config(self) -> SearchConfig:
@@ -77,14 +79,37 @@ def study_prefix(dataset: str, search: SearchConfig, seed: int, fingerprint: str
 
 
 def make_plan(study: StudyConfig, search: SearchConfig, summary: dict, experiment: str) -> Plan:
-    from latentstudy.models import choose_arch
+    from latentstudy.data.scaling import in_unit_interval
+    from latentstudy.models import choose_arch, choose_likelihood
 
-    study.check_input_dim(summary["input_dim"])
+    grid = study.sizes(summary["input_dim"])
     # Fail now, not in every worker.
     choose_arch(search.model.arch, summary["image_shape"], len(search.model.channels))
+    unit_interval = in_unit_interval(summary["scaling"])
+    choose_likelihood(search.model.likelihood, summary["image_shape"], unit_interval)
+    search = fit_batch(search, summary["counts"]["train"])
     prefix = study_prefix(summary["dataset"], search, study.seed, summary["fingerprint"])
-    return Plan(prefix, grid_units(prefix, study.latent_dims, search), asdict(search), study.seed,
-                summary["input_dim"], summary["image_shape"], summary["fingerprint"], experiment)
+    return Plan(prefix, grid_units(prefix, grid, search), asdict(search), study.seed,
+                summary["input_dim"], summary["image_shape"], summary["fingerprint"], experiment,
+                unit_interval=unit_interval)
+
+
+def fit_batch(search: SearchConfig, n_train: int) -> SearchConfig:
+    """search.train.batch_size, clamped to the training split (with a line saying so): a larger
+    batch would only be the whole split, one step an epoch, without anyone noticing."""
+    if search.train.batch_size <= n_train:
+        return search
+    print(f"[search] search.train.batch_size = {search.train.batch_size} is above the training split's "
+          f"{n_train} examples; clamped to {n_train}: one step per epoch, so models may stay undertrained "
+          "(a batch of 32 to 256 is usual)", flush=True)
+    return replace(search, train=replace(search.train, batch_size=n_train))
+
+
+def arm_objective(search: SearchConfig, arm: str) -> str:
+    """What a trial of the arm is early-stopped and ranked on: search.objective for the VAE; its
+    criterion, the squared error, for the autoencoder (a Gaussian NLL with a learned scale has no
+    floor once an autoencoder at k >= D reproduces its input, so it would never stop)."""
+    return search.objective if arm == "vae" else "sse"
 
 
 def grid_units(prefix: str, ks: list[int], search: SearchConfig, phase: str = GRID,
@@ -112,11 +137,16 @@ def sizes(plan: Plan) -> list[int]:
     return sorted({u.latent_dim for u in plan.units if u.phase != REPLICATE})
 
 
-def next_size(chosen: int, searched: list[int], likely: list[int] = ()) -> int | None:
-    """The size to add: the geometric midpoint, rounded, between the chosen size and the next
-    smaller searched size (or 1); once those are adjacent, between the chosen size and the next
-    larger searched size when that one is in the 90% set (`likely`): a rival more than 1 above.
-    None when both neighbours are resolved."""
+def next_size(chosen: int, searched: list[int], likely: list[int] = (), best: int | None = None,
+              cap: int | None = None) -> int | None:
+    """The size to add. First, while the criterion's best size is the largest searched (it still
+    improves there) and below `cap` (2 x D): double the largest, at most the cap; refining below an
+    answer that may lie above the grid would spend the budget in the wrong place. Then the
+    geometric midpoint, rounded, between the chosen size and the next smaller searched size (or 1);
+    once those are adjacent, between the chosen size and the next larger searched size when that
+    one is in the 90% set (`likely`): a rival more than 1 above. None when both neighbours are resolved."""
+    if cap is not None and len(searched) > 1 and best == searched[-1] < cap:
+        return min(2 * searched[-1], cap)
     below = [k for k in searched if k < chosen]
     low = below[-1] if below else 0
     if chosen - low > 1:

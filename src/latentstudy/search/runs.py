@@ -16,7 +16,7 @@ from pathlib import Path
 
 from latentstudy.config import StudyError
 from latentstudy.search import keys
-from latentstudy.search.plan import Plan, Unit
+from latentstudy.search.plan import Plan, Unit, arm_objective
 from latentstudy.search.store import _redact, load_plan, process_alive, process_id, reap_earlier, snapshot
 from latentstudy.tracking import COORDINATOR_TAG, OPTUNA_STUDY_TAG, STUDY_TAG, TRIAL_TAG
 
@@ -34,7 +34,7 @@ def run_params(plan: Plan, unit: Unit, beta: float, lr: float, seed: int, device
     cfg = plan.config
     return {"latent_dim": unit.latent_dim, "arm": unit.arm, "beta": beta, "lr": lr, "seed": seed,
             "device": device, "model": asdict(cfg.model), "train": asdict(cfg.train),
-            "objective": cfg.objective, "retry_of": retry_of}
+            "objective": arm_objective(cfg, unit.arm), "retry_of": retry_of}
 
 
 def open_study_run(plan: Plan, tracker, params: dict) -> Plan:

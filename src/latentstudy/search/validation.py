@@ -2,7 +2,8 @@
 arm's models, computed from their checkpoints (never from the test split), and each purpose's
 one-SE rule applied to them as in the report: the best model, its seed replicates, and the
 size's other trials, which the rule resamples to measure the search's own luck.
-The refinement adds sizes where the headline purpose's answer sits between grid points.
+The refinement extends the grid while the headline purpose's best size is its largest, then adds
+sizes where the answer sits between grid points.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latentstudy import evaluate, recommend
+from latentstudy import evaluate, pca, recommend
 from latentstudy.search.outputs import best_trials, model_trials
 from latentstudy.search.plan import Plan, Unit
 from latentstudy.search.store import snapshot
@@ -42,8 +43,10 @@ class Validation:
         x_train, y_train = data.load_split(prepared, "train")
         self.x_val, y_val = data.load_split(prepared, "val")
         self.base = evaluate.baseline(x_train.mean(axis=0), self.x_val)
-        self.probe = None
+        self.basis = pca.fit(x_train)  # as the pca stage fits it: the reference code of every size
+        self.probe, self.classes = None, None
         if y_train is not None and y_val is not None:
+            self.classes = len(np.unique(y_train))
             keep = np.random.default_rng(rule.seed).permutation(len(x_train))[: rule.probe_max_train]
             self.probe = (x_train[keep], y_train[keep], y_val)
         self._cache: dict[tuple[str, int], tuple[dict, str | None]] = {}
@@ -69,8 +72,19 @@ class Validation:
     def answer(self, plan: Plan, purpose: str) -> recommend.Answer:
         """The purpose's rule on the validation values of every searched size: its best model, that
         model's finished seed replicates and the size's other trials (a replicate or other trial
-        flagged as diverged is left out)."""
+        flagged as diverged is left out); for reconstruction, each size's better code."""
         p = recommend.PURPOSES[purpose]
+        curves, others, excluded, picked = self.curves(plan, p)
+        if purpose == "reconstruction":
+            curves, others = self.better_code(curves, others, [u.latent_dim for u in plan.units])
+            excluded = {k: why for k, why in excluded.items() if k not in curves}
+        missing = recommend.unavailable(purpose, bool(picked), self.probe is not None, self.classes)
+        return recommend.answer(p, curves, excluded, self.rule.draws, self.rule.seed, self.rule.tolerance, missing,
+                                plan.input_dim, others)
+
+    def curves(self, plan: Plan, p: recommend.Purpose) -> tuple[dict, dict, dict[int, str], set[int]]:
+        """The purpose's per-size values (recommend.by_size) of its arm's models, the sizes whose best
+        model diverged, and the sizes with a best model."""
         rows: list[tuple[int, int, bool, np.ndarray]] = []  # size, rank, sane, values of each model
         picked, excluded = set(), {}
         # Sorted keys: each size's best model comes before its replicates and its other trials, which
@@ -90,9 +104,19 @@ class Validation:
         if rows:
             ks, ranks, sane, per_example = zip(*rows)
             curves, others = recommend.by_size(np.array(ks), np.array(ranks), np.array(sane), np.stack(per_example))
-        missing = recommend.unavailable(purpose, bool(picked), self.probe is not None)
-        return recommend.answer(p, curves, excluded, self.rule.draws, self.rule.seed, self.rule.tolerance, missing,
-                                plan.input_dim, others)
+        return curves, others, excluded, picked
+
+    def pca_sse(self, k: int) -> np.ndarray:
+        return evaluate.example_errors(self.x_val, pca.reconstruct(self.basis, self.x_val, k))["sse_per_image"]
+
+    def better_code(self, curves: dict[int, np.ndarray], others: dict[int, np.ndarray],
+                    ks: list[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+        """The reconstruction curve of each size's better code, autoencoder or PCA, as evaluate
+        chooses it (evaluate.code_choice), here on the validation values themselves."""
+        ks = sorted(set(ks))
+        pca_sse = {k: self.pca_sse(k) for k in ks}
+        codes = {k: evaluate.code_choice(curves.get(k), pca_sse[k], k >= self.basis.n_components)["code"] for k in ks}
+        return recommend.with_better_code(curves, others, pca_sse, codes)
 
     def headline(self, plan: Plan) -> str:
         """The headline purpose: report.purpose, or for auto generation when a VAE finished."""

@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 
 from latentstudy.search import keys
-from latentstudy.search.plan import Plan, Unit
+from latentstudy.search.plan import Plan, Unit, arm_objective
 
 
 def gather(plan: Plan, kept: dict[tuple, tuple[Unit, object]], runs: dict[int, str], tracker, prepared: Path,
@@ -59,18 +59,19 @@ def retrain(plan: Plan, unit: Unit, trial, splits: dict, scratch: Path, tracker,
     """Train the trial again with its recorded parameters and seed, on the device type it used."""
     import torch
 
-    from latentstudy import models, train
+    from latentstudy import models, pca, train
     from latentstudy.search.worker import Progress, checkpoint_meta, trial_model
 
     cfg = plan.config
     recorded = str(trial.user_attrs.get(keys.DEVICE, "cpu"))
     device = torch.device("cuda" if recorded.startswith("cuda") and torch.cuda.is_available() else "cpu")
     beta, lr, seed = trial.params.get("beta", 0.0), trial.params["lr"], trial.user_attrs[keys.SEED]
-    model = trial_model(plan, unit, seed, device)
+    model = trial_model(plan, unit, seed, device, pca.fit(splits["train"]) if cfg.model.ae_pca_path else None)
     x_train, x_val = (torch.as_tensor(splits[s], device=device) for s in ("train", "val"))
-    progress = Progress("search", unit, cfg.train.epochs, cfg.objective)
+    objective = arm_objective(cfg, unit.arm)
+    progress = Progress("search", unit, cfg.train.epochs, objective)
     order = trial.user_attrs.get(keys.DATA_ORDER)  # the minibatch order of the stack it trained in
-    result = train.train(model, x_train, x_val, cfg.train, beta=beta, lr=lr, objective=cfg.objective, seed=seed,
+    result = train.train(model, x_train, x_val, cfg.train, beta=beta, lr=lr, objective=objective, seed=seed,
                          on_epoch=lambda _, record: progress(trial.number, record, [trial.number]),
                          data_order=tuple(order) if order else None)
     meta = checkpoint_meta(unit, trial.number, beta, lr, seed, result)
@@ -82,9 +83,9 @@ def retrain(plan: Plan, unit: Unit, trial, splits: dict, scratch: Path, tracker,
         models.save_checkpoint(path, model, meta)
     if tracker and run_id:
         tracker.log_artifact(run_id, path, "checkpoint")
-    value = result.best[cfg.objective]
+    value = result.best[objective]
     if not math.isclose(value, trial.value, rel_tol=1e-5, abs_tol=1e-6):
         print(f"[search] note: retrained k={unit.latent_dim} {unit.arm} trial {trial.number} reaches val "
-              f"{cfg.objective} {value:.4f}, recorded {trial.value:.4f} ({recorded} then, {device} now: "
+              f"{objective} {value:.4f}, recorded {trial.value:.4f} ({recorded} then, {device} now: "
               "GPU kernels and other thread counts are not bitwise reproducible)", flush=True)
     return path

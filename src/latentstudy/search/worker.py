@@ -22,7 +22,7 @@ from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyError
 from latentstudy.search import keys, runs
-from latentstudy.search.plan import REPLICATE, Plan, Unit, counts, needs_work, open_slots, unit_seed
+from latentstudy.search.plan import REPLICATE, Plan, Unit, arm_objective, counts, needs_work, open_slots, unit_seed
 from latentstudy.search.store import load_plan, process_tag, reap_lost
 
 
@@ -71,6 +71,7 @@ class WorkerContext:
     checkpoints: Path
     worker: str
     assume_single_host: bool
+    pca: object  # pca.PCABasis of the training split, where autoencoders with a PCA path start; or None
     max_stack: int | None = None  # lowered after an out-of-memory stack
 
 
@@ -101,14 +102,22 @@ def run_worker(ctx: WorkerContext) -> int:
         ctx.plan = plan
 
 
+AE_LIKELIHOOD = "gaussian"  # the autoencoder's, whatever the data: see unit_spec
+
+
 def unit_spec(plan: Plan, unit: Unit):
     from latentstudy import models
 
     cfg = plan.config
     arch = models.choose_arch(cfg.model.arch, plan.image_shape, len(cfg.model.channels))
-    return models.NetSpec(plan.input_dim, unit.latent_dim, arch,
-                          models.choose_likelihood(cfg.model.likelihood, plan.image_shape)[0], unit.arm == "vae",
-                          tuple(cfg.model.hidden), tuple(cfg.model.channels), models.chw(plan.image_shape))
+    vae = unit.arm == "vae"
+    likelihood = models.choose_likelihood(cfg.model.likelihood, plan.image_shape, plan.unit_interval)[0]
+    # The autoencoder is judged by its squared error, so it trains on it: a Gaussian with one shared
+    # scale (per-feature scales would weight the inputs). On digits at k = 32 its test error was 0.21
+    # trained so against 0.45 on the Bernoulli cross-entropy, PCA 0.17 (docs/answer.md).
+    return models.NetSpec(plan.input_dim, unit.latent_dim, arch, likelihood if vae else AE_LIKELIHOOD, vae,
+                          tuple(cfg.model.hidden), tuple(cfg.model.channels), models.chw(plan.image_shape),
+                          cfg.model.gaussian_scale if vae else "shared", not vae and cfg.model.ae_pca_path)
 
 
 def run_stack(ctx: WorkerContext, unit: Unit, study) -> int:
@@ -129,7 +138,7 @@ def run_stack(ctx: WorkerContext, unit: Unit, study) -> int:
     trials = StackTrials(ctx, unit, study, spec, size, params)
     with trials.heartbeats:
         try:
-            train.train_stack(spec, ctx.x_train, ctx.x_val, cfg.train, objective=cfg.objective, size=size,
+            train.train_stack(spec, ctx.x_train, ctx.x_val, cfg.train, objective=arm_objective(cfg, unit.arm), size=size,
                               next_member=trials.ask, on_epoch=trials.epoch, on_done=trials.tell)
         except Exception as exc:  # out of memory, a CUDA fault: this stack's trials fail, the study goes on
             if isinstance(exc, torch.cuda.OutOfMemoryError):
@@ -144,10 +153,11 @@ class StackTrials:
     def __init__(self, ctx: WorkerContext, unit: Unit, study, spec, size: int, n_params: int):
         self.ctx, self.unit, self.study, self.spec, self.size, self.n_params = ctx, unit, study, spec, size, n_params
         self.cfg = ctx.plan.config
+        self.objective = arm_objective(self.cfg, unit.arm)
         self.open: dict[int, tuple[object, str | None]] = {}  # trial number -> (trial, MLflow run id)
         self.asked = 0
         self.heartbeats = Heartbeats(ctx.storage)
-        self.progress = Progress(ctx.worker, unit, self.cfg.train.epochs, self.cfg.objective)
+        self.progress = Progress(ctx.worker, unit, self.cfg.train.epochs, self.objective)
 
     def ask(self):
         """A newly asked trial as a stack member, or None when the unit needs no more."""
@@ -178,7 +188,7 @@ class StackTrials:
             trial.set_user_attr(keys.MLFLOW_RUN_ID, run_id)
         self.open[trial.number] = (trial, run_id)
         self.asked += 1
-        return train.Member(seed, beta, lr, key=trial.number)
+        return train.Member(seed, beta, lr, key=trial.number, init=initial_weights(self.spec, seed, ctx.pca))
 
     def epoch(self, member, record: dict) -> bool:
         """Log the epoch; True when the pruner stops this trial."""
@@ -189,7 +199,7 @@ class StackTrials:
         self.progress(member.key, record, sorted(self.open))
         if self.cfg.pruner == "none":  # no pruner: skip one storage write per epoch
             return False
-        trial.report(record[f"val_{self.cfg.objective}"], record["epoch"])
+        trial.report(record[f"val_{self.objective}"], record["epoch"])
         return trial.should_prune()
 
     def tell(self, result) -> None:
@@ -216,18 +226,23 @@ class StackTrials:
                 tracker.end(run_id, "FINISHED", {"optuna.state": "PRUNED"})
             self._close(trial, state=TrialState.PRUNED)
             return
-        for key, value in {**attrs, keys.BEST_EPOCH: result.best_epoch}.items():
+        for key, value in {**attrs, keys.BEST_EPOCH: result.best_epoch,
+                           keys.STILL_IMPROVING: result.still_improving}.items():
             trial.set_user_attr(key, value)
         path = self._save(trial, result)
         if run_id:
             tracker.log_metrics(run_id, {**{f"best_{k}": v for k, v in final.items()},
-                                         "epochs_run": result.epochs_run, "seconds": result.seconds}, flush=True)
+                                         "epochs_run": result.epochs_run, "seconds": result.seconds,
+                                         "still_improving": float(result.still_improving)}, flush=True)
             tracker.log_artifact(run_id, path, "checkpoint")
-            tracker.end(run_id, "FINISHED", {"optuna.state": "COMPLETE"})
-        value = result.best[self.cfg.objective]
+            tracker.end(run_id, "FINISHED", {"optuna.state": "COMPLETE",
+                                             keys.STILL_IMPROVING: str(result.still_improving).lower()})
+        value = result.best[self.objective]
         self._close(trial, values=value)
-        print(f"{label} {unit.arm} trial {trial.number}: val {self.cfg.objective} {value:.3f} after "
-              f"{result.epochs_run} epochs ({result.seconds:.1f}s, stack of {self.size})", flush=True)
+        late = (f"; STILL IMPROVING at the {self.cfg.train.ceiling}-epoch ceiling (undertrained: raise "
+                "search.train.max_epochs)") if result.still_improving else ""
+        print(f"{label} {unit.arm} trial {trial.number}: val {self.objective} {value:.3f} after "
+              f"{result.epochs_run} epochs ({result.seconds:.1f}s, stack of {self.size}){late}", flush=True)
 
     def _save(self, trial, result) -> Path:
         from latentstudy import models
@@ -297,20 +312,30 @@ class Heartbeats:
             self.thread.join()
 
 
-def trial_model(plan: Plan, unit: Unit, seed: int, device):
+def trial_model(plan: Plan, unit: Unit, seed: int, device, basis):
     """The unit's network with the weights a trial of this seed starts from, as in a stack: the one
-    recipe, also used to retrain a best trial whose weights were lost."""
-    from latentstudy import models, train
+    recipe, also used to retrain a best trial whose weights were lost (basis: the training split's
+    PCA, for a PCA path)."""
+    from latentstudy import models
 
     model = models.build(unit_spec(plan, unit))
-    model.load_state_dict(train.initial_state(model.spec, seed))
+    model.load_state_dict(initial_weights(model.spec, seed, basis))
     return model.to(device)
+
+
+def initial_weights(spec, seed: int, basis) -> dict:
+    """The weights a trial of this seed starts from: the seeded build, started at PCA where the
+    spec has a PCA path (basis: the training split's)."""
+    from latentstudy import models, train
+
+    state = train.initial_state(spec, seed)
+    return models.start_at_pca(state, spec, basis.mean, basis.components) if spec.pca_path else state
 
 
 def checkpoint_meta(unit: Unit, number: int, beta: float, lr: float, seed: int, result) -> dict:
     final = {f"val_{k}": v for k, v in result.best.items()}
     return {"study": unit.study_name, "trial": number, "beta": beta, "lr": lr, "seed": seed, **final,
-            "seconds": result.seconds, "epochs_run": result.epochs_run}
+            "seconds": result.seconds, "epochs_run": result.epochs_run, "still_improving": result.still_improving}
 
 
 def failure_reason(exc: Exception, device) -> str:
@@ -346,7 +371,7 @@ def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, devic
     """Put the data on this worker's device and run stacks until the study's budget is met."""
     import torch
 
-    from latentstudy import data
+    from latentstudy import data, pca
     from latentstudy.feed import DeviceSplit
     from latentstudy.tracking import Tracker
 
@@ -363,15 +388,18 @@ def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, devic
     if summary["fingerprint"] != plan.fingerprint:
         raise StudyError(f"{prepared}: data fingerprint {summary['fingerprint']} differs from the study's "
                          f"{plan.fingerprint}; run this worker on the same prepared data")
-    splits = []
+    splits, basis = [], None
     for name in ("train", "val"):
-        split = DeviceSplit(torch.as_tensor(data.load_split(prepared, name)[0]), dev)
+        x = data.load_split(prepared, name)[0]
+        if name == "train" and plan.config.model.ae_pca_path:
+            basis = pca.fit(x)  # as the pca stage fits it
+        split = DeviceSplit(torch.as_tensor(x), dev)
         if split.staged:
             print(f"[{worker}] the {name} split ({split.x.nbytes / 2**30:.1f} GiB) needs more than half of "
                   f"{dev}'s free memory: staged from pinned host memory a chunk at a time", flush=True)
         splits.append(split)
     tracker = Tracker(tracking) if tracking else None
-    ctx = WorkerContext(plan, storage, tracking, tracker, *splits, dev, checkpoints, worker, assume_single_host)
+    ctx = WorkerContext(plan, storage, tracking, tracker, *splits, dev, checkpoints, worker, assume_single_host, basis)
     return run_worker(ctx)
 
 
