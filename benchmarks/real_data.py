@@ -5,19 +5,20 @@ autoencoder's test squared error over PCA's at each searched k, the share of fin
 improving at the epoch ceiling, the scaling and likelihood that ran, and the wall time.
 
     .venv/bin/python benchmarks/real_data.py                          # the four datasets (about 12-15 min on 2 cores)
-    .venv/bin/python benchmarks/real_data.py --datasets wine --quick  # one table, a smoke run (20 s)
-    .venv/bin/python benchmarks/real_data.py --quick                  # all four, a smoke run (about 3 min)
+    .venv/bin/python benchmarks/real_data.py --datasets wine --budget quick   # one table, a smoke run (20 s)
+    .venv/bin/python benchmarks/real_data.py --budget quick                   # all four, a smoke run (3 min)
+    .venv/bin/python benchmarks/real_data.py --datasets breast_cancer wine --budget default  # default params
 
 Datasets, written in a temporary folder the way a user would hand them over (nothing is downloaded):
 - breast_cancer: scikit-learn's 569 x 30 table as a CSV with a `label` column (data.name file);
 - wine: scikit-learn's 178 x 13 table as Parquet with a `label` column (data.name file);
-- mnist_png: 1,000 PNGs of the MNIST test set (100 per class; --quick: 300), one subfolder per class
+- mnist_png: 1,000 PNGs of the MNIST test set (100 per class; --budget quick: 300), one subfolder per class
   (data.name images), from the IDX files in --mnist;
 - digits: scikit-learn's 8 x 8 digits (data.name digits).
 The grid is study.latent_dims auto, the scaling data.scaling auto and the likelihood
 search.model.likelihood auto; only the budget is cut (BUDGET: 2 VAE and 1 autoencoder trials a size,
 1 seed replicate, 2 added sizes, 60 epochs before the ceiling of 180, IWAE-20, 300 bootstrap resamples;
-the PNGs' conv net 40 epochs, ceiling 80, no replicate; --quick less of each, 300 PNGs). Each dataset
+the PNGs' conv net 40 epochs, ceiling 80, no replicate; --budget quick less of each, 300 PNGs). Each dataset
 runs prepare, pca, search, evaluate and report (stages.py, no MLflow) in the temporary folder, laid out
 as dvc.yaml lays out the project. In the AE/PCA line, `(pca)` marks a size where PCA's code won
 reconstruction on validation and `!` one whose autoencoder the report flags as undertrained; `inf` is
@@ -41,6 +42,7 @@ import yaml
 from latentstudy import stages
 from latentstudy.config import StudyError
 
+ROOT = Path(__file__).resolve().parents[1]
 DATASETS = ("breast_cancer", "wine", "mnist_png", "digits")
 PURPOSES = ("generation", "reconstruction", "representation")
 # Everything else is the dataclasses' default (config.py): only the budget is cut.
@@ -49,6 +51,7 @@ BUDGET = {
              "search": {"trials_per_dim": 2, "ae_trials_per_dim": 1, "replicates": 1, "cpu_workers": 2,
                         "train": {"epochs": 60}},
              "evaluate": {"iwae_samples": 20}, "report": {"bootstrap": 300}},
+    "default": {"search": {"cpu_workers": 2}},  # the default params, budget and all
     "quick": {"study": {"refine_max": 0},
               "search": {"trials_per_dim": 1, "ae_trials_per_dim": 1, "replicates": 0, "reinforce": False,
                          "cpu_workers": 2, "train": {"epochs": 15, "max_epochs": 30}},
@@ -102,7 +105,7 @@ def data_params(name: str, root: Path, args: argparse.Namespace) -> dict:
         sklearn_table(name).to_parquet(path := root / "wine.parquet", index=False)
         return {"name": "file", "path": str(path), "labels_key": "label"}
     if name == "mnist_png":
-        write_pngs(args.mnist, path := root / "mnist_png", 30 if args.quick else 100)
+        write_pngs(args.mnist, path := root / "mnist_png", 30 if args.budget == "quick" else 100)
         return {"name": "images", "path": str(path)}
     if name == "digits":
         return {"name": "digits"}
@@ -178,8 +181,8 @@ def answer(a: dict | None) -> dict | None:
 
 
 def run_dataset(name: str, args: argparse.Namespace, root: Path) -> dict:
-    budget = BUDGET["quick" if args.quick else "full"]
-    if name == "mnist_png" and not args.quick:
+    budget = BUDGET[args.budget]
+    if name == "mnist_png" and args.budget == "full":
         budget = merged(budget, IMAGES_BUDGET)
     params = {"data": data_params(name, root, args), **budget}
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -194,6 +197,8 @@ def run_dataset(name: str, args: argparse.Namespace, root: Path) -> dict:
     study = json.loads((rep / "search" / "study.json").read_text())
     summary = json.loads((root / "data" / "prepared" / "summary.json").read_text())
     scaling = summary.get("scaling", {})
+    table_csv = pd.read_csv(rep / "table.csv")
+    units = dict(zip(table_csv.latent_dim, table_csv.vae_active_units))
     return {
         "dataset": name, "n": summary.get("n_examples"), "D": summary.get("input_dim"),
         "scaling": scaling.get("method", "?"), "scaling_why": scaling.get("why", "?"),
@@ -201,7 +206,8 @@ def run_dataset(name: str, args: argparse.Namespace, root: Path) -> dict:
         "added": [s["latent_dim"] for s in study.get("sizes", []) if s.get("phase") != "grid"],
         "headline": rec.get("headline"),
         "answers": {p: answer(rec["answers"].get(p)) for p in PURPOSES},
-        "ae_over_pca": ae_over_pca(pd.read_csv(rep / "table.csv")),
+        "ae_over_pca": ae_over_pca(table_csv),
+        "active_units": {p: units.get(rec["answers"][p].get("latent_dim")) for p in PURPOSES if p in rec["answers"]},
         "still_improving": still_improving(pd.read_csv(rep / "search" / "trials.csv")),
         "seconds": round(seconds, 1),
     }
@@ -215,19 +221,20 @@ def _set(ks) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| dataset | purpose | k | 90% set | indistinguishable | stability | cannot tell |",
-             "|---|---|---|---|---|---|---|"]
+    lines = ["| dataset | purpose | k | 90% set | indistinguishable | stability | cannot tell | VAE active units at k |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['dataset']} | - | error: {r['error']} | | | | |")
+            lines.append(f"| {r['dataset']} | - | error: {r['error']} | | | | | |")
             continue
         for purpose, a in r["answers"].items():
             if a is None or a["k"] is None:
-                cells = ["-", f"no answer: {a['missing']}" if a else "-", "", "", ""]
+                cells = ["-", f"no answer: {a['missing']}" if a else "-", "", "", "", ""]
             else:
                 stab = f"{a['stability']:.0%}" if isinstance(a["stability"], float) else "?"
                 cells = [str(a["k"]), _set(a["likely_set"]), _set(a["indistinguishable"]), stab,
-                         {True: "yes", False: "no"}.get(a["cannot_tell"], "?")]
+                         {True: "yes", False: "no"}.get(a["cannot_tell"], "?"),
+                         str(r["active_units"].get(purpose, "?"))]
             lines.append(f"| {r['dataset']} | {purpose}{'*' if purpose == r['headline'] else ''} | "
                          + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -266,9 +273,10 @@ def words(rows: list[dict]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
-    parser.add_argument("--mnist", type=Path, default=Path("/work/shared/data/mnist"),
+    parser.add_argument("--mnist", type=Path, default=ROOT.parent / "shared" / "data" / "mnist",
                         help="folder with t10k-images-idx3-ubyte.gz and t10k-labels-idx1-ubyte.gz")
-    parser.add_argument("--quick", action="store_true", help="fewer trials, epochs, samples and images")
+    parser.add_argument("--budget", choices=sorted(BUDGET), default="full",
+                        help="full: the cut budget above; default: the default params' own; quick: a smoke run")
     parser.add_argument("--out", type=Path, default=Path("reports/real_data.json"))
     args = parser.parse_args()
     rows, start = [], time.perf_counter()

@@ -149,6 +149,8 @@ def test_the_better_code_of_a_size_is_chosen_on_validation_and_a_losing_autoenco
     better = np.stack([0.5 * pca_sse + rng.normal(0, 0.1, 500) for _ in range(3)])
     lost = evaluate.code_choice(worse, pca_sse, pca_exact=False)
     assert lost["code"] == "pca" and lost["undertrained"] and lost["diff_val_sse_per_image"] > lost["diff_se"] > 0
+    exact = evaluate.code_choice(worse, np.zeros(500), pca_exact=True)  # k >= PCA's components: no AE can match
+    assert exact["code"] == "pca" and not exact["undertrained"]
     won = evaluate.code_choice(better, pca_sse, pca_exact=False)
     assert won["code"] == "ae" and not won["undertrained"]
     assert won["ae_val_sse_per_image"] == pytest.approx(better.mean())

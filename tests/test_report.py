@@ -273,3 +273,14 @@ def test_a_vae_worse_than_a_smaller_latent_beyond_noise_is_marked(tmp_path):
     rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, arrays=arrays))
     (note,) = rec.answers["generation"].notes
     assert note.startswith("k = 8's NLL bound is 1.99 nats worse than k = 4's (SE of the difference 0.02)")
+
+
+def test_hyperparameter_importance_skips_a_size_whose_trials_cannot_be_told_apart():
+    from latentstudy import gallery
+
+    rows = [{"arm": "vae", "state": "COMPLETE", "phase": "grid", "latent_dim": k, "beta": b, "lr": lr,
+             "objective_value": v} for k, b, lr, v in [(2, 0.5, 1e-3, 30.0), (2, 2.0, 3e-3, 30.0),  # equal: no split
+                                                          (4, 0.5, 1e-3, 28.0), (4, 2.0, 3e-3, 25.0),
+                                                          (4, 1.0, 2e-3, 26.0)]]
+    out = gallery.importances(pd.DataFrame(rows))
+    assert list(out) == [4] and set(out[4]) == {"beta", "lr"}

@@ -293,7 +293,8 @@ def test_kill_9_mid_search_then_resume(prepared, tmp_path, tracking_uri):
     import shutil
 
     shutil.copytree(prepared, tmp_path / "data")
-    params = search_params(tmp_path, dims=(2, 3), trials_per_dim=3, **{"train.epochs": 40, "train.max_epochs": 40, "train.patience": 40})
+    params = search_params(tmp_path, dims=(2, 3), trials_per_dim=3,
+                           **{"train.epochs": 40, "train.max_epochs": 40, "train.patience": 40})
     plan, storage = studies_of(tmp_path, params, tmp_path / "data")
     env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}
     kill_mid_search(stage_command(tmp_path), tmp_path, plan, storage, env, complete=2)

@@ -184,7 +184,8 @@ def code_choice(ae_sse: np.ndarray | None, pca_sse: np.ndarray, pca_exact: bool)
     """The better code of one size on validation: the autoencoder (ae_sse: (models, n) squared
     errors of its pick and seed replicates; None when none finished) or PCA (pca_sse: (n,)), the
     best linear code of that size. An autoencoder worse than PCA by more than one standard error of
-    the paired difference is undertrained (or overfit): its value says nothing about the size."""
+    the paired difference is undertrained (or overfit): its value says nothing about the size. Where
+    PCA is exact (k >= its components), no autoencoder can match it and none is called undertrained."""
     out = {"code": "pca", "pca_val_sse_per_image": float(pca_sse.mean()), "pca_exact": pca_exact,
            "undertrained": False}
     if ae_sse is None:
@@ -192,7 +193,8 @@ def code_choice(ae_sse: np.ndarray | None, pca_sse: np.ndarray, pca_exact: bool)
     diff = np.asarray(ae_sse, dtype=np.float64).mean(axis=0) - pca_sse
     se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
     return {**out, "code": "ae" if diff.mean() < 0 else "pca", "ae_val_sse_per_image": float(ae_sse.mean()),
-            "diff_val_sse_per_image": float(diff.mean()), "diff_se": se, "undertrained": bool(diff.mean() > se)}
+            "diff_val_sse_per_image": float(diff.mean()), "diff_se": se,
+            "undertrained": bool(diff.mean() > se) and not pca_exact}
 
 
 def val_sse(entries: list[dict], models_dir: Path, x_val: np.ndarray) -> np.ndarray | None:
@@ -336,7 +338,8 @@ def line(row: dict) -> str:
     parts = [f"[evaluate] k={k:<4}{added} PCA sse {row['pca']['sse_per_image']:.3f}"]
     code = row["code"]
     better = f", {code['code'].upper()} the better code on validation" + (
-        " (AE undertrained: worse than PCA by more than one SE)" if code["undertrained"] else "")
+        " (AE undertrained: worse than PCA by more than one SE)" if code["undertrained"] else
+        " (PCA is exact at this size)" if code["pca_exact"] else "")
     parts.append(f"AE sse {ae['sse_per_image']:.3f} {_count(ae)}{better}" if ae else f"AE missing{better}")
     parts.append(f"VAE sse {vae['sse_per_image']:.3f} D {vae['distortion_nats']:.2f} R {vae['rate_nats']:.2f} "
                  f"IWAE {vae['iwae_nll_nats']:.2f} AU {vae['active_units']}/{k} {_count(vae)}" if vae else "VAE missing")

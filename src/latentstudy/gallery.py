@@ -53,7 +53,10 @@ def importances(trials: pd.DataFrame) -> dict[int, dict[str, float]]:
             study.add_trial(optuna.trial.create_trial(params={"beta": row.beta, "lr": row.lr},
                                                       distributions=dists, value=row.objective_value))
         evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-        out[int(k)] = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        try:
+            out[int(k)] = optuna.importance.get_param_importances(study, evaluator=evaluator)
+        except RuntimeError:  # fANOVA finds no split among too few or too alike trials: no importance
+            continue
     return out
 
 

@@ -369,7 +369,7 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
         # Before the rule looks: more trials where a model lags its simpler reference, then the
         # replicates, so the refinement's rule sees each size's seed spread.
         if search.reinforce:
-            plan = budget.reinforce(plan, search, validation, run_phase)
+            plan = budget.reinforce(plan, validation, run_phase)
         return replicate(plan, search.replicates, storage, run_phase)
 
     plan = refine(settle(plan), search, study.refine_max, validation, run_phase, settle)

@@ -7,6 +7,7 @@ LATENT_DIM = "latent_dim"
 ARM = "arm"
 PHASE = "phase"  # grid | added | replicate
 REASON = "reason"  # why the search added this size (or what a replicate unit is)
+EXTRA_TRIALS = "extra_trials"  # [trials search/budget.py added to the unit's budget (0: none), started at most]
 
 # Trial attributes: where it ran (liveness), what it cost and what it reached
 HOST = "host"

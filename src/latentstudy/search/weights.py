@@ -69,7 +69,7 @@ def retrain(plan: Plan, unit: Unit, trial, splits: dict, scratch: Path, tracker,
     model = trial_model(plan, unit, seed, device, pca.fit(splits["train"]) if cfg.model.ae_pca_path else None)
     x_train, x_val = (torch.as_tensor(splits[s], device=device) for s in ("train", "val"))
     objective = arm_objective(cfg, unit.arm)
-    progress = Progress("search", unit, cfg.train.epochs, objective)
+    progress = Progress("search", unit, cfg.train, objective)
     order = trial.user_attrs.get(keys.DATA_ORDER)  # the minibatch order of the stack it trained in
     result = train.train(model, x_train, x_val, cfg.train, beta=beta, lr=lr, objective=objective, seed=seed,
                          on_epoch=lambda _, record: progress(trial.number, record, [trial.number]),

@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from latentstudy.config import SearchConfig, StudyError
+from latentstudy.config import SearchConfig, StudyError, TrainConfig
 from latentstudy.search import keys, runs
 from latentstudy.search.plan import REPLICATE, Plan, Unit, arm_objective, counts, needs_work, open_slots, unit_seed
 from latentstudy.search.store import load_plan, process_tag, reap_lost
@@ -138,8 +138,8 @@ def run_stack(ctx: WorkerContext, unit: Unit, study) -> int:
     trials = StackTrials(ctx, unit, study, spec, size, params)
     with trials.heartbeats:
         try:
-            train.train_stack(spec, ctx.x_train, ctx.x_val, cfg.train, objective=arm_objective(cfg, unit.arm), size=size,
-                              next_member=trials.ask, on_epoch=trials.epoch, on_done=trials.tell)
+            train.train_stack(spec, ctx.x_train, ctx.x_val, cfg.train, objective=arm_objective(cfg, unit.arm),
+                              size=size, next_member=trials.ask, on_epoch=trials.epoch, on_done=trials.tell)
         except Exception as exc:  # out of memory, a CUDA fault: this stack's trials fail, the study goes on
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 ctx.max_stack = max(1, size // 2)
@@ -157,7 +157,7 @@ class StackTrials:
         self.open: dict[int, tuple[object, str | None]] = {}  # trial number -> (trial, MLflow run id)
         self.asked = 0
         self.heartbeats = Heartbeats(ctx.storage)
-        self.progress = Progress(ctx.worker, unit, self.cfg.train.epochs, self.objective)
+        self.progress = Progress(ctx.worker, unit, self.cfg.train, self.objective)
 
     def ask(self):
         """A newly asked trial as a stack member, or None when the unit needs no more."""
@@ -349,9 +349,9 @@ def failure_reason(exc: Exception, device) -> str:
 class Progress:
     """Within long training, one line every 15 s: the open trials, the furthest epoch, the best so far."""
 
-    def __init__(self, worker: str, unit: Unit, epochs: int, objective: str):
+    def __init__(self, worker: str, unit: Unit, train_cfg: TrainConfig, objective: str):
         self.label = f"[{worker}] k={unit.latent_dim} {unit.arm}"
-        self.epochs, self.objective, self.last = epochs, objective, time.monotonic()
+        self.cfg, self.objective, self.last = train_cfg, objective, time.monotonic()
         self.best, self.best_trial, self.epoch = math.inf, None, 0
 
     def __call__(self, number: int, record: dict, open_trials: list[int]) -> None:
@@ -361,8 +361,10 @@ class Progress:
         self.epoch = max(self.epoch, record["epoch"])
         if time.monotonic() - self.last > 15:
             self.last = time.monotonic()
+            past = self.epoch > self.cfg.epochs  # still improving past the cap, up to the ceiling
+            of = f"{self.cfg.ceiling} (past the cap {self.cfg.epochs}: still improving)" if past else self.cfg.epochs
             print(f"{self.label} trials {','.join(map(str, open_trials))} (stack of {len(open_trials)}): epoch "
-                  f"{self.epoch}/{self.epochs}, best val {self.objective} {self.best:.3f} (trial {self.best_trial})",
+                  f"{self.epoch}/{of}, best val {self.objective} {self.best:.3f} (trial {self.best_trial})",
                   flush=True)
 
 
