@@ -162,7 +162,7 @@ def answers_html(rec: Recommendation, table: pd.DataFrame) -> str:
         notes += [f"{name}: {note}." for note in a.notes]
         if a.still_improving:
             notes.append(f"{name}: the criterion still improves at the largest size searched (k = {a.choice.best}); "
-                         "larger sizes may do better: add them to study.latent_dims.")
+                         "larger sizes may do better: list them in study.latent_dims, or raise study.refine_max.")
         flagged = {k: r for k, r in a.excluded.items() if r.startswith(("far worse", "non-finite"))}
         if flagged:
             notes.append(f"{name}: left out as absurd (diverged or broken training), never recommended: "
@@ -230,7 +230,8 @@ Study <code>{html.escape(inp.study.get('prefix', ''))}</code>, latent sizes {', 
 <h2>How the answer is chosen</h2>
 <p>{html.escape(RULE.format(draws=cfg.bootstrap, margin=margin))}</p>
 <p>Criteria: generation uses the {iwae_k}-sample IWAE bound on the negative log-likelihood, which scores every VAE
-as a density model whatever beta trained it; reconstruction uses the autoencoder's squared error per example;
+as a density model whatever beta trained it; reconstruction uses the squared error per example of the better code at
+each size, the autoencoder or PCA, chosen on validation (the table's "better code");
 representation uses the accuracy of a linear probe on the VAE's mean codes. Sizes retrained with more seeds (their
 interval includes the spread between seeds): {html.escape(reps_text)}.</p>
 {f"<p>Sizes the search added or extended (above the grid while the criterion still improved at its largest size, "

@@ -386,7 +386,7 @@ def explain(rec: Recommendation, replicated: dict[str, list[int]], added: list[i
                      f"one SE of the difference ({fmt(ch.diff_se[i])}){margin}, and every smaller size is not.")
     if a.still_improving:
         parts.append(f"The criterion still improves at the largest size searched (k = {ch.best}): larger sizes "
-                     "may do better; add them to study.latent_dims.")
+                     "may do better; list them in study.latent_dims, or raise study.refine_max.")
     reps, trials = replicated.get(p.arm, []), sorted(set(ch.trials))
     span = str(trials[0]) if len(trials) == 1 else f"{trials[0]} to {trials[-1]}"
     parts.append(f"Sizes with seed replicates in their interval: {', '.join(map(str, reps)) or 'none'}; the "

@@ -282,8 +282,8 @@ def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dic
         "replicates when every size has them; else the search's pick), with its 95% bootstrap interval, which "
         "also resamples the seeds and the search's trials at that size. The rule compares sizes by their paired "
         "differences (recommendation.json has them). The dashed line is the chosen k, the band the "
-        "sizes the rule picks in 90% of resamples; hollow red markers are sizes the search added between grid "
-        "points.")
+        "sizes the rule picks in 90% of resamples; hollow red markers are sizes the search added (above or "
+        "between grid points).")
     figures.distortion_curves(table, rec.latent_dim, fig_dir / "distortion.png")
     add("distortion.png", "Distortion against latent size",
         "Squared error of every model, and the VAE's distortion, rate and bounds. PCA is the best linear code; "
