@@ -272,7 +272,10 @@ def test_a_worker_checks_the_tracking_server_before_joining(tmp_path):
 
 def test_killed_then_params_changed_the_old_study_is_reaped(project):
     tracking = default_tracking(project)
-    set_search(project, trials_per_dim=3, **{"train.epochs": 40, "train.max_epochs": 40, "train.patience": 40})
+    # One trial at a time: after each finishes the next runs for a while, so the kill finds both
+    # states (a stack of three finishes together, leaving only the short autoencoder trial running).
+    set_search(project, trials_per_dim=3, stack=1,
+               **{"train.epochs": 40, "train.max_epochs": 40, "train.patience": 40})
     old_plan, storage = plan_and_storage(project)
     kill_mid_search(SCRIPT, project, old_plan, storage)
     snap = store.snapshot(old_plan, storage)
