@@ -65,7 +65,7 @@ def test_an_autoencoder_losing_to_pca_and_a_vae_losing_to_a_smaller_latent_get_o
     again = budget.reinforce(plan, fine, lambda plan, enqueue: phases.append(plan))
     assert again == raised and len(phases) == 2 and "more budget" not in capsys.readouterr().out
     # A size with seed replicates is settled: not looked at again.
-    settled = planning.grow(raised, tuple(planning.replicate_unit("t", k, arm, 2) for k in (2, 4, 8, 64)
+    settled = planning.grow(raised, tuple(planning.replicate_unit("t", k, arm, 2, "a test") for k in (2, 4, 8, 64)
                                           for arm in ("vae", "ae")))
     assert budget.reinforce(settled, planted, lambda *a: phases.append(a)) is settled and len(phases) == 2
 
@@ -76,7 +76,7 @@ def test_a_size_added_later_is_looked_at_alone(capsys):
     planted = PlantedValidation(storage, ae={2: 5.0, 4: 1.0, 3: 4.0}, pca={2: 5.5, 4: 2.0, 3: 3.0},
                                 vae={2: 30.0, 4: 25.0, 3: 31.0})
     assert budget.reinforce(plan, planted, lambda *a: None) is plan  # nothing lags on the grid
-    settled = planning.grow(plan, tuple(planning.replicate_unit("t", k, arm, 2) for k in (2, 4)
+    settled = planning.grow(plan, tuple(planning.replicate_unit("t", k, arm, 2, "a test") for k in (2, 4)
                                         for arm in ("vae", "ae")))
     added = planning.grow(settled, planning.grid_units("t", [3], config.SearchConfig(), planning.ADDED, "why"))
     store.create_studies(added, storage)

@@ -27,7 +27,7 @@ STAGES = ("prepare", "pca", "search", "evaluate", "report")
 
 def tiny_params() -> dict:
     # The search adds one size to the grid [2, 4] (3, or 1 below the grid) and one seed replicate
-    # to every size: evaluate and report must carry both end to end.
+    # to the sizes that could move an answer: evaluate and report must carry both end to end.
     return {"data": dict(TINY_DATA, limit=400), "study": {"latent_dims": [2, 4], "seed": 0, "refine_max": 1},
             "pca": {"variance_targets": [0.9, 0.95]}, "search": dict(TINY_SEARCH, replicates=1),
             # dvc.yaml names these keys for the search (its rule); DVC wants them in params.yaml
@@ -112,7 +112,11 @@ def test_repro_writes_every_output(repo):
                 "vae_probe_accuracy", "pca_over_vae_sse"):
         assert all(math.isfinite(v) for v in table[col]), col
     assert (table["vae_iwae_nll_nats"] <= table["vae_neg_elbo_nats"]).all()
-    assert (table["vae_models"] == 2).all() and (table["ae_models"] == 2).all()  # every size, its replicate
+    # Replicates where they could move an answer, each with its reason; the other sizes have their pick alone.
+    reasons = {(r["latent_dim"], r["arm"]): r["reason"] for r in study["replicate_reasons"]}
+    assert reasons and all("could move the answer on validation (" in why for why in reasons.values())
+    for arm in ("vae", "ae"):
+        assert table[f"{arm}_models"].tolist() == [2 if (k, arm) in reasons else 1 for k in table.latent_dim]
     metrics = json.loads((repo / "reports" / "metrics.json").read_text())
     assert metrics["recommended_latent_dim"] in table["latent_dim"].tolist() and metrics["added_sizes"] == 1
     for purpose in ("generation", "reconstruction", "representation"):

@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, kill_mid_search, overridden, write_params
 
-from latentstudy import config, data, pca, stages
-from latentstudy.search import coordinator, plan as planning, store
+from latentstudy import config, data, pca, stages, stats
+from latentstudy.search import coordinator, plan as planning, store, validation
 from latentstudy.tracking import Tracker
 
 
@@ -109,7 +109,7 @@ def test_open_slots_is_what_the_budget_lacks_within_the_limit():
     assert planning.open_slots(unit, {**c, "COMPLETE": 4, "WAITING": 2}) == 2  # retries run past the budget
     assert planning.open_slots(unit, {**c, "PRUNED": 5}) == 1  # the limit on trials started
     assert planning.open_slots(unit, {**c, "COMPLETE": 5}) == 0
-    rep = planning.replicate_unit("s", 2, "vae", 2)  # runs only what waits, never a sampled trial
+    rep = planning.replicate_unit("s", 2, "vae", 2, "a test")  # runs only what waits, never a sampled trial
     assert planning.open_slots(rep, c) == 0
     assert planning.open_slots(rep, {**c, "WAITING": 2}) == 2
 
@@ -125,7 +125,7 @@ def test_a_worker_out_of_work_picks_up_units_added_to_the_plan(prepared, tmp_pat
                                data.load_summary(prepared), "latentstudy-digits")
     assert grown.prefix == small.prefix and len(grown.units) == 2 * len(small.units)
     # As a coordinator adding latent size 3 and a replicate unit while this worker runs.
-    rep = planning.replicate_unit(grown.prefix, 2, "vae", 2)
+    rep = planning.replicate_unit(grown.prefix, 2, "vae", 2, "a test")
     grown = planning.grow(grown, (rep,))
     store.create_studies(grown, storage)
     enqueued = [({"beta": 0.5, "lr": 2e-3}, 11), ({"beta": 0.5, "lr": 2e-3}, 12)]
@@ -158,8 +158,25 @@ def test_a_unit_capped_below_its_budget_is_named_at_the_end():
     assert "(2 pruned, 1 failed)" in line
 
 
+def test_replicates_go_where_they_could_move_an_answer():
+    rng = np.random.default_rng(0)
+    noise = rng.normal(0, 1.0, size=400)
+    # k = 2, 4, 8, 16, 32: clearly worse at 2 and 4, flat from 8, clearly worse again at 32
+    curve = {2: 30.0, 4: 27.0, 8: 24.0, 16: 23.98, 32: 26.0}
+    own = [rng.normal(0, 1.0, 400) for _ in curve]
+    values = [(m + noise + e - e.mean())[None] for m, e in zip(curve.values(), own)]  # means exactly as planted
+    choice = stats.choose(list(curve), values, 300, seed=0)
+    assert (choice.chosen, choice.best) == (8, 16) and set(choice.likely) <= {8, 16}
+    recon = stats.choose([2, 4, 8, 64], values[:3] + [values[3]], 300, seed=0)
+    got = validation.contested({"generation": ("vae", choice), "reconstruction": ("ae", recon),
+                                "representation": ("vae", None)}, exact_from=64)
+    assert set(got) == {(4, "vae"), (8, "vae"), (16, "vae"), (4, "ae"), (8, "ae")}  # not 2, 32, or PCA's exact 64
+    assert got[(4, "vae")] == "could move the answer on validation (generation: the next smaller size)"
+    assert got[(8, "vae")] == "could move the answer on validation (generation: its chosen size)"
+
+
 def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_uri, cpu_threads):
-    params = search_params(tmp_path, cpu_workers=2, trials_per_dim=3, replicates=2)
+    params = search_params(tmp_path, cpu_workers=2, trials_per_dim=3, replicates=2, replicate_sizes="all")
     out = run_stage(tmp_path, params, prepared, tracking_uri)
     plan, storage = studies_of(tmp_path, params, prepared)
     trials = pd.read_csv(out / "trials.csv")
@@ -270,6 +287,27 @@ def test_a_hopeless_trial_is_pruned_and_its_slot_refilled(prepared, tmp_path, tr
     run = Tracker(tracking_uri).client.get_run(pruned.mlflow_run_id)
     assert run.info.status == "FINISHED" and run.data.tags["optuna.state"] == "PRUNED"
     assert run.data.params["stack"] == "2"
+
+
+def test_stack_members_are_halved_at_a_rung_and_the_stopped_ones_count_toward_the_budget(prepared, tmp_path,
+                                                                                           cpu_threads):
+    # One stack of four VAE trials, 10 epochs: the rung is epoch 5; the best max(ceil(4/3), 2) go on.
+    params = search_params(tmp_path, dims=(2,), **{"pruner": "stack", "trials_per_dim": 4, "stack": 4,
+                                                   "train.epochs": 10, "train.max_epochs": 10,
+                                                   "train.patience": 10})
+    plan, storage = studies_of(tmp_path, params, prepared)
+    out = run_stage(tmp_path, params, prepared, None)
+    trials = pd.read_csv(out / "trials.csv")
+    vae = trials[trials.arm == "vae"].set_index("number")
+    assert len(vae) == 4 and sorted(vae.state) == ["COMPLETE", "COMPLETE", "PRUNED", "PRUNED"]  # examined: 4
+    pruned = vae[vae.state == "PRUNED"]
+    assert (pruned.epochs_run == 5).all() and (vae[vae.state == "COMPLETE"].epochs_run == 10).all()
+    assert sorted(pruned.fail_reason) == [f"stopped at epoch 5: rank {r} of 4 trials at this rung; the best 2 go on"
+                                          for r in (3, 4)]
+    got = optuna.load_study(study_name=plan.units[0].study_name, storage=storage).get_trials()
+    at_rung = {t.number: t.intermediate_values[5] for t in got}
+    assert max(at_rung[n] for n in vae.index[vae.state == "COMPLETE"]) < min(at_rung[n] for n in pruned.index)
+    assert (trials[trials.arm == "ae"].state == "COMPLETE").all()  # a lone trial is its unit's best
 
 
 def test_one_worker_on_cpu_is_deterministic(prepared, tmp_path, cpu_threads):

@@ -260,7 +260,7 @@ class SearchConfig:
     objective: Literal["neg_elbo", "distortion", "sse"] = "neg_elbo"
     beta: LogRange = field(default_factory=lambda: LogRange(0.25, 4.0))
     lr: LogRange = field(default_factory=lambda: LogRange(5e-4, 5e-3))
-    pruner: Literal["median", "hyperband", "none"] = "median"
+    pruner: Literal["stack", "median", "hyperband", "none"] = "stack"
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -269,7 +269,8 @@ class SearchConfig:
     cpu_workers: int = field(default=2, metadata=_bounds(ge=1))
     storage: str | None = None
     heartbeat_seconds: int = field(default=20, metadata=_bounds(ge=1))
-    replicates: int = field(default=2, metadata=_bounds(ge=0))  # extra seeds for each size's best config
+    replicates: int = field(default=2, metadata=_bounds(ge=0))  # extra seeds for a size's best config
+    replicate_sizes: Literal["answer", "all"] = "answer"  # where: sizes that can move an answer, or every size
     reinforce: bool = True  # more trials where a model loses to its simpler reference on validation
 
     def check(self, where: str) -> None:

@@ -213,6 +213,8 @@ def page(cfg, inp, table: pd.DataFrame, rec: Recommendation, figs: list, explore
     reps = inp.study.get("replicates") or {}
     reps_text = "; ".join(f"{'VAE' if arm == 'vae' else 'autoencoder'} k = {', '.join(map(str, ks))}"
                           for arm, ks in reps.items() if ks) or "none"
+    why_reps = "".join(f"<li>{'VAE' if r['arm'] == 'vae' else 'autoencoder'} k = {r['latent_dim']}: "
+                       f"{html.escape(r['reason'])}</li>" for r in inp.study.get("replicate_reasons") or [])
     margin = f" plus a practical margin of {cfg.tolerance:g} x |best| (report.tolerance)" if cfg.tolerance else ""
     figs_html = "".join(figure_html(p, t, c) for p, t, c in figs)
     return f"""<!doctype html>
@@ -233,7 +235,9 @@ Study <code>{html.escape(inp.study.get('prefix', ''))}</code>, latent sizes {', 
 as a density model whatever beta trained it; reconstruction uses the squared error per example of the better code at
 each size, the autoencoder or PCA, chosen on validation (the table's "better code");
 representation uses the accuracy of a linear probe on the VAE's mean codes. Sizes retrained with more seeds (their
-interval includes the spread between seeds): {html.escape(reps_text)}.</p>
+interval includes the spread between seeds): {html.escape(reps_text)}. A size without them borrows the seed spread
+of the nearest size with them.</p>
+{f"<ul>{why_reps}</ul>" if why_reps else ""}
 {f"<p>Sizes the search added or extended (above the grid while the criterion still improved at its largest size, "
    f"then between grid points):</p><ul>{added_html}</ul>" if added_html else ""}
 <h2>Reconstruction against compression</h2>

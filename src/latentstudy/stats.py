@@ -52,7 +52,10 @@ def resample(values: list[np.ndarray], draws: int, seed: int, average: bool = Tr
     Examples are resampled with the same indices for every size. average=True: a size's value
     is the mean over its models, which are resampled independently per size (seeds are not
     paired across sizes). average=False: a size's value is its first model's; the spread between
-    its models enters each draw as one randomly drawn model's deviation from their mean.
+    its models enters each draw as one randomly drawn model's deviation from their mean. A size
+    with one model borrows that spread from the nearest size with replicates (the search
+    replicates only where replicates could move an answer, search.replicate_sizes), so its
+    interval still holds a seed's luck.
     others[j]: size j's other search trials, best validation objective first; a draw whose
     resampled trials miss the pick takes the best of them that it holds instead.
     """
@@ -63,18 +66,22 @@ def resample(values: list[np.ndarray], draws: int, seed: int, average: bool = Tr
         raise ValueError("every size needs an (models, examples) array over the same examples")
     models = np.random.default_rng([seed, 1])
     searches = np.random.default_rng([seed, 2])  # its own stream: adding trials leaves the seed draws
+    spread = [j if len(v) > 1 else _nearest_replicated(values, j) for j, v in enumerate(values)]
     out = np.empty((draws, len(values)))
     start = 0
     for w in weights(n, draws, seed):
         b = len(w)
-        for j, (v, o) in enumerate(zip(values, others)):
-            means = w @ v.T.astype(np.float64)  # (b, R_k)
+        means = [w @ v.T.astype(np.float64) for v in values]  # (b, R_k) each
+        for j, o in enumerate(others):
             if average:
-                pick = models.integers(0, len(v), size=(b, len(v)))
-                col = np.take_along_axis(means, pick, axis=1).mean(axis=1)
+                pick = models.integers(0, means[j].shape[1], size=(b, means[j].shape[1]))
+                col = np.take_along_axis(means[j], pick, axis=1).mean(axis=1)
             else:
-                pick = models.integers(0, len(v), size=(b, 1))
-                col = means[:, 0] + np.take_along_axis(means, pick, axis=1)[:, 0] - means.mean(axis=1)
+                col = means[j][:, 0]
+                if spread[j] is not None:
+                    source = means[spread[j]]
+                    pick = models.integers(0, source.shape[1], size=(b, 1))
+                    col = col + np.take_along_axis(source, pick, axis=1)[:, 0] - source.mean(axis=1)
             if len(o):
                 # Trials are ranked by objective (0 = the pick): the best drawn is the lowest rank.
                 rank = searches.integers(0, len(o) + 1, size=(b, len(o) + 1)).min(axis=1)
@@ -83,6 +90,12 @@ def resample(values: list[np.ndarray], draws: int, seed: int, average: bool = Tr
             out[start : start + b, j] = col
         start += b
     return out
+
+
+def _nearest_replicated(values: list[np.ndarray], j: int) -> int | None:
+    """The index of the size nearest j (the smaller on ties) with more than one model, or None."""
+    with_reps = [i for i, v in enumerate(values) if len(v) > 1]
+    return min(with_reps, key=lambda i: (abs(i - j), i)) if with_reps else None
 
 
 def point(values: list[np.ndarray], average: bool = True) -> np.ndarray:

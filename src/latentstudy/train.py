@@ -270,12 +270,15 @@ class _Trainer:
 def train_stack(spec: NetSpec, x_train: DeviceSplit | torch.Tensor, x_val: DeviceSplit | torch.Tensor, cfg: TrainConfig, *,
                 objective: str, size: int, next_member: Callable[[], Member | None],
                 on_done: Callable[[TrainResult], None], on_epoch: Callable[[Member, dict], bool] | None = None,
+                judge: Callable[[list[tuple[Member, dict]]], dict[Any, str]] | None = None,
                 data_order: tuple[int, int] | None = None, chunk_rows: int = CHUNK_ROWS) -> None:
     """Train members from next_member() in a stack of up to size, until it has no more to give.
 
     on_epoch(member, record) sees every epoch's record (logging, progress, pruning) and returns
-    True to stop that member now (pruned). on_done(result) gets each member as it stops; its slot
-    then goes to next_member() or the stack shrinks. x_train, x_val: feed.DeviceSplit (tensors are
+    True to stop that member now (pruned). judge(pairs) sees, once per stack epoch, the (member,
+    record) of every member going on, so members can be compared with each other at equal epochs;
+    it returns {member key: reason} for those to stop now (pruned). on_done(result) gets each
+    member as it stops; its slot then goes to next_member() or the stack shrinks. x_train, x_val: feed.DeviceSplit (tensors are
     taken as resident where they are); the parameters take the data's dtype. data_order: (seed,
     first epoch) of the minibatch order, to train a member again as it trained; default: the first
     member's seed, from its first epoch.
@@ -309,6 +312,8 @@ def train_stack(spec: NetSpec, x_train: DeviceSplit | torch.Tensor, x_val: Devic
                 improved.append(row)
             if result is not None:
                 done.append((row, result))
+        if judge is not None:
+            done += _judged(trainer.slots, {row for row, _ in done}, judge)
         trainer.snapshot(improved)
         empty = []
         for row, result in done:
@@ -334,8 +339,7 @@ def _after_epoch(slot: _Slot, spec: NetSpec, cfg: TrainConfig, objective: str, t
     metrics = {"distortion": d, "rate": r, "neg_elbo": d + r, "sse": sse, "mse": sse / spec.input_dim}
 
     def stop(status: str, reason: str = "", best: dict | None = None, still_improving: bool = False) -> TrainResult:
-        return TrainResult(slot.member, status, slot.history, slot.best_epoch, best if best is not None else slot.best,
-                           seconds, reason=reason, data_order=slot.data_order, still_improving=still_improving)
+        return _result(slot, status, reason, best, still_improving)
 
     if not all(map(_finite, train_sums)):
         return stop("failed", f"non-finite training loss ({loss}) at epoch {epoch}", metrics)
@@ -361,6 +365,25 @@ def _after_epoch(slot: _Slot, spec: NetSpec, cfg: TrainConfig, objective: str, t
         if epoch >= cfg.ceiling:
             return stop("complete", still_improving=True)
     return None
+
+
+def _judged(slots: list[_Slot], stopped: set[int], judge) -> list[tuple[int, TrainResult]]:
+    """The members going on that judge stops, compared at this epoch: (row, pruned result)."""
+    going = [row for row in range(len(slots)) if row not in stopped]
+    stops = judge([(slots[row].member, slots[row].history[-1]) for row in going])
+    out = []
+    for row in going:
+        if slots[row].member.key in stops:
+            last = {k[4:]: v for k, v in slots[row].history[-1].items() if k.startswith("val_")}
+            out.append((row, _result(slots[row], "pruned", stops[slots[row].member.key], last)))
+    return out
+
+
+def _result(slot: _Slot, status: str, reason: str = "", best: dict | None = None,
+            still_improving: bool = False) -> TrainResult:
+    return TrainResult(slot.member, status, slot.history, slot.best_epoch, best if best is not None else slot.best,
+                       time.perf_counter() - slot.started, reason=reason, data_order=slot.data_order,
+                       still_improving=still_improving)
 
 
 def train(model: AutoEncoder, x_train: torch.Tensor, x_val: torch.Tensor, cfg: TrainConfig, *, beta: float,

@@ -31,6 +31,7 @@ from latentstudy.search.plan import (
     Plan,
     Unit,
     counts,
+    examined,
     grid_units,
     grow,
     make_plan,
@@ -85,7 +86,7 @@ def launch_workers(slots: list[tuple[str, dict]], args: list[str], tag: str, url
 
 def progress_line(plan: Plan, snap: list, started: float, done_before: int, final: bool = False) -> str:
     total = sum(u.budget for u in plan.units)
-    complete = sum(min(counts(t)["COMPLETE"], u.budget) for u, t in snap)
+    complete = sum(min(examined(u, counts(t)), u.budget) for u, t in snap)
     agg = counts([t for _, trials in snap for t in trials])
     best = {}
     for unit, trials in snap:
@@ -111,8 +112,9 @@ def shortfalls(snap: list) -> list[str]:
         if c["COMPLETE"] < unit.budget and unit.phase == REPLICATE:
             lines.append(f"[search] k={unit.latent_dim} {unit.arm}: {c['COMPLETE']} of {unit.budget} replicates "
                          f"finished ({c['FAIL']} failed; reasons in trials.csv); the interval uses those that did.")
-        elif c["COMPLETE"] < unit.budget:
-            lines.append(f"[search] k={unit.latent_dim} {unit.arm}: {c['COMPLETE']} of {unit.budget} trials finished; "
+        elif examined(unit, c) < unit.budget:
+            lines.append(f"[search] k={unit.latent_dim} {unit.arm}: {examined(unit, c)} of {unit.budget} trials finished"
+                         f"{' or stopped at a rung' if unit.pruned_count else ''}; "
                          f"search.max_trials_per_dim = {unit.limit} trials started ({c['PRUNED']} pruned, "
                          f"{c['FAIL']} failed). Raise it, or prune less (search.pruner), for the full budget.")
     return lines
@@ -146,7 +148,7 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
     reap_all(plan, storage, tracking, single_host)
     args = ["--study", plan.prefix, "--data", str(prepared), "--checkpoints", str(checkpoints), "--exit-with-parent"]
     started = time.monotonic()
-    done_before = sum(counts(t)["COMPLETE"] for _, t in snapshot(plan, storage))
+    done_before = sum(min(examined(u, counts(t)), u.budget) for u, t in snapshot(plan, storage))
     devices = sorted({e["CUDA_VISIBLE_DEVICES"] and f"cuda:{e['CUDA_VISIBLE_DEVICES']}" or d for d, e in slots})
     reps = sum(u.phase == REPLICATE for u in plan.units)
     print(f"[search] study {plan.prefix}: {len(plan.units)} Optuna studies ({len(sizes(plan))} latent sizes"
@@ -272,30 +274,36 @@ def added_reason(purpose: str, chosen: int, likely: list[int], searched: list[in
                f", the smallest size searched; k = {new} lies below"))
 
 
-def replicate(plan: Plan, replicates: int, storage, run_phase) -> Plan:
-    """Retrain the best configuration of every size and arm that has none yet with `replicates`
-    more seeds, as enqueued trials of a replicate unit per size and arm. Every size gets them, so
-    each size's value is a mean over as many models and the curves compare like with like, on
-    validation (the refinement's rule) as on test."""
+def replicate(plan: Plan, replicates: int, storage, run_phase, contested=None) -> Plan:
+    """Retrain the best configuration of sizes and arms with `replicates` more seeds, as enqueued
+    trials of a replicate unit per size and arm. contested None (search.replicate_sizes all):
+    every size and arm, once, so every size's value is a mean over as many models. Else
+    contested(plan) -> {(size, arm): why} names the sizes whose replicates could move an answer
+    (Validation.contested); they are replicated, the answers looked at again with them, and so on
+    until every size that could move an answer has its replicates."""
     if replicates == 0:
         return plan
-    best = best_trials(snapshot(plan, storage))
-    have = {(u.latent_dim, u.arm) for u in plan.units if u.phase == REPLICATE}
-    units, enqueue = [], {}
-    for (k, arm), trial in sorted(best.items()):
-        if (k, arm) in have:
-            continue
-        unit = replicate_unit(plan.prefix, k, arm, replicates)
-        units.append(unit)
-        enqueue[unit.study_name] = [(arm_params(trial, arm), {keys.SEED: seed, keys.REPLICATE_OF: trial.number})
-                                    for seed in replicate_seeds(trial.user_attrs[keys.SEED], replicates)]
-    if not units:
-        return plan
-    print(f"[search] replicates: {replicates} more seed(s) for the best configuration of each of "
-          f"{len(units)} size-and-arm pairs", flush=True)
-    plan = grow(plan, tuple(units))
-    run_phase(plan, enqueue)
-    return plan
+    while True:
+        best = best_trials(snapshot(plan, storage))
+        have = {(u.latent_dim, u.arm) for u in plan.units if u.phase == REPLICATE}
+        wanted = ({key: "every size and arm (search.replicate_sizes all)" for key in best} if contested is None
+                  else contested(plan))
+        todo = [(key, trial) for key, trial in sorted(best.items()) if key in wanted and key not in have]
+        if not todo:
+            return plan
+        units, enqueue = [], {}
+        for (k, arm), trial in todo:
+            unit = replicate_unit(plan.prefix, k, arm, replicates, wanted[(k, arm)])
+            units.append(unit)
+            enqueue[unit.study_name] = [(arm_params(trial, arm), {keys.SEED: seed, keys.REPLICATE_OF: trial.number})
+                                        for seed in replicate_seeds(trial.user_attrs[keys.SEED], replicates)]
+        where = ", ".join(f"k = {k} {arm}" for (k, arm), _ in todo)
+        print(f"[search] replicates: {replicates} more seed(s) for the best configuration of {where}"
+              + ("" if contested is None else " (the sizes that could move an answer on validation)"), flush=True)
+        plan = grow(plan, tuple(units))
+        run_phase(plan, enqueue)
+        if contested is None:
+            return plan
 
 
 def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, models_dir: Path,
@@ -362,15 +370,18 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
     if all(counts(t)["COMPLETE"] == 0 for _, t in snap):
         raise StudyError("no trial finished at any latent size; see the failure reasons above "
                          "(search.lr range, search.train settings)")
-    # Refinement and more budget off: no validation pass, so the splits are not loaded for nothing.
-    validation = Validation(prepared, storage, checkpoint, rule) if study.refine_max or search.reinforce else None
+    # Refinement, more budget and replicates by answer off: no validation pass, so the splits are
+    # not loaded for nothing.
+    by_answer = search.replicates > 0 and search.replicate_sizes == "answer"
+    needed = study.refine_max or search.reinforce or by_answer
+    validation = Validation(prepared, storage, checkpoint, rule) if needed else None
 
     def settle(plan: Plan) -> Plan:
         # Before the rule looks: more trials where a model lags its simpler reference, then the
         # replicates, so the refinement's rule sees each size's seed spread.
         if search.reinforce:
             plan = budget.reinforce(plan, validation, run_phase)
-        return replicate(plan, search.replicates, storage, run_phase)
+        return replicate(plan, search.replicates, storage, run_phase, validation.contested if by_answer else None)
 
     plan = refine(settle(plan), search, study.refine_max, validation, run_phase, settle)
     snap = snapshot(plan, storage)

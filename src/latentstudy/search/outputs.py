@@ -155,6 +155,8 @@ def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str 
         "latent_dims": sizes(plan), "sizes": searched_sizes(plan),
         "replicates": {arm: sorted({m["latent_dim"] for m in listed if m["arm"] == arm and m["replicate"] > 0})
                        for arm in ("vae", "ae")},
+        "replicate_reasons": [{"latent_dim": u.latent_dim, "arm": u.arm, "reason": u.reason}
+                              for u in sorted(plan.units, key=lambda u: (u.latent_dim, u.arm)) if u.phase == REPLICATE],
         "models": sorted(listed, key=lambda m: (m["latent_dim"], m["arm"], m["rank"], m["replicate"])),
         "seed": plan.seed, "search": plan.search,
     }, indent=2) + "\n")

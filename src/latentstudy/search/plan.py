@@ -25,7 +25,8 @@ from latentstudy.config import SearchConfig, StudyConfig, build
 ARMS = ("vae", "ae")
 # Everything in SearchConfig changes results except these: budgets, devices, storage.
 RUNTIME_KEYS = ("trials_per_dim", "ae_trials_per_dim", "max_trials_per_dim", "device", "stack",
-                "workers_per_device", "cpu_workers", "storage", "heartbeat_seconds", "replicates", "reinforce")
+                "workers_per_device", "cpu_workers", "storage", "heartbeat_seconds", "replicates", "replicate_sizes",
+                "reinforce")
 GRID, ADDED, REPLICATE = "grid", "added", "replicate"  # a unit's phase
 
 
@@ -40,6 +41,7 @@ class Unit:
     limit: int  # trials started at most (failed and pruned ones count)
     phase: str = GRID  # grid | added (by the refinement) | replicate (enqueued seeds only)
     reason: str = ""  # why the search added this size
+    pruned_count: bool = False  # pruned trials count toward the budget (search.pruner stack: examined)
 
 
 @dataclass(frozen=True)
@@ -117,13 +119,14 @@ def grid_units(prefix: str, ks: list[int], search: SearchConfig, phase: str = GR
     """Both arms of each size, with the grid's budgets."""
     return tuple(Unit(k, arm, f"{prefix}-k{k}-{arm}",
                       search.trials_per_dim if arm == "vae" else search.ae_trials_per_dim,
-                      search.max_trials_per_dim, phase, reason) for k in ks for arm in ARMS)
+                      search.max_trials_per_dim, phase, reason, search.pruner == "stack")
+                 for k in ks for arm in ARMS)
 
 
-def replicate_unit(prefix: str, k: int, arm: str, replicates: int) -> Unit:
-    """A unit that runs only its enqueued trials; room for retries of lost ones."""
+def replicate_unit(prefix: str, k: int, arm: str, replicates: int, why: str) -> Unit:
+    """A unit that runs only its enqueued trials; room for retries of lost ones. why: where it is."""
     return Unit(k, arm, f"{prefix}-k{k}-{arm}-rep", replicates, 3 * replicates, REPLICATE,
-                f"the best configuration retrained with {replicates} more seed{'s' * (replicates != 1)}")
+                f"the best configuration retrained with {replicates} more seed{'s' * (replicates != 1)}: {why}")
 
 
 def grow(plan: Plan, units: tuple[Unit, ...]) -> Plan:
@@ -185,6 +188,12 @@ def counts(trials) -> dict[str, int]:
     return out
 
 
+def examined(unit: Unit, c: dict[str, int]) -> int:
+    """Trials that count toward the budget: the finished ones, and under search.pruner stack the
+    ones stopped at a rung (search/halving.py): examined, and judged worse than the ones going on."""
+    return c["COMPLETE"] + (c["PRUNED"] if unit.pruned_count else 0)
+
+
 def needs_work(unit: Unit, c: dict[str, int]) -> bool:
     """Below budget, or a retry of a lost trial is waiting (it runs even if a racing worker already
     filled the budget: a retry that never runs would be reported as retried), within the limit.
@@ -192,7 +201,7 @@ def needs_work(unit: Unit, c: dict[str, int]) -> bool:
     started = c["COMPLETE"] + c["RUNNING"] + c["FAIL"] + c["PRUNED"]
     if unit.phase == REPLICATE:
         return c["WAITING"] > 0 and started < unit.limit
-    return (c["COMPLETE"] + c["RUNNING"] < unit.budget or c["WAITING"] > 0) and started < unit.limit
+    return (examined(unit, c) + c["RUNNING"] < unit.budget or c["WAITING"] > 0) and started < unit.limit
 
 
 def open_slots(unit: Unit, c: dict[str, int]) -> int:
@@ -200,5 +209,5 @@ def open_slots(unit: Unit, c: dict[str, int]) -> int:
     replicates count even past it), within the limit on trials started. A replicate unit runs
     only its waiting trials."""
     started = c["COMPLETE"] + c["RUNNING"] + c["FAIL"] + c["PRUNED"]
-    lacking = 0 if unit.phase == REPLICATE else unit.budget - c["COMPLETE"] - c["RUNNING"]
+    lacking = 0 if unit.phase == REPLICATE else unit.budget - examined(unit, c) - c["RUNNING"]
     return max(0, min(unit.limit - started, max(lacking, c["WAITING"])))

@@ -118,7 +118,35 @@ class Validation:
         codes = {k: evaluate.code_choice(curves.get(k), pca_sse[k], k >= self.basis.n_components)["code"] for k in ks}
         return recommend.with_better_code(curves, others, pca_sse, codes)
 
+    def contested(self, plan: Plan) -> dict[tuple[int, str], str]:
+        """(size, arm) -> why seed replicates there could move an answer on validation (contested)."""
+        choices = {name: (p.arm, self.answer(plan, name).choice) for name, p in recommend.PURPOSES.items()}
+        return contested(choices, self.basis.n_components)
+
     def headline(self, plan: Plan) -> str:
         """The headline purpose: report.purpose, or for auto generation when a VAE finished."""
         best = best_trials(snapshot(plan, self.storage))
         return recommend.headline(self.rule.headline, any(arm == "vae" for _, arm in best))[0]
+
+
+def contested(choices: dict[str, tuple[str, object]], exact_from: int) -> dict[tuple[int, str], str]:
+    """(size, arm) -> why replicates there could move an answer. choices: purpose -> (its arm, its
+    stats.Choice or None). For each purpose: its chosen size, its best size (whose value sets the
+    one-SE threshold), the sizes of its 90% set, and the largest size below the chosen one (the
+    next the rule would pick). Elsewhere a size is outside the threshold in nearly every resample,
+    or above the answer and not the best, so replicates there would change neither the chosen size
+    nor the 90% set. No autoencoder at k >= exact_from: PCA's exact code is reconstruction's there."""
+    why: dict[tuple[int, str], list[str]] = {}
+    for name, (arm, c) in choices.items():
+        if c is None:
+            continue
+        below = [k for k in c.ks if k < c.chosen][-1:]
+        roles = [(c.chosen, "its chosen size"), (c.best, "its best size")] + \
+            [(k, "in its 90% set") for k in c.likely] + [(k, "the next smaller size") for k in below]
+        for k, role in roles:
+            if arm == "ae" and k >= exact_from:
+                continue
+            reasons = why.setdefault((k, arm), [])
+            if not any(r.startswith(f"{name}:") for r in reasons):  # one role per purpose, the first
+                reasons.append(f"{name}: {role}")
+    return {key: "could move the answer on validation (" + "; ".join(r) + ")" for key, r in sorted(why.items())}

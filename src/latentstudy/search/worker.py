@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyError, TrainConfig
-from latentstudy.search import keys, runs
+from latentstudy.search import halving, keys, runs
 from latentstudy.search.plan import REPLICATE, Plan, Unit, arm_objective, counts, needs_work, open_slots, unit_seed
 from latentstudy.search.store import load_plan, process_tag, reap_lost
 
@@ -37,6 +37,7 @@ def _sampler(plan: Plan, unit: Unit, worker: str):
 
 
 def _pruner(cfg: SearchConfig):
+    """Optuna's pruner of a grid or added unit; under `stack` none: StackTrials.judge compares."""
     import optuna
 
     epochs = cfg.train.epochs
@@ -138,8 +139,10 @@ def run_stack(ctx: WorkerContext, unit: Unit, study) -> int:
     trials = StackTrials(ctx, unit, study, spec, size, params)
     with trials.heartbeats:
         try:
+            judge = trials.judge if cfg.pruner == "stack" and unit.phase != REPLICATE else None
             train.train_stack(spec, ctx.x_train, ctx.x_val, cfg.train, objective=arm_objective(cfg, unit.arm),
-                              size=size, next_member=trials.ask, on_epoch=trials.epoch, on_done=trials.tell)
+                              size=size, next_member=trials.ask, on_epoch=trials.epoch, on_done=trials.tell,
+                              judge=judge)
         except Exception as exc:  # out of memory, a CUDA fault: this stack's trials fail, the study goes on
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 ctx.max_stack = max(1, size // 2)
@@ -197,10 +200,31 @@ class StackTrials:
             self.ctx.tracker.log_metrics(run_id, {k: v for k, v in record.items() if k != "epoch"},
                                          step=record["epoch"])
         self.progress(member.key, record, sorted(self.open))
-        if self.cfg.pruner == "none":  # no pruner: skip one storage write per epoch
+        if self.cfg.pruner in ("none", "stack"):  # none, or judged at rungs: no storage write per epoch
             return False
         trial.report(record[f"val_{self.objective}"], record["epoch"])
         return trial.should_prune()
+
+    def judge(self, pairs: list) -> dict[int, str]:
+        """search.pruner stack: at a rung, report each member's value and stop those that rank
+        below the unit's best trials at that epoch (search/halving.py); {trial number: reason}."""
+        rungs = set(halving.rungs(self.cfg.train.epochs))
+        at = {}
+        for member, record in pairs:
+            if record["epoch"] in rungs:
+                value = record[f"val_{self.objective}"]
+                self.open[member.key][0].report(value, record["epoch"])
+                at.setdefault(record["epoch"], {})[member.key] = value
+        if not at:
+            return {}
+        trials = self.study.get_trials(deepcopy=False)
+        out = {}
+        for epoch, mine in at.items():
+            others = {t.number: t.intermediate_values[epoch] for t in trials
+                      if t.number not in self.open and epoch in t.intermediate_values}
+            for number, why in halving.stops(mine, others, halving.floor(self.unit.budget)).items():
+                out[number] = f"stopped at epoch {epoch}: {why}"
+        return out
 
     def tell(self, result) -> None:
         """Store a stopped member: checkpoint and metrics when complete, its reason otherwise."""
