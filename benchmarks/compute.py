@@ -11,9 +11,13 @@ ratios off / on; writes the rows as JSON (--out). Nothing is asserted.
                                                                  # known-dimension cases (about 45 min more)
     .venv/bin/python benchmarks/compute.py --cases manifold:3 --quick   # a smoke run of one case
 
+    .venv/bin/python benchmarks/compute.py --cases mnist:3000 --ways on   # real size: the default study on
+                                                                 # 3,000 MNIST test images (28 x 28)
+
 Cases: `default` is params.yaml's defaults on digits (the study `make study` runs); `manifold:d` is the
-known-dimension benchmark's case (benchmarks/known_dimension.py params, its --quick with --quick). Each
-runs prepare, pca, search, evaluate and report (stages.py, no MLflow) in a temporary folder.
+known-dimension benchmark's case (benchmarks/known_dimension.py params, its --quick with --quick);
+`mnist:n` is the default study on n images of the MNIST test set (IDX files in --mnist). Each runs
+prepare, pca, search, evaluate and report (stages.py, no MLflow) in a temporary folder.
 """
 
 from __future__ import annotations
@@ -43,6 +47,9 @@ def case_params(case: str, args: argparse.Namespace) -> dict:
     if case == "default":
         return {"search": {"cpu_workers": args.cpu_workers}}
     kind, d = case.split(":")
+    if kind == "mnist":  # the default study on the first d images (stratified) of the MNIST test set
+        return {"data": {"name": "mnist", "path": str(args.mnist), "subset": "test", "limit": int(d)},
+                "search": {"cpu_workers": args.cpu_workers}}
     ns = argparse.Namespace(ambient=32, noise=0.0, curvature=0.5, hidden=[256, 256], seed=0, purpose="auto",
                             quick=args.quick, cpu_workers=args.cpu_workers)
     return known_dimension.params(kind, int(d), ns)
@@ -111,6 +118,8 @@ def main() -> None:
     parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=list(WAYS))
     parser.add_argument("--cpu-workers", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="manifold cases: known_dimension's --quick budget")
+    parser.add_argument("--mnist", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "mnist",
+                        help="mnist cases: the folder of the MNIST test set's IDX files")
     parser.add_argument("--out", type=Path, default=Path("reports/compute.json"))
     args = parser.parse_args()
     rows = []
