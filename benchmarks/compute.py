@@ -1,7 +1,8 @@
 """What the search's economies save, measured in one run: each case is run twice with the same seed
-and workers, the economies off (today's earlier behaviour: Optuna's median pruner, and seed replicates
-at every size and arm) and on (the defaults: successive halving inside stacks, search.pruner stack; and
-replicates only at the sizes that can move an answer, search.replicate_sizes answer). Prints, per case
+and workers, the economies off (the earlier behaviour: Optuna's median pruner, seed replicates at every
+size and arm, an added size with the grid's budgets) and on (the defaults: successive halving inside
+stacks, search.pruner stack; replicates one seed at a time at the sizes that can move an answer,
+search.replicate_sizes answer; half the budgets for an added size, search.added_budget 0.5). Prints, per case
 and way, the trial-epochs (epochs summed over every trial started, pruned and failed included), the
 models trained (trials started), the wall time and each purpose's answer with its 90% set, then the
 ratios off / on; writes the rows as JSON (--out). Nothing is asserted.
@@ -38,8 +39,8 @@ from real_data import merged, run_stages  # noqa: E402
 
 PURPOSES = ("generation", "reconstruction", "representation")
 WAYS = {
-    "off": {"search": {"pruner": "median", "replicate_sizes": "all"}},
-    "on": {"search": {"pruner": "stack", "replicate_sizes": "answer"}},
+    "off": {"search": {"pruner": "median", "replicate_sizes": "all", "added_budget": 1.0}},
+    "on": {"search": {"pruner": "stack", "replicate_sizes": "answer", "added_budget": 0.5}},
 }
 
 

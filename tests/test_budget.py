@@ -78,7 +78,8 @@ def test_a_size_added_later_is_looked_at_alone(capsys):
     assert budget.reinforce(plan, planted, lambda *a: None) is plan  # nothing lags on the grid
     settled = planning.grow(plan, tuple(planning.replicate_unit("t", k, arm, 2, "a test") for k in (2, 4)
                                         for arm in ("vae", "ae")))
-    added = planning.grow(settled, planning.grid_units("t", [3], config.SearchConfig(), planning.ADDED, "why"))
+    added = planning.grow(settled, planning.grid_units("t", [3], config.SearchConfig(added_budget=1.0), planning.ADDED,
+                                                       "why"))
     store.create_studies(added, storage)
     raised = budget.reinforce(added, planted, lambda *a: None)
     assert {(u.latent_dim, u.arm): u.budget for u in raised.units if u.phase == planning.ADDED} == {(3, "vae"): 6,

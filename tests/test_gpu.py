@@ -13,7 +13,7 @@ from reference_train import data_orders, reference_train
 from latentstudy import models, stages, train
 from latentstudy.feed import DeviceSplit
 from latentstudy.config import StudyError, TrainConfig
-from latentstudy.search import coordinator
+from latentstudy.search import devices
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 MLP_VAE = models.NetSpec(64, 4, "mlp", "bernoulli", True, (32, 16), (8,))
@@ -25,8 +25,8 @@ def test_asking_for_cuda_without_a_gpu_is_a_clear_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
     with pytest.raises(StudyError, match="search.device = cuda but no CUDA device is visible"):
-        coordinator.worker_slots("cuda", 1, 1)
-    assert [d for d, _ in coordinator.worker_slots("auto", 1, 2)] == ["cpu", "cpu"]
+        devices.worker_slots("cuda", 1, 1)
+    assert [d for d, _ in devices.worker_slots("auto", 1, 2)] == ["cpu", "cpu"]
 
 
 def blobs(dim: int, n: int, device, dtype=torch.float32):
@@ -49,7 +49,7 @@ def stack_results(spec, x_train, x_val, cfg, members, size):
 @pytest.mark.gpu
 @cuda
 def test_one_worker_per_gpu_times_workers_per_device():
-    slots = coordinator.worker_slots("auto", 2, 1)
+    slots = devices.worker_slots("auto", 2, 1)
     assert len(slots) == 2 * torch.cuda.device_count()
     assert {env["CUDA_VISIBLE_DEVICES"] for _, env in slots} == {str(i) for i in range(torch.cuda.device_count())}
 

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -64,7 +65,7 @@ def test_a_batch_above_the_training_split_is_clamped_with_one_line(prepared, cap
 
 
 def test_standardised_data_gets_a_gaussian_decoder_and_bernoulli_is_refused(prepared):
-    from latentstudy.search.worker import unit_spec
+    from latentstudy.search.plan import unit_spec
 
     summary = {**data.load_summary(prepared), "scaling": {"method": "standard"}}
     plan = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), config.SearchConfig(), summary, "x")
@@ -173,6 +174,91 @@ def test_replicates_go_where_they_could_move_an_answer():
     assert set(got) == {(4, "vae"), (8, "vae"), (16, "vae"), (4, "ae"), (8, "ae")}  # not 2, 32, or PCA's exact 64
     assert got[(4, "vae")] == "could move the answer on validation (generation: the next smaller size)"
     assert got[(8, "vae")] == "could move the answer on validation (generation: its chosen size)"
+
+
+def train_everything(storage):
+    """run_phase as a worker does it, instantly: each grid unit one finished trial (value = its
+    size), each replicate unit its waiting seeds."""
+    def run_phase(plan, enqueue):
+        store.create_studies(plan, storage)
+        for name, items in enqueue.items():
+            for params, attrs in items:
+                coordinator.enqueue_once(optuna.load_study(study_name=name, storage=storage), params, attrs)
+        for unit in plan.units:
+            study = optuna.load_study(study_name=unit.study_name, storage=storage)
+            waiting = sum(t.state.name == "WAITING" for t in study.get_trials())
+            for _ in range(waiting or (unit.phase != planning.REPLICATE and not study.get_trials())):
+                trial = study.ask()
+                trial.suggest_float("lr", 1e-4, 1e-2, log=True)
+                if unit.arm == "vae":
+                    trial.suggest_float("beta", 0.1, 10, log=True)
+                if "seed" not in trial.user_attrs:
+                    trial.set_user_attr("seed", unit.latent_dim)
+                study.tell(trial, float(unit.latent_dim))
+    return run_phase
+
+
+class PlantedAnswers:
+    """contested: k = 2 and 4 VAE; moved: what `moves` says, one entry per look."""
+
+    def __init__(self, moves: list[dict]):
+        self.moves = moves
+
+    def contested(self, plan):
+        return {(2, "vae"): "why 2", (4, "vae"): "why 4", (64, "vae"): "no such size: skipped"}
+
+    def moved(self, plan):
+        return self.moves.pop(0) if self.moves else {}
+
+
+@pytest.mark.parametrize("moves, seeds", [
+    ([{}], 1),  # the first seeds left every chosen size where it was: no second seed
+    ([{"generation": (2, 4)}], 2),  # they moved one: a second seed, and no third (search.replicates = 2)
+])
+def test_replicates_come_one_seed_at_a_time_while_the_latest_seeds_move_an_answer(moves, seeds):
+    storage = optuna.storages.InMemoryStorage()
+    units = planning.grid_units("t", [2, 4, 8], config.SearchConfig())
+    plan = planning.Plan("t", units, {}, 0, 64, None, "f", "e")
+    run_phase = train_everything(storage)
+    run_phase(plan, {})
+    final = coordinator.replicate(plan, 2, storage, run_phase, PlantedAnswers(moves))
+    reps = {(u.latent_dim, u.arm): u for u in final.units if u.phase == planning.REPLICATE}
+    assert sorted(reps) == [(2, "vae"), (4, "vae")] and {u.budget for u in reps.values()} == {seeds}
+    for (k, arm), unit in reps.items():
+        trials = optuna.load_study(study_name=unit.study_name, storage=storage).get_trials()
+        assert [t.state.name for t in trials] == ["COMPLETE"] * seeds  # the first seed kept, not repeated
+        assert [t.user_attrs["seed"] for t in trials] == planning.replicate_seeds(k, seeds)
+    assert reps[(2, "vae")].reason.endswith("why 2" if seeds == 1 else
+                                            "why 2; seed 2: the latest seeds moved the chosen size (generation k = 2 -> 4)")
+
+
+@pytest.mark.parametrize("share, budgets", [(0.5, [2, 1]), (1.0, [4, 2]), (0.1, [1, 1])])
+def test_an_added_size_gets_its_share_of_the_budgets(share, budgets):
+    search = config.SearchConfig(added_budget=share)
+    assert [u.budget for u in planning.grid_units("t", [3], search)] == [4, 2]  # the grid's own
+    assert [u.budget for u in planning.grid_units("t", [3], search, planning.ADDED, "why")] == budgets
+
+
+def test_moved_leaves_out_the_latest_seed_of_each_size():
+    storage = optuna.storages.InMemoryStorage()
+    units = planning.grid_units("t", [2, 4], config.SearchConfig())
+    plan = planning.Plan("t", units, {}, 0, 64, None, "f", "e")
+    run_phase = train_everything(storage)
+    run_phase(plan, {})
+    plan = coordinator.replicate(plan, 2, storage, run_phase, PlantedAnswers([{"generation": (2, 4)}]))
+    latest = {(u.study_name, max(t.number for t in optuna.load_study(study_name=u.study_name, storage=storage)
+                                 .get_trials())) for u in plan.units if u.phase == planning.REPLICATE}
+    looks = []
+
+    def answer(plan, purpose, leave_out=frozenset()):
+        looks.append(leave_out)
+        chosen = 4 if purpose == "generation" and not leave_out else 2
+        return SimpleNamespace(choice=SimpleNamespace(chosen=chosen))
+
+    planted = validation.Validation.__new__(validation.Validation)
+    planted.storage, planted.answer = storage, answer
+    assert planted.moved(plan) == {"generation": (2, 4)}  # without the latest seeds 2, with them 4
+    assert len(latest) == 2 and set(looks) == {frozenset(), frozenset(latest)}
 
 
 def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_uri, cpu_threads):

@@ -35,7 +35,7 @@ def _worker_args(p: argparse.ArgumentParser) -> None:
 
 
 def worker(args: argparse.Namespace) -> None:
-    from latentstudy.search import coordinator, store, worker
+    from latentstudy.search import coordinator, devices, liveness, store, worker
 
     if not args.storage:
         raise StudyError("--storage is missing (or set OPTUNA_STORAGE); allowed: an Optuna storage URL")
@@ -44,8 +44,8 @@ def worker(args: argparse.Namespace) -> None:
     tracking = None if args.no_tracking else args.tracking_uri
     if args.one:
         if args.exit_with_parent:
-            worker.exit_with_parent()
-        worker.apply_thread_limit()
+            liveness.exit_with_parent()
+        devices.apply_thread_limit()
         storage, plan = store.join(args.storage, args.study, tracking)
         worker.worker_main(plan, storage, tracking, args.data, args.device, args.checkpoints, args.name,
                            args.storage.startswith("journal:"))
@@ -53,7 +53,7 @@ def worker(args: argparse.Namespace) -> None:
     if tracking:
         require_reachable(tracking)
     store.join(args.storage, args.study, tracking)  # fail here, once, if the study does not exist
-    slots = coordinator.worker_slots(args.device, args.workers_per_device, args.cpu_workers)
+    slots = devices.worker_slots(args.device, args.workers_per_device, args.cpu_workers)
     fwd = ["--study", args.study, "--data", str(args.data), "--checkpoints", str(args.checkpoints),
            "--exit-with-parent"]
     # Names seed each worker's sampler: with the pid, two `latentstudy worker` on one host (Slurm

@@ -257,6 +257,7 @@ class SearchConfig:
     trials_per_dim: int = field(default=4, metadata=_bounds(ge=1))
     ae_trials_per_dim: int = field(default=2, metadata=_bounds(ge=1))
     max_trials_per_dim: int = field(default=32, metadata=_bounds(ge=1))
+    added_budget: float = field(default=0.5, metadata=_bounds(gt=0, le=1))  # share of the budgets an added size gets
     objective: Literal["neg_elbo", "distortion", "sse"] = "neg_elbo"
     beta: LogRange = field(default_factory=lambda: LogRange(0.25, 4.0))
     lr: LogRange = field(default_factory=lambda: LogRange(5e-4, 5e-3))

@@ -23,7 +23,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyConfig, StudyError
-from latentstudy.search import budget, keys, runs, weights
+from latentstudy.search import budget, devices, keys, runs, weights
 from latentstudy.search.outputs import best_trials, model_trials, write_outputs
 from latentstudy.search.plan import (
     ADDED,
@@ -48,27 +48,6 @@ from latentstudy.search.store import (
     snapshot,
     storage_url,
 )
-
-
-def worker_slots(device: str, workers_per_device: int, cpu_workers: int) -> list[tuple[str, dict]]:
-    """(torch device, extra env) per worker process: one per GPU x workers_per_device, else CPU."""
-    import torch
-
-    gpus = torch.cuda.device_count()
-    if device == "cuda" and gpus == 0:
-        raise StudyError("search.device = cuda but no CUDA device is visible; allowed here: auto or cpu")
-    if device in ("auto", "cuda") and gpus > 0:
-        visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-        ids = visible.split(",") if visible else [str(i) for i in range(gpus)]
-        return [("cuda:0", {"CUDA_VISIBLE_DEVICES": gpu_id}) for gpu_id in ids[:gpus]
-                for _ in range(workers_per_device)]
-    # LATENTSTUDY_THREADS set by the user wins: several workers sharing a host must not each take
-    # every core (oversubscribed OpenMP threads spin and train ~10x slower). Else split the cores
-    # this process may run on (a Slurm or taskset allocation, not the whole node).
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = int(os.environ.get("LATENTSTUDY_THREADS") or 0) or max(1, cores // cpu_workers)
-    return [("cpu", {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": str(threads),
-                     "LATENTSTUDY_THREADS": str(threads)}) for _ in range(cpu_workers)]
 
 
 def launch_workers(slots: list[tuple[str, dict]], args: list[str], tag: str, url: str,
@@ -274,35 +253,51 @@ def added_reason(purpose: str, chosen: int, likely: list[int], searched: list[in
                f", the smallest size searched; k = {new} lies below"))
 
 
-def replicate(plan: Plan, replicates: int, storage, run_phase, contested=None) -> Plan:
-    """Retrain the best configuration of sizes and arms with `replicates` more seeds, as enqueued
-    trials of a replicate unit per size and arm. contested None (search.replicate_sizes all):
-    every size and arm, once, so every size's value is a mean over as many models. Else
-    contested(plan) -> {(size, arm): why} names the sizes whose replicates could move an answer
-    (Validation.contested); they are replicated, the answers looked at again with them, and so on
-    until every size that could move an answer has its replicates."""
+def replicate(plan: Plan, replicates: int, storage, run_phase, validation=None) -> Plan:
+    """Retrain the best configuration of sizes and arms with more seeds, as enqueued trials of a
+    replicate unit per size and arm. validation None (search.replicate_sizes all): every size and
+    arm gets `replicates` seeds, once, so every size's value is a mean over as many models. Else
+    (Validation) seeds go one at a time where they could move an answer: every contested size
+    (Validation.contested) without a replicate gets one; then, while the latest seeds changed a
+    purpose's chosen size (Validation.moved), each contested size gets one more, up to
+    `replicates`. The answers are looked at again after every round; both decisions are made from
+    the stored trials alone, so a resumed search takes the same ones."""
     if replicates == 0:
         return plan
     while True:
         best = best_trials(snapshot(plan, storage))
-        have = {(u.latent_dim, u.arm) for u in plan.units if u.phase == REPLICATE}
-        wanted = ({key: "every size and arm (search.replicate_sizes all)" for key in best} if contested is None
-                  else contested(plan))
-        todo = [(key, trial) for key, trial in sorted(best.items()) if key in wanted and key not in have]
+        have = {(u.latent_dim, u.arm): u for u in plan.units if u.phase == REPLICATE}
+        moved = {}
+        if validation is None:
+            todo = {key: (replicates, "every size and arm (search.replicate_sizes all)")
+                    for key in best if key not in have}
+        else:
+            wanted = {key: why for key, why in validation.contested(plan).items() if key in best}
+            todo = {key: (1, why) for key, why in wanted.items() if key not in have}
+            moved = {} if todo else validation.moved(plan)
+            if moved:
+                how = "; ".join(f"{name} k = {b} -> {a}" for name, (b, a) in moved.items())
+                todo = {key: (have[key].budget + 1, f"{why}; seed {have[key].budget + 1}: the latest seeds moved "
+                              f"the chosen size ({how})")
+                        for key, why in wanted.items() if key in have and have[key].budget < replicates}
         if not todo:
             return plan
         units, enqueue = [], {}
-        for (k, arm), trial in todo:
-            unit = replicate_unit(plan.prefix, k, arm, replicates, wanted[(k, arm)])
+        for (k, arm), (n, why) in sorted(todo.items()):
+            unit = replicate_unit(plan.prefix, k, arm, n, why)
             units.append(unit)
+            trial = best[(k, arm)]
             enqueue[unit.study_name] = [(arm_params(trial, arm), {keys.SEED: seed, keys.REPLICATE_OF: trial.number})
-                                        for seed in replicate_seeds(trial.user_attrs[keys.SEED], replicates)]
-        where = ", ".join(f"k = {k} {arm}" for (k, arm), _ in todo)
-        print(f"[search] replicates: {replicates} more seed(s) for the best configuration of {where}"
-              + ("" if contested is None else " (the sizes that could move an answer on validation)"), flush=True)
+                                        for seed in replicate_seeds(trial.user_attrs[keys.SEED], n)]
+        where = ", ".join(f"k = {u.latent_dim} {u.arm}" for u in units)
+        print("[search] replicates: " + (f"{replicates} more seed(s) for the best configuration of {where}"
+                                          if validation is None else
+                                          f"one more seed for the best configuration of {where} (the sizes that "
+                                          "could move an answer on validation"
+                                          + (", as the latest seeds moved one)" if moved else ")")), flush=True)
         plan = grow(plan, tuple(units))
         run_phase(plan, enqueue)
-        if contested is None:
+        if validation is None:
             return plan
 
 
@@ -338,7 +333,7 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
                      study_json: Path) -> Plan:
     from latentstudy.search.validation import Validation
 
-    slots = worker_slots(search.device, search.workers_per_device, search.cpu_workers)
+    slots = devices.worker_slots(search.device, search.workers_per_device, search.cpu_workers)
     checkpoints = store / "checkpoints"
     scratch = store / "scratch"
 
@@ -381,7 +376,7 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
         # replicates, so the refinement's rule sees each size's seed spread.
         if search.reinforce:
             plan = budget.reinforce(plan, validation, run_phase)
-        return replicate(plan, search.replicates, storage, run_phase, validation.contested if by_answer else None)
+        return replicate(plan, search.replicates, storage, run_phase, validation if by_answer else None)
 
     plan = refine(settle(plan), search, study.refine_max, validation, run_phase, settle)
     snap = snapshot(plan, storage)

@@ -10,6 +10,8 @@ The plan grows in phases: the grid; sizes the refinement adds above the grid whi
 still improves at its largest size, then between grid points (units like the grid's, phase
 "added", with the reason); and replicate units, `<prefix>-k<k>-<arm>-rep`, which run only
 their enqueued trials: the best configuration of a size retrained with other seeds.
+Each unit's network (unit_spec) and a trial's starting weights are defined here too, once for the
+workers and for the retraining of lost weights (search/weights.py).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from latentstudy.config import SearchConfig, StudyConfig, build
 
 ARMS = ("vae", "ae")
 # Everything in SearchConfig changes results except these: budgets, devices, storage.
-RUNTIME_KEYS = ("trials_per_dim", "ae_trials_per_dim", "max_trials_per_dim", "device", "stack",
+RUNTIME_KEYS = ("trials_per_dim", "ae_trials_per_dim", "max_trials_per_dim", "added_budget", "device", "stack",
                 "workers_per_device", "cpu_workers", "storage", "heartbeat_seconds", "replicates", "replicate_sizes",
                 "reinforce")
 GRID, ADDED, REPLICATE = "grid", "added", "replicate"  # a unit's phase
@@ -116,9 +118,11 @@ def arm_objective(search: SearchConfig, arm: str) -> str:
 
 def grid_units(prefix: str, ks: list[int], search: SearchConfig, phase: str = GRID,
                reason: str = "") -> tuple[Unit, ...]:
-    """Both arms of each size, with the grid's budgets."""
+    """Both arms of each size, with the grid's budgets; an added size with search.added_budget of
+    them (its first trial starts at its neighbours' best configuration, so it needs fewer)."""
+    share = search.added_budget if phase == ADDED else 1.0
     return tuple(Unit(k, arm, f"{prefix}-k{k}-{arm}",
-                      search.trials_per_dim if arm == "vae" else search.ae_trials_per_dim,
+                      max(1, math.ceil(share * (search.trials_per_dim if arm == "vae" else search.ae_trials_per_dim))),
                       search.max_trials_per_dim, phase, reason, search.pruner == "stack")
                  for k in ks for arm in ARMS)
 
@@ -130,9 +134,11 @@ def replicate_unit(prefix: str, k: int, arm: str, replicates: int, why: str) -> 
 
 
 def grow(plan: Plan, units: tuple[Unit, ...]) -> Plan:
-    """The plan with units it does not hold yet appended (a rerun finds them again)."""
-    names = {u.study_name for u in plan.units}
-    return replace(plan, units=plan.units + tuple(u for u in units if u.study_name not in names))
+    """The plan with `units` in it: new ones appended, those it holds (by study name) in their new
+    form, as a replicate unit's budget grows a seed at a time (a rerun finds them all again)."""
+    new = {u.study_name: u for u in units}
+    held = tuple(new.pop(u.study_name, u) for u in plan.units)
+    return replace(plan, units=held + tuple(new.values()))
 
 
 def sizes(plan: Plan) -> list[int]:
@@ -211,3 +217,51 @@ def open_slots(unit: Unit, c: dict[str, int]) -> int:
     started = c["COMPLETE"] + c["RUNNING"] + c["FAIL"] + c["PRUNED"]
     lacking = 0 if unit.phase == REPLICATE else unit.budget - examined(unit, c) - c["RUNNING"]
     return max(0, min(unit.limit - started, max(lacking, c["WAITING"])))
+
+
+# --- the network a unit's trials train, and what a trial's checkpoint records ----------------
+
+AE_LIKELIHOOD = "gaussian"  # the autoencoder's, whatever the data: see unit_spec
+
+
+def unit_spec(plan: Plan, unit: Unit):
+    """The models.NetSpec every trial of the unit trains."""
+    from latentstudy import models
+
+    cfg = plan.config
+    arch = models.choose_arch(cfg.model.arch, plan.image_shape, len(cfg.model.channels))
+    vae = unit.arm == "vae"
+    likelihood = models.choose_likelihood(cfg.model.likelihood, plan.image_shape, plan.unit_interval)[0]
+    # The autoencoder is judged by its squared error, so it trains on it: a Gaussian with one shared
+    # scale (per-feature scales would weight the inputs). On digits at k = 32 its test error was 0.21
+    # trained so against 0.45 on the Bernoulli cross-entropy, PCA 0.17 (docs/answer.md).
+    return models.NetSpec(plan.input_dim, unit.latent_dim, arch, likelihood if vae else AE_LIKELIHOOD, vae,
+                          tuple(cfg.model.hidden), tuple(cfg.model.channels), models.chw(plan.image_shape),
+                          cfg.model.gaussian_scale if vae else "shared", not vae and cfg.model.ae_pca_path)
+
+
+def trial_model(plan: Plan, unit: Unit, seed: int, device, basis):
+    """The unit's network with the weights a trial of this seed starts from, as in a stack: the one
+    recipe, also used to retrain a best trial whose weights were lost (basis: the training split's
+    PCA, for a PCA path)."""
+    from latentstudy import models
+
+    model = models.build(unit_spec(plan, unit))
+    model.load_state_dict(initial_weights(model.spec, seed, basis))
+    return model.to(device)
+
+
+def initial_weights(spec, seed: int, basis) -> dict:
+    """The weights a trial of this seed starts from: the seeded build, started at PCA where the
+    spec has a PCA path (basis: the training split's)."""
+    from latentstudy import models, train
+
+    state = train.initial_state(spec, seed)
+    return models.start_at_pca(state, spec, basis.mean, basis.components) if spec.pca_path else state
+
+
+def checkpoint_meta(unit: Unit, number: int, beta: float, lr: float, seed: int, result) -> dict:
+    """What a trial's checkpoint file says about it (result: train.TrainResult)."""
+    final = {f"val_{k}": v for k, v in result.best.items()}
+    return {"study": unit.study_name, "trial": number, "beta": beta, "lr": lr, "seed": seed, **final,
+            "seconds": result.seconds, "epochs_run": result.epochs_run, "still_improving": result.still_improving}

@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from latentstudy import evaluate, pca, recommend
+from latentstudy.search import keys
 from latentstudy.search.outputs import best_trials, model_trials
-from latentstudy.search.plan import Plan, Unit
+from latentstudy.search.plan import REPLICATE, Plan, Unit
 from latentstudy.search.store import snapshot
 
 
@@ -69,12 +70,13 @@ class Validation:
             self._cache[key] = values, evaluate.flag(means, self.base, model.spec.likelihood)
         return self._cache[key]
 
-    def answer(self, plan: Plan, purpose: str) -> recommend.Answer:
+    def answer(self, plan: Plan, purpose: str, leave_out: frozenset = frozenset()) -> recommend.Answer:
         """The purpose's rule on the validation values of every searched size: its best model, that
         model's finished seed replicates and the size's other trials (a replicate or other trial
-        flagged as diverged is left out); for reconstruction, each size's better code."""
+        flagged as diverged is left out); for reconstruction, each size's better code. leave_out:
+        (study name, trial number) of models to leave out."""
         p = recommend.PURPOSES[purpose]
-        curves, others, excluded, picked = self.curves(plan, p)
+        curves, others, excluded, picked = self.curves(plan, p, leave_out)
         if purpose == "reconstruction":
             curves, others = self.better_code(curves, others, [u.latent_dim for u in plan.units])
             excluded = {k: why for k, why in excluded.items() if k not in curves}
@@ -82,15 +84,16 @@ class Validation:
         return recommend.answer(p, curves, excluded, self.rule.draws, self.rule.seed, self.rule.tolerance, missing,
                                 plan.input_dim, others)
 
-    def curves(self, plan: Plan, p: recommend.Purpose) -> tuple[dict, dict, dict[int, str], set[int]]:
-        """The purpose's per-size values (recommend.by_size) of its arm's models, the sizes whose best
-        model diverged, and the sizes with a best model."""
+    def curves(self, plan: Plan, p: recommend.Purpose,
+               leave_out: frozenset = frozenset()) -> tuple[dict, dict, dict[int, str], set[int]]:
+        """The purpose's per-size values (recommend.by_size) of its arm's models but those in
+        leave_out, the sizes whose best model diverged, and the sizes with a best model."""
         rows: list[tuple[int, int, bool, np.ndarray]] = []  # size, rank, sane, values of each model
         picked, excluded = set(), {}
         # Sorted keys: each size's best model comes before its replicates and its other trials, which
         # are evaluated only where the best model gave the purpose's values.
         for (k, arm, rank, r), (unit, trial) in sorted(model_trials(snapshot(plan, self.storage)).items()):
-            if arm != p.arm or (rank + r > 0 and k not in picked):
+            if arm != p.arm or (rank + r > 0 and k not in picked) or (unit.study_name, trial.number) in leave_out:
                 continue
             values, reason = self.values(unit, trial)
             if p.quantity not in values:
@@ -118,10 +121,27 @@ class Validation:
         codes = {k: evaluate.code_choice(curves.get(k), pca_sse[k], k >= self.basis.n_components)["code"] for k in ks}
         return recommend.with_better_code(curves, others, pca_sse, codes)
 
+    def choices(self, plan: Plan, leave_out: frozenset = frozenset()) -> dict[str, tuple[str, object]]:
+        """purpose -> (its arm, its stats.Choice on validation or None)."""
+        return {name: (p.arm, self.answer(plan, name, leave_out).choice) for name, p in recommend.PURPOSES.items()}
+
     def contested(self, plan: Plan) -> dict[tuple[int, str], str]:
         """(size, arm) -> why seed replicates there could move an answer on validation (contested)."""
-        choices = {name: (p.arm, self.answer(plan, name).choice) for name, p in recommend.PURPOSES.items()}
-        return contested(choices, self.basis.n_components)
+        return contested(self.choices(plan), self.basis.n_components)
+
+    def moved(self, plan: Plan) -> dict[str, tuple[int, int]]:
+        """purpose -> (its chosen size without, with) the latest seed replicate of every replicated
+        size, for the purposes whose chosen size those seeds changed: the answer still moves with
+        more seeds, so more could move it again (coordinator.replicate)."""
+        snap = snapshot(plan, self.storage)
+        latest = frozenset((unit.study_name, trials[-1].number) for unit, trials in
+                           ((u, [t for t in ts if t.state.name == "COMPLETE" and keys.REPLICATE_OF in t.user_attrs])
+                            for u, ts in snap if u.phase == REPLICATE) if trials)
+        if not latest:
+            return {}
+        now, before = self.choices(plan), self.choices(plan, latest)
+        return {name: (before[name][1].chosen, c.chosen) for name, (_, c) in now.items()
+                if c is not None and before[name][1] is not None and before[name][1].chosen != c.chosen}
 
     def headline(self, plan: Plan) -> str:
         """The headline purpose: report.purpose, or for auto generation when a VAE finished."""

@@ -60,7 +60,8 @@ def retrain(plan: Plan, unit: Unit, trial, splits: dict, scratch: Path, tracker,
     import torch
 
     from latentstudy import models, pca, train
-    from latentstudy.search.worker import Progress, checkpoint_meta, trial_model
+    from latentstudy.search.plan import checkpoint_meta, trial_model
+    from latentstudy.search.worker import Progress
 
     cfg = plan.config
     recorded = str(trial.user_attrs.get(keys.DEVICE, "cpu"))

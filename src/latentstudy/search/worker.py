@@ -12,17 +12,27 @@ then reloads the plan from the storage and goes on if units were added meanwhile
 from __future__ import annotations
 
 import math
-import os
-import sys
-import threading
 import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyError, TrainConfig
-from latentstudy.search import halving, keys, runs
-from latentstudy.search.plan import REPLICATE, Plan, Unit, arm_objective, counts, needs_work, open_slots, unit_seed
+from latentstudy.search import devices, halving, keys, runs
+from latentstudy.search.liveness import Heartbeats
+from latentstudy.search.plan import (
+    REPLICATE,
+    Plan,
+    Unit,
+    arm_objective,
+    checkpoint_meta,
+    counts,
+    initial_weights,
+    needs_work,
+    open_slots,
+    unit_seed,
+    unit_spec,
+)
 from latentstudy.search.store import load_plan, process_tag, reap_lost
 
 
@@ -103,24 +113,6 @@ def run_worker(ctx: WorkerContext) -> int:
         ctx.plan = plan
 
 
-AE_LIKELIHOOD = "gaussian"  # the autoencoder's, whatever the data: see unit_spec
-
-
-def unit_spec(plan: Plan, unit: Unit):
-    from latentstudy import models
-
-    cfg = plan.config
-    arch = models.choose_arch(cfg.model.arch, plan.image_shape, len(cfg.model.channels))
-    vae = unit.arm == "vae"
-    likelihood = models.choose_likelihood(cfg.model.likelihood, plan.image_shape, plan.unit_interval)[0]
-    # The autoencoder is judged by its squared error, so it trains on it: a Gaussian with one shared
-    # scale (per-feature scales would weight the inputs). On digits at k = 32 its test error was 0.21
-    # trained so against 0.45 on the Bernoulli cross-entropy, PCA 0.17 (docs/answer.md).
-    return models.NetSpec(plan.input_dim, unit.latent_dim, arch, likelihood if vae else AE_LIKELIHOOD, vae,
-                          tuple(cfg.model.hidden), tuple(cfg.model.channels), models.chw(plan.image_shape),
-                          cfg.model.gaussian_scale if vae else "shared", not vae and cfg.model.ae_pca_path)
-
-
 def run_stack(ctx: WorkerContext, unit: Unit, study) -> int:
     """Train the unit's open trials as one stack, refilling slots while the unit needs trials;
     returns how many trials it ran. A fault of the stack (out of memory) fails its open trials."""
@@ -146,7 +138,7 @@ def run_stack(ctx: WorkerContext, unit: Unit, study) -> int:
         except Exception as exc:  # out of memory, a CUDA fault: this stack's trials fail, the study goes on
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 ctx.max_stack = max(1, size // 2)
-            trials.fail_open(failure_reason(exc, ctx.device))
+            trials.fail_open(devices.failure_reason(exc, ctx.device))
     return trials.asked
 
 
@@ -234,11 +226,7 @@ class StackTrials:
         tracker, unit, label = self.ctx.tracker, self.unit, f"[{self.ctx.worker}] k={self.unit.latent_dim}"
         trial.set_user_attr(keys.DATA_ORDER, list(result.data_order))
         if result.status == "failed":
-            trial.set_user_attr(keys.FAIL_REASON, result.reason)
-            if run_id:
-                tracker.end(run_id, "FAILED", {"optuna.state": "FAIL", "fail_reason": result.reason})
-            print(f"{label} {unit.arm} trial {trial.number} FAILED: {result.reason}", flush=True)
-            self._close(trial, state=TrialState.FAIL)
+            self._fail(trial, run_id, result.reason)
             return
         final = {f"val_{k}": v for k, v in result.best.items()}
         attrs = {keys.METRICS: final, keys.EPOCHS_RUN: result.epochs_run, keys.SECONDS: round(result.seconds, 3)}
@@ -285,89 +273,19 @@ class StackTrials:
         del self.open[trial.number]
 
     def fail_open(self, reason: str) -> None:
+        for trial, run_id in list(self.open.values()):
+            self._fail(trial, run_id, reason)
+
+    def _fail(self, trial, run_id: str | None, reason: str) -> None:
+        """The one way a trial fails: its reason stored and printed, its run FAILED, the study told."""
         from optuna.trial import TrialState
 
-        for trial, run_id in list(self.open.values()):
-            trial.set_user_attr(keys.FAIL_REASON, reason)
-            if run_id:
-                self.ctx.tracker.end(run_id, "FAILED", {"optuna.state": "FAIL", "fail_reason": reason})
-            print(f"[{self.ctx.worker}] k={self.unit.latent_dim} {self.unit.arm} trial {trial.number} FAILED: "
-                  f"{reason}", flush=True)
-            self._close(trial, state=TrialState.FAIL)
-
-
-class Heartbeats:
-    """RDB storages fail a RUNNING trial whose heartbeat stops. study.optimize beats for its one
-    trial; a stack holds several open at once, so one thread beats for all of them."""
-
-    def __init__(self, storage):
-        get = getattr(storage, "get_heartbeat_interval", None)
-        self.storage, self.interval = storage, get() if get else None
-        self.ids: set[int] = set()
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-
-    def add(self, trial) -> None:
-        if self.interval:
-            self.storage.record_heartbeat(trial._trial_id)
-            with self.lock:
-                self.ids.add(trial._trial_id)
-
-    def remove(self, trial) -> None:
-        with self.lock:
-            self.ids.discard(trial._trial_id)
-
-    def _beat(self) -> None:
-        while not self.stop.wait(self.interval):
-            with self.lock:
-                ids = sorted(self.ids)
-            for trial_id in ids:
-                self.storage.record_heartbeat(trial_id)
-
-    def __enter__(self) -> "Heartbeats":
-        if self.interval:
-            self.thread = threading.Thread(target=self._beat, daemon=True)
-            self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self.interval:
-            self.stop.set()
-            self.thread.join()
-
-
-def trial_model(plan: Plan, unit: Unit, seed: int, device, basis):
-    """The unit's network with the weights a trial of this seed starts from, as in a stack: the one
-    recipe, also used to retrain a best trial whose weights were lost (basis: the training split's
-    PCA, for a PCA path)."""
-    from latentstudy import models
-
-    model = models.build(unit_spec(plan, unit))
-    model.load_state_dict(initial_weights(model.spec, seed, basis))
-    return model.to(device)
-
-
-def initial_weights(spec, seed: int, basis) -> dict:
-    """The weights a trial of this seed starts from: the seeded build, started at PCA where the
-    spec has a PCA path (basis: the training split's)."""
-    from latentstudy import models, train
-
-    state = train.initial_state(spec, seed)
-    return models.start_at_pca(state, spec, basis.mean, basis.components) if spec.pca_path else state
-
-
-def checkpoint_meta(unit: Unit, number: int, beta: float, lr: float, seed: int, result) -> dict:
-    final = {f"val_{k}": v for k, v in result.best.items()}
-    return {"study": unit.study_name, "trial": number, "beta": beta, "lr": lr, "seed": seed, **final,
-            "seconds": result.seconds, "epochs_run": result.epochs_run, "still_improving": result.still_improving}
-
-
-def failure_reason(exc: Exception, device) -> str:
-    import torch
-
-    if isinstance(exc, torch.cuda.OutOfMemoryError):
-        return f"out of memory on {device}"
-    return f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+        trial.set_user_attr(keys.FAIL_REASON, reason)
+        if run_id:
+            self.ctx.tracker.end(run_id, "FAILED", {"optuna.state": "FAIL", "fail_reason": reason})
+        print(f"[{self.ctx.worker}] k={self.unit.latent_dim} {self.unit.arm} trial {trial.number} FAILED: "
+              f"{reason}", flush=True)
+        self._close(trial, state=TrialState.FAIL)
 
 
 class Progress:
@@ -401,15 +319,7 @@ def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, devic
     from latentstudy.feed import DeviceSplit
     from latentstudy.tracking import Tracker
 
-    dev = torch.device(device)
-    if dev.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    else:
-        # Adam's moments of weights that stop getting gradient decay into the denormal range, where
-        # x86 arithmetic is many times slower; flushed to zero they cost nothing and change nothing
-        # above 1e-38.
-        torch.set_flush_denormal(True)
+    dev = devices.configure(device)
     summary = data.load_summary(prepared)
     if summary["fingerprint"] != plan.fingerprint:
         raise StudyError(f"{prepared}: data fingerprint {summary['fingerprint']} differs from the study's "
@@ -429,32 +339,3 @@ def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, devic
     return run_worker(ctx)
 
 
-def exit_with_parent() -> None:
-    """Workers started by a coordinator die with it (kill -9 included), leaving trials to reap: at
-    once on Linux (the kernel's parent-death signal), within a second elsewhere."""
-    parent = os.getppid()
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
-        if os.getppid() != parent:  # the parent died before the signal was armed
-            os._exit(1)
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(1)
-
-    threading.Thread(target=watch, daemon=True).start()
-
-
-def apply_thread_limit() -> None:
-    """CPU workers split the machine's cores between them (the coordinator sets the share)."""
-    import torch
-
-    threads = os.environ.get("LATENTSTUDY_THREADS")
-    if threads:
-        torch.set_num_threads(int(threads))
