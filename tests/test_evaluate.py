@@ -109,7 +109,7 @@ def test_a_model_far_worse_than_the_mean_is_flagged(trained_vae, tmp_path):
     dead = tmp_path / "k4-vae.pt"
     models.save_checkpoint(dead, model, meta)
     entry = {"file": "k4-vae.pt", "rank": 0, "replicate": 0, "objective": 1.0}
-    row, _, flags = evaluate.evaluate_size([entry], tmp_path, x[300:], None, 4, 0, base, 1.0)
+    row, _, flags = evaluate.evaluate_size([entry], tmp_path, evaluate.Evaluator(x[300:], base, 4, 0), 1.0)
     assert flags[0] and flags[0].startswith("far worse than trivial") and row["flag"] == flags[0]
 
 

@@ -28,6 +28,7 @@ import yaml
 import servers
 from servers import stop_group, tail
 
+from latentstudy import config
 from latentstudy.search import outputs, plan as planning, store, weights
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -409,7 +410,7 @@ def test_search_outputs_exist_and_remote_checkpoints_come_from_mlflow(distribute
 
     proj = distributed.proj
     for k in SCENARIO_PARAMS["study"]["latent_dims"]:
-        for arm in planning.ARMS:
+        for arm in config.ARMS:
             assert (proj / f"models/search/k{k}-{arm}.pt").is_file()
     assert (proj / "reports/search/metrics.json").is_file()
     study = json.loads((proj / "reports/search/study.json").read_text())

@@ -67,7 +67,7 @@ def worker(args: argparse.Namespace) -> None:
 def ui(args: argparse.Namespace) -> None:
     """Print the runs-table link of every latentstudy experiment, then serve the MLflow UI."""
     from latentstudy import config, tracking
-    from latentstudy.search.store import _redact
+    from latentstudy.search.store import redact
 
     uri = tracking.tracking_uri(config.project_root(Path.cwd()))
     tracking.require_reachable(uri)
@@ -77,7 +77,7 @@ def ui(args: argparse.Namespace) -> None:
     for name, link in links:
         print(f"{name}: {link}", flush=True)
     if not links:
-        print(f"no latentstudy experiment in {_redact(uri)} yet: run the study first (make study)", flush=True)
+        print(f"no latentstudy experiment in {redact(uri)} yet: run the study first (make study)", flush=True)
     if not remote:
         # One worker and no GenAI job runner: a local UI for one person starts in seconds, not tens.
         # The store URI goes through the environment: a database URL's password stays out of `ps`.
@@ -102,7 +102,7 @@ def dashboard(args: argparse.Namespace) -> None:
     if journal and not journal.is_file():
         raise StudyError(f"{journal}: no Optuna journal yet; run the study first (make study)")
     storage = store.open_storage(url, search.heartbeat_seconds)
-    print(f"optuna-dashboard on {journal or store._redact(url)}: http://{args.host}:{args.port}/dashboard/",
+    print(f"optuna-dashboard on {journal or store.redact(url)}: http://{args.host}:{args.port}/dashboard/",
           flush=True)
     optuna_dashboard.run_server(storage, host=args.host, port=args.port)
 

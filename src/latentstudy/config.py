@@ -252,6 +252,9 @@ class TrainConfig:
                              "max_epochs >= epochs (equal: every training stops at the cap), or null (3 x epochs)")
 
 
+ARMS = ("vae", "ae")  # the two models every latent size trains: the beta-VAE and the plain autoencoder
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     trials_per_dim: int = field(default=4, metadata=_bounds(ge=1))

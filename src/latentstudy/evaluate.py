@@ -13,6 +13,7 @@ the reason: diverged or broken training. It is shown, never averaged in and neve
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch
 
 from latentstudy import npz
 from latentstudy import pca as pca_mod
+from latentstudy.config import ARMS
 from latentstudy.models import AutoEncoder, kl_per_dim, load_checkpoint, n_params, reconstruct
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u | x]) > 0.01
@@ -28,7 +30,6 @@ FAR = 3.0  # "far worse": more than this times the trivial model's squared error
 # "Far worse" in nats: an NLL bound more than this many nats per input dimension above the trivial
 # density's. NLLs are signed (a Gaussian's can be negative), so they are compared by difference.
 FAR_NATS_PER_DIM = 1.0
-ARMS = ("vae", "ae")
 # Per-example arrays kept in the npz, per arm (probe_correct too, when the data has labels).
 QUANTITIES = {"vae": ("iwae_nll_nats", "distortion_nats", "rate_nats", "sse_per_image"),
               "ae": ("distortion_nats", "sse_per_image"), "pca": ("sse_per_image", "bce_nats")}
@@ -177,6 +178,46 @@ def flag(means: dict[str, float], base: dict[str, float], likelihood: str, pca_s
     return None
 
 
+# --- one model on one split ---------------------------------------------------------------------
+
+
+def probe_data(x_train: np.ndarray, y_train: np.ndarray | None, y: np.ndarray | None, max_train: int,
+               seed: int) -> tuple | None:
+    """The linear probes' data: at most max_train seeded training examples with their labels, and
+    the labels of the split they are scored on; None without labels."""
+    if y_train is None or y is None:
+        return None
+    keep = np.random.default_rng(seed).permutation(len(x_train))[:max_train]
+    return x_train[keep], y_train[keep], y
+
+
+@dataclass(frozen=True)
+class Evaluator:
+    """One split's per-example values of any model, its linear probe and its flag: the test stage
+    (evaluate_size) and the search's validation pass (search/validation.py) both measure with it."""
+
+    x: np.ndarray
+    base: dict[str, float]  # baseline(training mean, x)
+    samples: int  # K of the importance-weighted bound
+    seed: int
+    probe: tuple | None = None  # probe_data's
+
+    def measure(self, model: AutoEncoder, probe: bool = True,
+                pca_sse: float | None = None) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None, str | None]:
+        """(per-example values, with probe_correct when probed; mu (n, k); a VAE's mean KL per unit;
+        why the model is flagged as diverged, or None). pca_sse: PCA's at this size, for the flag's words."""
+        mu = latents(model, self.x)
+        values, per_unit = per_example(model, self.x, self.samples, self.seed)
+        if probe and self.probe is not None:
+            x_train, y_train, y = self.probe
+            correct = probe_correct(latents(model, x_train), y_train, mu, y, self.seed)
+            if correct is not None:
+                values["probe_correct"] = correct
+        means = {k: float(values[k].mean()) for k in ("sse_per_image", "distortion_nats", "iwae_nll_nats", "rate_nats")
+                 if k in values}
+        return values, mu, per_unit, flag(means, self.base, model.spec.likelihood, pca_sse)
+
+
 # --- the better code at each size -----------------------------------------------------------------
 
 
@@ -222,8 +263,8 @@ def model_summary(model: AutoEncoder, meta: dict, values: dict[str, np.ndarray],
     return out
 
 
-def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, probe: tuple | None, samples: int,
-                  seed: int, base: dict, pca_sse: float) -> tuple[dict | None, dict[str, np.ndarray], list[str | None]]:
+def evaluate_size(entries: list[dict], models_dir: Path, test: Evaluator,
+                  pca_sse: float) -> tuple[dict | None, dict[str, np.ndarray], list[str | None]]:
     """The models of one size and arm (the search's best first, then its replicates, then the
     size's other trials): the row's entry (the best model's values and flag; the best's and its
     replicates' in "models", the other trials' in "trials"), stacked per-example arrays, flags."""
@@ -232,16 +273,9 @@ def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, pro
     models, arrays, flags = [], {}, []
     for entry in entries:
         model, meta = load_checkpoint(models_dir / entry["file"])
-        mu = latents(model, x_test)
-        values, per_unit = per_example(model, x_test, samples, seed)
-        if probe is not None:
-            x_train, y_train, y_test = probe
-            correct = probe_correct(latents(model, x_train), y_train, mu, y_test, seed)
-            if correct is not None:
-                values["probe_correct"] = correct
+        values, mu, per_unit, why = test.measure(model, pca_sse=pca_sse)
         summary = model_summary(model, meta, values, mu)
-        means = {k: summary[k] for k in ("sse_per_image", "distortion_nats", "iwae_nll_nats", "rate_nats") if k in summary}
-        summary["flag"] = flag(means, base, model.spec.likelihood, pca_sse)
+        summary["flag"] = why
         summary["replicate"], summary["rank"] = entry["replicate"], entry["rank"]
         summary["objective"] = entry["objective"]
         models.append(summary)
@@ -256,7 +290,7 @@ def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, pro
     row.update({"latent_dim": best.spec.latent_dim, "n_params": n_params(best), "beta": best_meta.get("beta"),
                 "lr": best_meta.get("lr"), "train_seconds": best_meta.get("seconds"), "trial": best_meta.get("trial"),
                 "study": best_meta.get("study"), "epochs_run": best_meta.get("epochs_run"),
-                "mse_per_pixel": row["sse_per_image"] / x_test.shape[1], "models": models, "trials": others,
+                "mse_per_pixel": row["sse_per_image"] / test.x.shape[1], "models": models, "trials": others,
                 "n_sane": sum(m["flag"] is None for m in models),
                 # trainings of this size (pick, replicates, other trials) stopped at the ceiling still improving
                 "still_improving": sum(m["still_improving"] for m in [*models, *others])})
@@ -264,7 +298,7 @@ def evaluate_size(entries: list[dict], models_dir: Path, x_test: np.ndarray, pro
         row["active_units"], row["mu_variance"] = active_units(best_mu)
         row["collapsed_units"] = best.spec.latent_dim - row["active_units"]
         row["kl_per_dim_nats"] = best_kl.tolist()
-        row["iwae_samples"] = samples
+        row["iwae_samples"] = test.samples
     return row, {k: np.stack(v) for k, v in arrays.items()}, flags
 
 
@@ -289,11 +323,9 @@ def run(sizes: list[dict], models: list[dict], models_dir: Path, basis: pca_mod.
     """Evaluate every searched size (sizes: the search's, with why each was searched) and every
     model (models: the search's list of checkpoints), and pick each size's better code (autoencoder
     or PCA) on the validation split x_val. Returns evaluation.json and the npz arrays."""
-    probe = None
-    if y_train is not None and y_test is not None:
-        keep = np.random.default_rng(seed).permutation(len(x_train))[:probe_max_train]
-        probe = (x_train[keep], y_train[keep], y_test)
+    probe = probe_data(x_train, y_train, y_test, probe_max_train, seed)
     base = baseline(basis.mean, x_test)
+    test = Evaluator(x_test, base, samples, seed, probe)
     rows, arrays = [], {"baseline_sse_per_image": example_errors(x_test, np.broadcast_to(basis.mean, x_test.shape))[
         "sse_per_image"]}
     stacks: dict[str, dict[str, list]] = {arm: {} for arm in ("pca", *ARMS)}
@@ -306,8 +338,7 @@ def run(sizes: list[dict], models: list[dict], models_dir: Path, basis: pca_mod.
         for arm in ARMS:
             entries = sorted((m for m in models if m["latent_dim"] == k and m["arm"] == arm),
                              key=lambda m: (m["rank"], m["replicate"]))
-            row[arm], values, flags = evaluate_size(entries, models_dir, x_test, probe, samples, seed, base,
-                                                    pca_row["sse_per_image"])
+            row[arm], values, flags = evaluate_size(entries, models_dir, test, pca_row["sse_per_image"])
             for i, entry in enumerate(entries):
                 _append(stacks[arm], k, entry["rank"], entry["replicate"], flags[i] is not None,
                         {key: v[i] for key, v in values.items()})

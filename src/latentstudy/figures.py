@@ -6,6 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latentstudy.stats import SET_NAME
+
 
 def _plt():
     import matplotlib
@@ -139,7 +141,7 @@ def criterion_curves(panels: list[dict], added: list[int], path: Path) -> None:
             label, rks, rvalues = p["reference"]
             ax.plot(rks, rvalues, "s--", color="0.5", ms=3, lw=1, label=label)
         lo, hi = min(p["likely"]), max(p["likely"])
-        ax.axvspan(lo / 1.12, hi * 1.12, color="tab:green", alpha=0.12, label="90% set of the rule")
+        ax.axvspan(lo / 1.12, hi * 1.12, color="tab:green", alpha=0.12, label=f"{SET_NAME} of the rule")
         ax.axvline(p["chosen"], color="tab:green", ls="--", lw=1.2)
         ax.set_title(p["title"], fontsize=10)
         ax.set_ylabel(p["ylabel"])

@@ -15,6 +15,7 @@ import pandas as pd
 from latentstudy.data.scaling import in_unit_interval, settings as scaling_settings
 from latentstudy.models import choose_likelihood
 from latentstudy.recommend import RULE, Recommendation, fmt
+from latentstudy.stats import SET_NAME
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}
@@ -151,7 +152,7 @@ def answers_html(rec: Recommendation, table: pd.DataFrame) -> str:
             f"<td>{c.shares[c.chosen]:.0%}{'*' if a.cannot_tell else ''}</td>"
             f"<td>{html.escape(p.short)}</td><td>{fmt(value)} &plusmn; {fmt(se)}</td><td>{fmt(low)} to {fmt(high)}"
             f"</td><td>{c.best}</td></tr>")
-    head = ("<tr><th>purpose</th><th>answer</th><th>90% set</th><th>cannot tell from the best</th>"
+    head = (f"<tr><th>purpose</th><th>answer</th><th>{SET_NAME}</th><th>cannot tell from the best</th>"
             "<th>chosen in</th><th>criterion</th>"
             "<th>at k, &plusmn; SE</th><th>95% interval</th><th>best k</th></tr>")
     notes = []

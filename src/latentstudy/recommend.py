@@ -58,8 +58,8 @@ RULE = ("For each purpose the criterion is measured on every test example at eve
         "(SE), and the spread of its difference to the best size is the SE of that difference. The answer is "
         "the smallest k that is worse than the best by no more than one SE of their difference{margin}: the "
         "simplest model the data cannot tell from the best (the one-standard-error rule). Stability is how "
-        "often the same rule picks each k across the resamples; the 90% set holds the sizes it picks in 90% of "
-        "them. The search applied the same rule to the validation split to decide which sizes to add; the "
+        f"often the same rule picks each k across the resamples; the {stats.SET_NAME} holds the sizes it picks in "
+        f"{stats.SET_LEVEL:.0%} of them. The search applied the same rule to the validation split to decide which sizes to add; the "
         "numbers here are on the test split only.")
 
 
@@ -159,7 +159,7 @@ class Answer:
         c = self.choice
         words = self.plain_words()
         return (f"k = {c.chosen}, chosen in {c.shares[c.chosen]:.0%} of resamples; "
-                f"90% set {_set(c.likely)}; indistinguishable from the best {_set(c.indistinguishable)}"
+                f"{stats.SET_NAME} {_set(c.likely)}; indistinguishable from the best {_set(c.indistinguishable)}"
                 + (f"; {words}" if words else ""))
 
     def interval(self) -> tuple[int, int] | None:

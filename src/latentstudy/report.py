@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from latentstudy import figures, gallery, page
-from latentstudy.config import StudyError
+from latentstudy import figures, gallery, page, stats
+from latentstudy.config import ARMS, StudyError
 from latentstudy.recommend import (
     PURPOSES,
     Answer,
@@ -38,7 +38,6 @@ from latentstudy.recommend import (
     worse_than_smaller,
 )
 
-ARMS = ("vae", "ae")
 # (table column, evaluation arm, evaluation key)
 COLUMNS = [
     ("compression_ratio", None, "compression_ratio"),
@@ -282,7 +281,7 @@ def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dic
         "replicates when every size has them; else the search's pick), with its 95% bootstrap interval, which "
         "also resamples the seeds and the search's trials at that size. The rule compares sizes by their paired "
         "differences (recommendation.json has them). The dashed line is the chosen k, the band the "
-        "sizes the rule picks in 90% of resamples; hollow red markers are sizes the search added (above or "
+        f"sizes the rule picks in {stats.SET_LEVEL:.0%} of resamples; hollow red markers are sizes the search added (above or "
         "between grid points).")
     figures.distortion_curves(table, rec.latent_dim, fig_dir / "distortion.png")
     add("distortion.png", "Distortion against latent size",

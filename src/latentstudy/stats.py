@@ -32,6 +32,7 @@ import numpy as np
 
 LEVEL = 0.95  # intervals of values and differences
 SET_LEVEL = 0.9  # the set of sizes the rule picks in this share of resamples
+SET_NAME = f"{SET_LEVEL:.0%} set"  # how text names it
 CHUNK = 64  # bootstrap draws per matrix product
 
 

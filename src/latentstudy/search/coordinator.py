@@ -48,6 +48,7 @@ from latentstudy.search.store import (
     snapshot,
     storage_url,
 )
+from latentstudy.stats import SET_NAME
 
 
 def launch_workers(slots: list[tuple[str, dict]], args: list[str], tag: str, url: str,
@@ -211,7 +212,7 @@ def refine(plan: Plan, search: SearchConfig, refine_max: int, validation, run_ph
         cap = 2 * plan.input_dim
         new = next_size(chosen, searched, likely, answer.choice.best, cap)
         if new is None or added >= refine_max:
-            why = ("the size below it is adjacent, and no larger size in its 90% set is more than 1 above"
+            why = (f"the size below it is adjacent, and no larger size in its {SET_NAME} is more than 1 above"
                    if new is None else
                    f"study.refine_max = {refine_max} sizes added; raise it to resolve k further")
             print(f"[search] refinement done: on validation the {purpose} rule chooses k = {chosen} "
@@ -248,7 +249,7 @@ def added_reason(purpose: str, chosen: int, likely: list[int], searched: list[in
     below = [k for k in searched if k < new]
     above = min(k for k in searched if k > new)
     return (f"added by the search: on validation the {purpose} rule chose k = {chosen}"
-            + ("" if above == chosen else f", 90% set {{{', '.join(map(str, likely))}}}")
+            + ("" if above == chosen else f", {SET_NAME} {{{', '.join(map(str, likely))}}}")
             + (f"; k = {new} lies between {below[-1]} and {above}" if below else
                f", the smallest size searched; k = {new} lies below"))
 
@@ -385,9 +386,10 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
     missing = [u.study_name for u, t in snap if counts(t)["COMPLETE"] == 0 and u.phase != REPLICATE]
     run_of = runs.restore(plan, snap, tracker) if tracker else {}
     found = weights.gather(plan, model_trials(snap), run_of, tracker, prepared, scratch)
-    write_outputs(plan, snap, url, tracker, plan.experiment_id, prepared, models_dir, trials_csv, metrics_json,
-                  study_json, scratch, found, run_of)
+    best = write_outputs(plan, snap, url, plan.experiment_id, models_dir, trials_csv, metrics_json, study_json, found,
+                         run_of)
     if tracker:
+        runs.log_models(tracker, snap, best, run_of, prepared, scratch)
         runs.reconcile(tracker, plan.experiment_id, plan.prefix, snap)
     shutil.rmtree(scratch, ignore_errors=True)
     for name in missing:

@@ -12,8 +12,8 @@ import shutil
 from pathlib import Path
 
 from latentstudy.search import keys
-from latentstudy.search.plan import ADDED, GRID, REPLICATE, Plan, Unit, counts, sizes
-from latentstudy.search.store import _redact
+from latentstudy.search.plan import ADDED, REPLICATE, Plan, Unit, counts, sizes
+from latentstudy.search.store import redact
 
 CSV_COLUMNS = ["study", "number", "latent_dim", "arm", "phase", "beta", "lr", "seed", "state", "fail_reason",
                "retry_of", "replicate_of", "epochs_run", "best_epoch", "still_improving", "val_distortion_nats", "val_rate_nats",
@@ -112,36 +112,24 @@ def model_trials(snap: list) -> dict[tuple[int, str, int, int], tuple[Unit, obje
     return out
 
 
-def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str | None, prepared: Path,
-                  models_dir: Path, trials_csv: Path, metrics_json: Path, study_json: Path, scratch: Path,
-                  weights: dict[tuple[int, str, int, int], Path], runs: dict[int, str]) -> None:
-    """weights: a checkpoint file for every key of model_trials(snap); runs: {trial id: MLflow run}."""
+def write_outputs(plan: Plan, snap: list, url: str, experiment_id: str | None, models_dir: Path, trials_csv: Path,
+                  metrics_json: Path, study_json: Path, weights: dict[tuple[int, str, int, int], Path],
+                  runs: dict[int, str]) -> dict[tuple[int, str], tuple[object, Path]]:
+    """weights: a checkpoint file for every key of model_trials(snap); runs: {trial id: MLflow run}.
+    Returns each size and arm's best (trial, model file) for runs.log_models."""
     import pandas as pd
 
-    from latentstudy import data, figures, models
+    from latentstudy import models
 
     models_dir.mkdir(parents=True, exist_ok=True)
-    summary = data.load_summary(prepared)
-    x_val = data.load_split(prepared, "val")[0][:8]
-    listed = []
+    listed, best = [], {}
     for (k, arm, rank, r), (_, trial) in sorted(model_trials(snap).items()):
         dest = models.best_path(models_dir, k, arm)
         dest = dest.with_name(f"k{k}-{arm}-r{r}.pt" if r else f"k{k}-{arm}-t{rank}.pt" if rank else dest.name)
         shutil.copyfile(weights[(k, arm, rank, r)], dest)
         listed.append(model_entry(k, arm, dest, rank, r, trial))
-        run_id = runs.get(trial._trial_id)
-        if tracker and run_id and rank == r == 0:
-            model, _ = models.load_checkpoint(dest)
-            grid = scratch / f"reconstructions-k{k}-{arm}.png"
-            figures.reconstruction_strip(model, x_val, summary["image_shape"], grid)
-            tracker.log_artifact(run_id, grid, "figures")
-            tracker.log_artifact(run_id, dest, "model")
-            tracker.set_tags(run_id, {"latentstudy.best_of_size": "true"})
-    if tracker:  # the grid's runs are the default; mark the others in MLflow
-        for unit, trials in snap:
-            for t in trials if unit.phase != GRID else []:
-                if t._trial_id in runs:
-                    tracker.set_tags(runs[t._trial_id], {"latentstudy.phase": unit.phase})
+        if rank == r == 0:
+            best[(k, arm)] = (trial, dest)
     trials_csv.parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(trial_rows(snap, runs), columns=CSV_COLUMNS)
     for col in ("retry_of", "replicate_of", "seed", "epochs_run", "best_epoch", "n_params"):
@@ -149,7 +137,7 @@ def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str 
     table.to_csv(trials_csv, index=False)
     metrics_json.write_text(json.dumps(metrics_summary(plan, snap, best_trials(snap)), indent=2) + "\n")
     study_json.write_text(json.dumps({
-        "prefix": plan.prefix, "storage": url if url.startswith("journal:") else _redact(url),
+        "prefix": plan.prefix, "storage": url if url.startswith("journal:") else redact(url),
         "experiment": plan.experiment, "experiment_id": experiment_id, "parent_run_id": plan.parent_run_id,
         "studies": [u.study_name for u in plan.units], "objective": plan.config.objective,
         "latent_dims": sizes(plan), "sizes": searched_sizes(plan),
@@ -160,6 +148,7 @@ def write_outputs(plan: Plan, snap: list, url: str, tracker, experiment_id: str 
         "models": sorted(listed, key=lambda m: (m["latent_dim"], m["arm"], m["rank"], m["replicate"])),
         "seed": plan.seed, "search": plan.search,
     }, indent=2) + "\n")
+    return best
 
 
 def model_entry(k: int, arm: str, path: Path, rank: int, replicate: int, trial) -> dict:

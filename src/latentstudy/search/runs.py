@@ -17,7 +17,7 @@ from pathlib import Path
 from latentstudy.config import StudyError
 from latentstudy.search import keys
 from latentstudy.search.plan import Plan, Unit, arm_objective
-from latentstudy.search.store import _redact, load_plan, process_alive, process_id, reap_earlier, snapshot
+from latentstudy.search.store import load_plan, process_alive, process_id, reap_earlier, redact, snapshot
 from latentstudy.tracking import COORDINATOR_TAG, OPTUNA_STUDY_TAG, STUDY_TAG, TRIAL_TAG
 
 FINISHED_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
@@ -77,7 +77,7 @@ def restore(plan: Plan, snap: list, tracker) -> dict[int, str]:
     for unit, t in lost:
         runs[t._trial_id] = recreate(plan, unit, t, tracker)
     if lost:
-        print(f"[search] MLflow: {len(lost)} finished trials of {plan.prefix} had no run in {_redact(tracker.uri)} "
+        print(f"[search] MLflow: {len(lost)} finished trials of {plan.prefix} had no run in {redact(tracker.uri)} "
               "(the tracking store was deleted or replaced); recreated their runs from the Optuna storage "
               "with parameters, final metrics and the checkpoints still on disk (per-epoch curves are lost)",
               flush=True)
@@ -139,3 +139,29 @@ def tidy_earlier(plan: Plan, storage, tracker, tracking: str | None, single_host
         what += ["its MLflow runs ended as KILLED"] if prefix in ended else []
         print(f"[search] earlier study {prefix} (other params) was killed mid-search: {' and '.join(what)}; "
               "its finished trials are kept and resume if you return to those params", flush=True)
+
+
+def log_models(tracker, snap: list, best: dict[tuple[int, str], tuple[object, Path]], run_of: dict[int, str],
+               prepared: Path, scratch: Path) -> None:
+    """In each size and arm's best run (best: (trial, model file), outputs.write_outputs): the model
+    file, its reconstructions of validation examples, and the tag best_of_size; in every run outside
+    the grid (the default), its phase."""
+    from latentstudy import data, figures, models
+    from latentstudy.search.plan import GRID
+
+    image_shape = data.load_summary(prepared)["image_shape"]
+    x_val = data.load_split(prepared, "val")[0][:8]
+    for (k, arm), (trial, path) in sorted(best.items()):
+        run_id = run_of.get(trial._trial_id)
+        if run_id is None:
+            continue
+        model, _ = models.load_checkpoint(path)
+        strip = scratch / f"reconstructions-k{k}-{arm}.png"
+        figures.reconstruction_strip(model, x_val, image_shape, strip)
+        tracker.log_artifact(run_id, strip, "figures")
+        tracker.log_artifact(run_id, path, "model")
+        tracker.set_tags(run_id, {"latentstudy.best_of_size": "true"})
+    for unit, trials in snap:
+        for t in trials if unit.phase != GRID else []:
+            if t._trial_id in run_of:
+                tracker.set_tags(run_of[t._trial_id], {"latentstudy.phase": unit.phase})

@@ -52,7 +52,7 @@ def open_storage(url: str, heartbeat_seconds: int, tracking: str | None = None):
                 engine_kwargs={"pool_pre_ping": True},
             )
     except Exception as exc:  # sqlalchemy raises many types for bad URLs and refused connections
-        raise StudyError(f"search.storage / OPTUNA_STORAGE = {_redact(url)!r}: cannot open ({type(exc).__name__}: "
+        raise StudyError(f"search.storage / OPTUNA_STORAGE = {redact(url)!r}: cannot open ({type(exc).__name__}: "
                          f"{str(exc).splitlines()[0]}); allowed: an Optuna RDB URL or journal:/path") from None
 
 
@@ -191,7 +191,7 @@ def snapshot(plan: Plan, storage) -> list:
             for u in plan.units]
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     """Storage URLs may carry passwords; keep them out of files that land in git or DVC."""
     if "@" in url and "://" in url:
         scheme, rest = url.split("://", 1)

@@ -19,6 +19,7 @@ from latentstudy.search import keys
 from latentstudy.search.outputs import best_trials, model_trials
 from latentstudy.search.plan import REPLICATE, Plan, Unit
 from latentstudy.search.store import snapshot
+from latentstudy.stats import SET_NAME
 
 
 @dataclass(frozen=True)
@@ -43,13 +44,11 @@ class Validation:
         self.storage, self.checkpoint, self.rule = storage, checkpoint, rule
         x_train, y_train = data.load_split(prepared, "train")
         self.x_val, y_val = data.load_split(prepared, "val")
-        self.base = evaluate.baseline(x_train.mean(axis=0), self.x_val)
         self.basis = pca.fit(x_train)  # as the pca stage fits it: the reference code of every size
-        self.probe, self.classes = None, None
-        if y_train is not None and y_val is not None:
-            self.classes = len(np.unique(y_train))
-            keep = np.random.default_rng(rule.seed).permutation(len(x_train))[: rule.probe_max_train]
-            self.probe = (x_train[keep], y_train[keep], y_val)
+        self.probe = evaluate.probe_data(x_train, y_train, y_val, rule.probe_max_train, rule.seed)
+        self.classes = None if self.probe is None else len(np.unique(y_train))
+        self.evaluator = evaluate.Evaluator(self.x_val, evaluate.baseline(x_train.mean(axis=0), self.x_val),
+                                            rule.iwae_samples, rule.seed, self.probe)
         self._cache: dict[tuple[str, int], tuple[dict, str | None]] = {}
 
     def values(self, unit: Unit, trial) -> tuple[dict[str, np.ndarray], str | None]:
@@ -59,15 +58,9 @@ class Validation:
             from latentstudy.models import load_checkpoint
 
             model, _ = load_checkpoint(self.checkpoint(unit, trial))
-            values, _ = evaluate.per_example(model, self.x_val, self.rule.iwae_samples, self.rule.seed)
-            if self.probe is not None and model.spec.variational:
-                x_train, y_train, y_val = self.probe
-                correct = evaluate.probe_correct(evaluate.latents(model, x_train), y_train,
-                                                 evaluate.latents(model, self.x_val), y_val, self.rule.seed)
-                if correct is not None:
-                    values["probe_correct"] = correct
-            means = {k: float(values[k].mean()) for k in ("sse_per_image", "iwae_nll_nats") if k in values}
-            self._cache[key] = values, evaluate.flag(means, self.base, model.spec.likelihood)
+            # The probe only where a purpose reads it: representation, from the VAE's code.
+            values, _, _, why = self.evaluator.measure(model, probe=model.spec.variational)
+            self._cache[key] = values, why
         return self._cache[key]
 
     def answer(self, plan: Plan, purpose: str, leave_out: frozenset = frozenset()) -> recommend.Answer:
@@ -162,7 +155,7 @@ def contested(choices: dict[str, tuple[str, object]], exact_from: int) -> dict[t
             continue
         below = [k for k in c.ks if k < c.chosen][-1:]
         roles = [(c.chosen, "its chosen size"), (c.best, "its best size")] + \
-            [(k, "in its 90% set") for k in c.likely] + [(k, "the next smaller size") for k in below]
+            [(k, f"in its {SET_NAME}") for k in c.likely] + [(k, "the next smaller size") for k in below]
         for k, role in roles:
             if arm == "ae" and k >= exact_from:
                 continue
