@@ -4,6 +4,7 @@ import torch
 
 from latentstudy import evaluate, models, pca, train
 from latentstudy.config import TrainConfig
+from latentstudy.contracts import KeptModel, SearchedSize
 
 
 @pytest.fixture(scope="module")
@@ -108,7 +109,7 @@ def test_a_model_far_worse_than_the_mean_is_flagged(trained_vae, tmp_path):
             param.mul_(1e4)
     dead = tmp_path / "k4-vae.pt"
     models.save_checkpoint(dead, model, meta)
-    entry = {"file": "k4-vae.pt", "rank": 0, "replicate": 0, "objective": 1.0}
+    entry = KeptModel(4, "vae", "k4-vae.pt", rank=0, replicate=0, objective=1.0)
     row, _, flags = evaluate.evaluate_size([entry], tmp_path, evaluate.Evaluator(x[300:], base, 4, 0), 1.0)
     assert flags[0] and flags[0].startswith("far worse than trivial") and row["flag"] == flags[0]
 
@@ -117,11 +118,11 @@ def test_run_keeps_every_model_per_example_and_averages_the_sane_replicates(trai
     path, x, labels = trained_vae
     for name in ("k4-vae.pt", "k4-vae-r1.pt", "k4-vae-t1.pt"):
         (tmp_path / name).write_bytes(path.read_bytes())
-    sizes = [{"latent_dim": 2, "phase": "added", "reason": "because"}, {"latent_dim": 4, "phase": "grid", "reason": ""}]
+    sizes = [SearchedSize(2, "added", "because"), SearchedSize(4, "grid", "")]
     # Listed out of order on purpose: the pick, its replicate, then the size's other trial.
-    kept = [{"latent_dim": 4, "arm": "vae", "file": "k4-vae-t1.pt", "rank": 1, "replicate": 0, "objective": 30.0},
-            {"latent_dim": 4, "arm": "vae", "file": "k4-vae-r1.pt", "rank": 0, "replicate": 1, "objective": 29.5},
-            {"latent_dim": 4, "arm": "vae", "file": "k4-vae.pt", "rank": 0, "replicate": 0, "objective": 29.0}]
+    kept = [KeptModel(4, "vae", "k4-vae-t1.pt", rank=1, replicate=0, objective=30.0),
+            KeptModel(4, "vae", "k4-vae-r1.pt", rank=0, replicate=1, objective=29.5),
+            KeptModel(4, "vae", "k4-vae.pt", rank=0, replicate=0, objective=29.0)]
     result, arrays = evaluate.run(sizes, kept, tmp_path, pca.fit(x[:300]), x[:300], labels[:300], x[300:], x[300:],
                                   labels[300:], samples=4, probe_max_train=100, seed=0, log=lambda line: None)
     rows = {r["latent_dim"]: r for r in result["rows"]}

@@ -7,6 +7,7 @@ import pytest
 
 from latentstudy import config, figures, page, pca, report
 from latentstudy.config import StudyError
+from latentstudy.contracts import Inputs, Searched
 
 N = 60  # test examples
 
@@ -49,15 +50,15 @@ def per_example(ks=(2, 4, 8), flagged=()) -> dict[str, np.ndarray]:
     return out
 
 
-def inputs(tmp_path: Path, ev=None, arrays=None) -> report.Inputs:
+def inputs(tmp_path: Path, ev=None, arrays=None) -> Inputs:
     rng = np.random.default_rng(1)
     x = rng.uniform(size=(N, 64)).astype(np.float32)
     summary = {"dataset": "digits", "source": "test", "n_examples": 3 * N, "input_dim": 64, "image_shape": [8, 8],
                "counts": {"train": N, "val": N, "test": N}, "scaling": {}, "intrinsic_dim": {"twonn": 5.0}}
     trials = pd.DataFrame(columns=["arm", "state", "phase", "latent_dim", "number", "objective_value"])
-    return report.Inputs(ev or evaluation(), arrays or per_example(), trials, summary,
-                         {"components_for_variance": {"0.9": 40}}, {"seed": 0, "replicates": {"vae": [4]}}, x, None,
-                         tmp_path, pca.fit(x))
+    study = Searched("t", "journal:x", "e", None, None, [], "neg_elbo", [2, 4, 8], [], {"vae": [4]}, [], [], 0)
+    return Inputs(ev or evaluation(), arrays or per_example(), trials, summary,
+                  {"components_for_variance": {"0.9": 40}}, study, x, None, tmp_path, pca.fit(x))
 
 
 def test_table_has_one_row_per_size_the_ratios_and_what_the_search_added():

@@ -22,6 +22,7 @@ import torch
 from latentstudy import npz
 from latentstudy import pca as pca_mod
 from latentstudy.config import ARMS
+from latentstudy.contracts import KeptModel, SearchedSize
 from latentstudy.models import AutoEncoder, kl_per_dim, load_checkpoint, n_params, reconstruct
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u | x]) > 0.01
@@ -238,12 +239,12 @@ def code_choice(ae_sse: np.ndarray | None, pca_sse: np.ndarray, pca_exact: bool)
             "undertrained": bool(diff.mean() > se) and not pca_exact}
 
 
-def val_sse(entries: list[dict], models_dir: Path, x_val: np.ndarray) -> np.ndarray | None:
+def val_sse(entries: list[KeptModel], models_dir: Path, x_val: np.ndarray) -> np.ndarray | None:
     """(models, n) validation squared errors of a size's pick and its seed replicates (rank 0)."""
-    picks = [e for e in entries if e["rank"] == 0]
+    picks = [e for e in entries if e.rank == 0]
     if not picks:
         return None
-    return np.stack([example_errors(x_val, reconstructions(load_checkpoint(models_dir / e["file"])[0], x_val))[
+    return np.stack([example_errors(x_val, reconstructions(load_checkpoint(models_dir / e.file)[0], x_val))[
         "sse_per_image"] for e in picks])
 
 
@@ -263,7 +264,7 @@ def model_summary(model: AutoEncoder, meta: dict, values: dict[str, np.ndarray],
     return out
 
 
-def evaluate_size(entries: list[dict], models_dir: Path, test: Evaluator,
+def evaluate_size(entries: list[KeptModel], models_dir: Path, test: Evaluator,
                   pca_sse: float) -> tuple[dict | None, dict[str, np.ndarray], list[str | None]]:
     """The models of one size and arm (the search's best first, then its replicates, then the
     size's other trials): the row's entry (the best model's values and flag; the best's and its
@@ -272,12 +273,11 @@ def evaluate_size(entries: list[dict], models_dir: Path, test: Evaluator,
         return None, {}, []
     models, arrays, flags = [], {}, []
     for entry in entries:
-        model, meta = load_checkpoint(models_dir / entry["file"])
+        model, meta = load_checkpoint(models_dir / entry.file)
         values, mu, per_unit, why = test.measure(model, pca_sse=pca_sse)
         summary = model_summary(model, meta, values, mu)
         summary["flag"] = why
-        summary["replicate"], summary["rank"] = entry["replicate"], entry["rank"]
-        summary["objective"] = entry["objective"]
+        summary["replicate"], summary["rank"], summary["objective"] = entry.replicate, entry.rank, entry.objective
         models.append(summary)
         flags.append(summary["flag"])
         for key, v in values.items():
@@ -317,7 +317,7 @@ def evaluate_pca(basis: pca_mod.PCABasis, x_test: np.ndarray, k: int, probe: tup
     return out, values
 
 
-def run(sizes: list[dict], models: list[dict], models_dir: Path, basis: pca_mod.PCABasis, x_train: np.ndarray,
+def run(sizes: list[SearchedSize], models: list[KeptModel], models_dir: Path, basis: pca_mod.PCABasis, x_train: np.ndarray,
         y_train: np.ndarray | None, x_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray | None, samples: int,
         probe_max_train: int, seed: int, log=print) -> tuple[dict, dict[str, np.ndarray]]:
     """Evaluate every searched size (sizes: the search's, with why each was searched) and every
@@ -330,17 +330,17 @@ def run(sizes: list[dict], models: list[dict], models_dir: Path, basis: pca_mod.
         "sse_per_image"]}
     stacks: dict[str, dict[str, list]] = {arm: {} for arm in ("pca", *ARMS)}
     for size in sizes:
-        k = size["latent_dim"]
+        k = size.latent_dim
         pca_row, pca_values = evaluate_pca(basis, x_test, k, probe, seed)
-        row = {"latent_dim": k, "compression_ratio": x_test.shape[1] / k, "phase": size.get("phase", "grid"),
-               "reason": size.get("reason", ""), "pca": pca_row}
+        row = {"latent_dim": k, "compression_ratio": x_test.shape[1] / k, "phase": size.phase,
+               "reason": size.reason, "pca": pca_row}
         _append(stacks["pca"], k, 0, 0, False, pca_values)
         for arm in ARMS:
-            entries = sorted((m for m in models if m["latent_dim"] == k and m["arm"] == arm),
-                             key=lambda m: (m["rank"], m["replicate"]))
+            entries = sorted((m for m in models if m.latent_dim == k and m.arm == arm),
+                             key=lambda m: (m.rank, m.replicate))
             row[arm], values, flags = evaluate_size(entries, models_dir, test, pca_row["sse_per_image"])
             for i, entry in enumerate(entries):
-                _append(stacks[arm], k, entry["rank"], entry["replicate"], flags[i] is not None,
+                _append(stacks[arm], k, entry.rank, entry.replicate, flags[i] is not None,
                         {key: v[i] for key, v in values.items()})
             if arm == "ae":
                 sane = [e for e, f in zip(entries, flags) if f is None]

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from latentstudy import figures
+from latentstudy.contracts import Inputs
 from latentstudy.evaluate import latents, reconstructions
 from latentstudy.models import AutoEncoder, best_path, load_checkpoint
 
@@ -60,7 +61,7 @@ def importances(trials: pd.DataFrame) -> dict[int, dict[str, float]]:
     return out
 
 
-def draw(inp, table: pd.DataFrame, k: int, cfg, fig_dir: Path, add) -> dict[int, AutoEncoder]:
+def draw(inp: Inputs, table: pd.DataFrame, k: int, cfg, fig_dir: Path, add) -> dict[int, AutoEncoder]:
     """Every figure drawn from the trials and the models; add(file, title, caption) lists each.
     k: the size whose VAE the interpolations and traversals show. Returns the VAEs by size
     (for the explorer). Image figures become line plots for vector data."""

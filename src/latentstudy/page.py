@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from latentstudy.contracts import Inputs, Searched
 from latentstudy.data.scaling import in_unit_interval, settings as scaling_settings
 from latentstudy.models import choose_likelihood
 from latentstudy.recommend import RULE, Recommendation, fmt
@@ -93,9 +94,9 @@ def table_html(table: pd.DataFrame, chosen: int | None) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def likelihood_html(study: dict, summary: dict) -> str:
+def likelihood_html(study: Searched, summary: dict) -> str:
     """Which scaling and decoder likelihoods the models trained with, and why."""
-    model = study.get("search", {}).get("model", {})
+    model = study.search.get("model", {})
     chosen, why = choose_likelihood(model.get("likelihood", "auto"), summary["image_shape"],
                                     in_unit_interval(summary["scaling"]))
     scale = (f", {model['gaussian_scale'].replace('_', '-')} scale"
@@ -192,15 +193,15 @@ def settings_html(settings: dict) -> str:
             f'<div class="tablewrap answers"><table>{rows}</table></div></details>')
 
 
-def settings_of(cfg, inp) -> dict:
+def settings_of(cfg, inp: Inputs) -> dict:
     return {"data": {**{k: inp.summary[k] for k in ("dataset", "source", "counts")},
                      "scaling": scaling_settings(inp.summary["scaling"])},
-            "study": {"searched sizes": inp.study.get("latent_dims"), "seed": inp.study.get("seed")},
-            "search": inp.study.get("search") or {},
+            "study": {"searched sizes": inp.study.latent_dims, "seed": inp.study.seed},
+            "search": inp.study.search,
             "report": {"purpose": cfg.purpose, "tolerance": cfg.tolerance, "bootstrap": cfg.bootstrap}}
 
 
-def page(cfg, inp, table: pd.DataFrame, rec: Recommendation, figs: list, explorer: str) -> str:
+def page(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, figs: list, explorer: str) -> str:
     s = inp.summary
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     shape = "x".join(map(str, s["image_shape"])) if s["image_shape"] else "vector data"
@@ -211,11 +212,11 @@ def page(cfg, inp, table: pd.DataFrame, rec: Recommendation, figs: list, explore
     iwae_k = next((r["vae"]["iwae_samples"] for r in inp.evaluation["rows"] if r["vae"]), "K")
     added = table[table.phase == "added"]
     added_html = "".join(f"<li>k = {int(r.latent_dim)}: {html.escape(str(r.reason))}</li>" for _, r in added.iterrows())
-    reps = inp.study.get("replicates") or {}
+    reps = inp.study.replicates
     reps_text = "; ".join(f"{'VAE' if arm == 'vae' else 'autoencoder'} k = {', '.join(map(str, ks))}"
                           for arm, ks in reps.items() if ks) or "none"
-    why_reps = "".join(f"<li>{'VAE' if r['arm'] == 'vae' else 'autoencoder'} k = {r['latent_dim']}: "
-                       f"{html.escape(r['reason'])}</li>" for r in inp.study.get("replicate_reasons") or [])
+    why_reps = "".join(f"<li>{'VAE' if r.arm == 'vae' else 'autoencoder'} k = {r.latent_dim}: "
+                       f"{html.escape(r.reason)}</li>" for r in inp.study.replicate_reasons)
     margin = f" plus a practical margin of {cfg.tolerance:g} x |best| (report.tolerance)" if cfg.tolerance else ""
     figs_html = "".join(figure_html(p, t, c) for p, t, c in figs)
     return f"""<!doctype html>
@@ -225,7 +226,7 @@ def page(cfg, inp, table: pd.DataFrame, rec: Recommendation, figs: list, explore
 <h1>{html.escape(cfg.title)}</h1>
 <p class="meta">Dataset <b>{html.escape(s['dataset'])}</b> ({html.escape(s['source'])}): {s['n_examples']} examples,
 D = {s['input_dim']} ({shape}), split {s['counts']['train']} / {s['counts']['val']} / {s['counts']['test']}.
-Study <code>{html.escape(inp.study.get('prefix', ''))}</code>, latent sizes {', '.join(map(str, table.latent_dim))}
+Study <code>{html.escape(inp.study.prefix)}</code>, latent sizes {', '.join(map(str, table.latent_dim))}
 ({len(added)} added by the search). Generated {date}.</p>
 <h2>The answer</h2>
 {answers_html(rec, table)}
@@ -255,7 +256,7 @@ search added, ! a model far worse than trivial (diverged or broken training). Fu
 <h2>Settings and how to rerun</h2>
 <p>Change <code>params.yaml</code> and run <code>dvc repro</code> (only the stages whose inputs changed run again), or try
 a variant without editing: <code>dvc exp run -S 'study.latent_dims=[2,4,8]'</code> then <code>dvc exp show</code>.
-Every trial is in MLflow: <code>make ui</code>, experiment <code>{html.escape(inp.study.get('experiment', ''))}</code>.</p>
+Every trial is in MLflow: <code>make ui</code>, experiment <code>{html.escape(inp.study.experiment)}</code>.</p>
 {settings_html(settings_of(cfg, inp))}
 </main></body></html>
 """

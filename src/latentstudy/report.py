@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +19,7 @@ import pandas as pd
 
 from latentstudy import figures, gallery, page, stats
 from latentstudy.config import ARMS, StudyError
+from latentstudy.contracts import Inputs
 from latentstudy.recommend import (
     PURPOSES,
     Answer,
@@ -77,22 +78,6 @@ COLUMNS = [
 ]
 
 
-@dataclass
-class Inputs:
-    """Everything the report reads from the stages before it."""
-
-    evaluation: dict
-    per_example: dict[str, np.ndarray]
-    trials: pd.DataFrame
-    summary: dict
-    pca_metrics: dict
-    study: dict
-    x_test: np.ndarray
-    y_test: np.ndarray | None
-    models_dir: Path
-    pca_basis: object
-
-
 def build_table(evaluation: dict) -> pd.DataFrame:
     """One row per searched size: PCA and the search's best autoencoder and VAE side by side, how
     many models (seeds) stand behind each, error ratios, and flags."""
@@ -141,7 +126,7 @@ def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[i
 
 def recommendation(cfg, inp: Inputs) -> Recommendation:
     """Every purpose's answer on the test split, the headline, and the cross-checks."""
-    seed = int(inp.study.get("seed") or 0)
+    seed = int(inp.study.seed or 0)
     answers: dict[str, Answer] = {}
     for name, purpose in PURPOSES.items():
         values, others, excluded = curves(purpose, inp)
@@ -159,7 +144,7 @@ def recommendation(cfg, inp: Inputs) -> Recommendation:
                          "nothing is recommended. Retrain with a narrower search.lr or search.beta range, "
                          "or pick another report.purpose")
     rec = Recommendation(answers, name, why, cross_checks(cfg, inp, main, seed))
-    return replace(rec, text=explain(rec, inp.study.get("replicates") or {}, added_sizes(inp.evaluation)))
+    return replace(rec, text=explain(rec, inp.study.replicates, added_sizes(inp.evaluation)))
 
 
 def generation_notes(inp: Inputs) -> tuple[str, ...]:
@@ -336,8 +321,8 @@ def log_to_mlflow(tracking: str, inp: Inputs, table: pd.DataFrame, rec: Recommen
     from latentstudy.tracking import Tracker
 
     tracker = Tracker(tracking)
-    experiment_id = tracker.experiment(inp.study["experiment"])
-    run_id = tracker.report_run(experiment_id, inp.study.get("prefix", ""), {"report": params})
+    experiment_id = tracker.experiment(inp.study.experiment)
+    run_id = tracker.report_run(experiment_id, inp.study.prefix, {"report": params})
     tracker.log_table(run_id, table, "reconstruction_vs_compression.json")
     tracker.log_metrics(run_id, mlflow_metrics(table, rec), flush=True)
     for key in ("html", "table", "metrics", "recommendation"):
@@ -345,5 +330,5 @@ def log_to_mlflow(tracking: str, inp: Inputs, table: pd.DataFrame, rec: Recommen
     for png in sorted(paths["figures"].glob("*.png")):
         tracker.log_artifact(run_id, png, "report/figures")
     tracker.end(run_id, "FINISHED", {"headline": rec.headline, "recommended_latent_dim": rec.latent_dim})
-    print(f"[report] MLflow report run {run_id} in experiment {inp.study['experiment']}")
+    print(f"[report] MLflow report run {run_id} in experiment {inp.study.experiment}")
     return run_id

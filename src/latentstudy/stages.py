@@ -14,6 +14,7 @@ from pathlib import Path
 
 from latentstudy import config
 from latentstudy.config import StudyError
+from latentstudy.contracts import Inputs, Searched, read_json
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -125,16 +126,13 @@ def evaluate(params: Path, prepared: Path, models_dir: Path, study_json: Path, b
     from latentstudy import pca as pca_mod
 
     cfg = config.load_section(params, "evaluate")
-    searched = _read_json(study_json)
-    if "sizes" not in searched or "models" not in searched:
-        raise StudyError(f"{study_json}: lists no searched sizes or models (an older search); rerun the search "
-                         "stage: dvc repro -f search")
+    searched = Searched.load(study_json)
     x_train, y_train = data.load_split(prepared, "train")
     x_val, _ = data.load_split(prepared, "val")
     x_test, y_test = data.load_split(prepared, "test")
     basis = pca_mod.load(basis_path)
     with outputs(out_json, per_example_npz):
-        result, arrays = evaluate_mod.run(searched["sizes"], searched["models"], models_dir, basis, x_train, y_train,
+        result, arrays = evaluate_mod.run(searched.sizes, searched.models, models_dir, basis, x_train, y_train,
                                           x_val, x_test, y_test, cfg.iwae_samples, cfg.probe_max_train, cfg.seed)
         write_json(out_json, result)
         evaluate_mod.save_per_example(per_example_npz, arrays)
@@ -159,9 +157,9 @@ def report(params: Path, prepared: Path, evaluation_json: Path, per_example_npz:
     recommend.check_purpose(cfg.purpose, summary["has_labels"], recommend.label_classes(summary))
     if not per_example_npz.is_file():
         raise StudyError(f"{per_example_npz}: not found; run the stages before the report (dvc repro)")
-    inp = rep.Inputs(_read_json(evaluation_json), evaluate_mod.load_per_example(per_example_npz),
-                     pd.read_csv(trials_csv), summary, _read_json(pca_metrics), _read_json(study_json), x_test, y_test,
-                     models_dir, pca_mod.load(basis_path))
+    inp = Inputs(read_json(evaluation_json), evaluate_mod.load_per_example(per_example_npz),
+                 pd.read_csv(trials_csv), summary, read_json(pca_metrics), Searched.load(study_json), x_test, y_test,
+                 models_dir, pca_mod.load(basis_path))
     table = rep.build_table(inp.evaluation)
     paths = rep.output_paths(out_dir)
     with outputs(*paths.values(), rep.staging(out_dir)):
@@ -173,8 +171,3 @@ def report(params: Path, prepared: Path, evaluation_json: Path, per_example_npz:
     if tracking:
         rep.log_to_mlflow(tracking, inp, table, rec, paths, config.as_dict(cfg))
 
-
-def _read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise config.StudyError(f"{path}: not found; run the stages before the report (dvc repro)")
-    return json.loads(path.read_text())

@@ -11,6 +11,8 @@ import json
 import shutil
 from pathlib import Path
 
+from latentstudy.config import ARMS
+from latentstudy.contracts import KeptModel, ReplicateReason, Searched, SearchedSize
 from latentstudy.search import keys
 from latentstudy.search.plan import ADDED, REPLICATE, Plan, Unit, counts, sizes
 from latentstudy.search.store import redact
@@ -136,31 +138,27 @@ def write_outputs(plan: Plan, snap: list, url: str, experiment_id: str | None, m
         table[col] = table[col].astype("Int64")
     table.to_csv(trials_csv, index=False)
     metrics_json.write_text(json.dumps(metrics_summary(plan, snap, best_trials(snap)), indent=2) + "\n")
-    study_json.write_text(json.dumps({
-        "prefix": plan.prefix, "storage": url if url.startswith("journal:") else redact(url),
-        "experiment": plan.experiment, "experiment_id": experiment_id, "parent_run_id": plan.parent_run_id,
-        "studies": [u.study_name for u in plan.units], "objective": plan.config.objective,
-        "latent_dims": sizes(plan), "sizes": searched_sizes(plan),
-        "replicates": {arm: sorted({m["latent_dim"] for m in listed if m["arm"] == arm and m["replicate"] > 0})
-                       for arm in ("vae", "ae")},
-        "replicate_reasons": [{"latent_dim": u.latent_dim, "arm": u.arm, "reason": u.reason}
-                              for u in sorted(plan.units, key=lambda u: (u.latent_dim, u.arm)) if u.phase == REPLICATE],
-        "models": sorted(listed, key=lambda m: (m["latent_dim"], m["arm"], m["rank"], m["replicate"])),
-        "seed": plan.seed, "search": plan.search,
-    }, indent=2) + "\n")
+    Searched(
+        prefix=plan.prefix, storage=url if url.startswith("journal:") else redact(url), experiment=plan.experiment,
+        experiment_id=experiment_id, parent_run_id=plan.parent_run_id, studies=[u.study_name for u in plan.units],
+        objective=plan.config.objective, latent_dims=sizes(plan), sizes=searched_sizes(plan),
+        replicates={arm: sorted({m.latent_dim for m in listed if m.arm == arm and m.replicate > 0}) for arm in ARMS},
+        replicate_reasons=[ReplicateReason(u.latent_dim, u.arm, u.reason)
+                           for u in sorted(plan.units, key=lambda u: (u.latent_dim, u.arm)) if u.phase == REPLICATE],
+        models=sorted(listed, key=lambda m: (m.latent_dim, m.arm, m.rank, m.replicate)),
+        seed=plan.seed, search=plan.search).save(study_json)
     return best
 
 
-def model_entry(k: int, arm: str, path: Path, rank: int, replicate: int, trial) -> dict:
+def model_entry(k: int, arm: str, path: Path, rank: int, replicate: int, trial) -> KeptModel:
     """One model as study.json lists it for the stages after the search (see model_trials)."""
-    return {"latent_dim": k, "arm": arm, "file": path.name, "rank": rank, "replicate": replicate,
-            "objective": trial.value, "seed": trial.user_attrs.get(keys.SEED), "trial": trial.number}
+    return KeptModel(k, arm, path.name, rank, replicate, trial.value, trial.user_attrs.get(keys.SEED), trial.number)
 
 
-def searched_sizes(plan: Plan) -> list[dict]:
+def searched_sizes(plan: Plan) -> list[SearchedSize]:
     """Every searched size with its phase and, for added ones, the reason."""
     out = {}
     for unit in plan.units:
         if unit.phase != REPLICATE and unit.latent_dim not in out:
-            out[unit.latent_dim] = {"latent_dim": unit.latent_dim, "phase": unit.phase, "reason": unit.reason}
+            out[unit.latent_dim] = SearchedSize(unit.latent_dim, unit.phase, unit.reason)
     return [out[k] for k in sorted(out)]

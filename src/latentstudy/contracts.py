@@ -1,0 +1,103 @@
+"""What crosses a stage boundary, typed, each with its load and save: the search's searched sizes
+and kept models (reports/search/study.json), and everything the report reads (Inputs). The JSON
+files keep their content: `dvc metrics`, the tests and users' scripts read them as they were.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from latentstudy.config import StudyError
+
+
+@dataclass(frozen=True)
+class KeptModel:
+    """One model the search hands on. Rank 0: the best trial of its size and arm (replicate 0) and
+    its seed replicates (1, 2, ...); rank 1, 2, ...: the size's other finished trials by objective."""
+
+    latent_dim: int
+    arm: str
+    file: str  # in the models folder
+    rank: int
+    replicate: int
+    objective: float | None
+    seed: int | None = None
+    trial: int | None = None
+
+
+@dataclass(frozen=True)
+class SearchedSize:
+    latent_dim: int
+    phase: str = "grid"  # grid | added
+    reason: str = ""  # why the search added it
+
+
+@dataclass(frozen=True)
+class ReplicateReason:
+    latent_dim: int
+    arm: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Searched:
+    """reports/search/study.json: the study's stores, the sizes searched and why, the models kept."""
+
+    prefix: str
+    storage: str
+    experiment: str
+    experiment_id: str | None
+    parent_run_id: str | None
+    studies: list[str]
+    objective: str
+    latent_dims: list[int]
+    sizes: list[SearchedSize]
+    replicates: dict[str, list[int]]  # arm -> the sizes with seed replicates
+    replicate_reasons: list[ReplicateReason]
+    models: list[KeptModel]
+    seed: int
+    search: dict = field(default_factory=dict)  # the search section as it ran
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Searched:
+        raw = read_json(path)
+        if "sizes" not in raw or "models" not in raw:
+            raise StudyError(f"{path}: lists no searched sizes or models (an older search); rerun the search "
+                             "stage: dvc repro -f search")
+        known = {f.name for f in fields(cls)}
+        raw = {key: value for key, value in raw.items() if key in known}
+        return cls(**{**raw, "sizes": [SearchedSize(**s) for s in raw["sizes"]],
+                      "models": [KeptModel(**m) for m in raw["models"]],
+                      "replicate_reasons": [ReplicateReason(**r) for r in raw.get("replicate_reasons") or []],
+                      "replicates": raw.get("replicates") or {}, "search": raw.get("search") or {}})
+
+
+@dataclass
+class Inputs:
+    """Everything the report reads from the stages before it."""
+
+    evaluation: dict
+    per_example: dict[str, np.ndarray]
+    trials: pd.DataFrame
+    summary: dict
+    pca_metrics: dict
+    study: Searched
+    x_test: np.ndarray
+    y_test: np.ndarray | None
+    models_dir: Path
+    pca_basis: object
+
+
+def read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise StudyError(f"{path}: not found; run the stages before it (dvc repro)")
+    return json.loads(path.read_text())
