@@ -202,11 +202,12 @@ def search_times(stacks: list[str]) -> list[dict]:
             root = Path(tmp)
             params = {**defaults, "search": {**defaults["search"], "stack": int(stack) if stack.isdigit() else stack}}
             (root / "params.yaml").write_text(yaml.safe_dump(params))
-            stages.prepare(root / "params.yaml", root / "data", root)
+            stages.prepare(stages.PreparePaths(root / "params.yaml", root / "data"), root)
             start = time.perf_counter()
             out = root / "out"
-            stages.search(root / "params.yaml", root / "data", root, out / "models", out / "trials.csv",
-                          out / "metrics.json", out / "study.json", f"sqlite:///{root / 'mlflow.db'}")
+            stages.search(stages.SearchPaths(root / "params.yaml", root / "data", out / "models", out / "trials.csv",
+                                             out / "metrics.json", out / "study.json"), root,
+                          f"sqlite:///{root / 'mlflow.db'}")
             wall = time.perf_counter() - start
             import pandas as pd
 

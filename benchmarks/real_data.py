@@ -118,15 +118,18 @@ def data_params(name: str, root: Path, args: argparse.Namespace) -> dict:
 def run_stages(root: Path) -> None:
     """prepare, pca, search, evaluate and report on root/params.yaml, in dvc.yaml's layout below root."""
     p, prepared, rep, models = root / "params.yaml", root / "data" / "prepared", root / "reports", root / "models"
-    stages.prepare(p, prepared, root)
-    stages.pca(p, prepared, rep / "pca" / "metrics.json", rep / "pca" / "curve.csv", models / "pca.npz")
-    stages.search(p, prepared, root, models / "search", rep / "search" / "trials.csv", rep / "search" / "metrics.json",
-                  rep / "search" / "study.json", None)
-    stages.evaluate(p, prepared, models / "search", rep / "search" / "study.json", models / "pca.npz",
-                    rep / "evaluate" / "evaluation.json", rep / "evaluate" / "per_example.npz")
-    stages.report(p, prepared, rep / "evaluate" / "evaluation.json", rep / "evaluate" / "per_example.npz",
-                  rep / "search" / "trials.csv", rep / "pca" / "metrics.json", rep / "search" / "study.json",
-                  models / "search", models / "pca.npz", rep, None)
+    stages.prepare(stages.PreparePaths(p, prepared), root)
+    stages.pca(stages.PcaPaths(p, prepared, rep / "pca" / "metrics.json", rep / "pca" / "curve.csv",
+                               models / "pca.npz"))
+    stages.search(stages.SearchPaths(p, prepared, models / "search", rep / "search" / "trials.csv",
+                                     rep / "search" / "metrics.json", rep / "search" / "study.json"), root, None)
+    stages.evaluate(stages.EvaluatePaths(p, prepared, models / "search", rep / "search" / "study.json",
+                                         models / "pca.npz", rep / "evaluate" / "evaluation.json",
+                                         rep / "evaluate" / "per_example.npz"))
+    stages.report(stages.ReportPaths(p, prepared, rep / "evaluate" / "evaluation.json",
+                                     rep / "evaluate" / "per_example.npz", rep / "search" / "trials.csv",
+                                     rep / "pca" / "metrics.json", rep / "search" / "study.json", models / "search",
+                                     models / "pca.npz", rep), None)
 
 
 def likelihood(study: dict, summary: dict) -> str:

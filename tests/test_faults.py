@@ -33,7 +33,7 @@ SCRIPT = [sys.executable, str(ROOT / "pipeline" / "search.py"), "--data", "data"
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prepared")
-    stages.prepare(write_params(root / "params.yaml", data=TINY_DATA), root / "data", root)
+    stages.prepare(stages.PreparePaths(write_params(root / "params.yaml", data=TINY_DATA), root / "data"), root)
     return root / "data"
 
 
@@ -54,9 +54,9 @@ def default_tracking(project: Path) -> str:
 
 
 def search_in_process(project: Path, tracking: str | None) -> None:
-    stages.search(project / "params.yaml", project / "data", project, project / "models/search",
-                  project / "reports/trials.csv", project / "reports/metrics.json", project / "reports/study.json",
-                  tracking)
+    stages.search(stages.SearchPaths(project / "params.yaml", project / "data", project / "models/search",
+                                     project / "reports/trials.csv", project / "reports/metrics.json",
+                                     project / "reports/study.json"), project, tracking)
 
 
 def rerun(project: Path, *extra: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:

@@ -129,10 +129,10 @@ def test_a_search_stage_on_the_gpu(tmp_path):
     search = {**TINY_SEARCH, "device": "cuda"}
     params = write_params(tmp_path / "params.yaml", data=TINY_DATA, study={"latent_dims": [2, 4], "seed": 0},
                           search=search)
-    stages.prepare(params, tmp_path / "data", tmp_path)
+    stages.prepare(stages.PreparePaths(params, tmp_path / "data"), tmp_path)
     out = tmp_path / "out"
-    stages.search(params, tmp_path / "data", tmp_path, out / "models", out / "trials.csv", out / "metrics.json",
-                  out / "study.json", None)
+    stages.search(stages.SearchPaths(params, tmp_path / "data", out / "models", out / "trials.csv",
+                                     out / "metrics.json", out / "study.json"), tmp_path, None)
     import pandas as pd
 
     trials = pd.read_csv(out / "trials.csv")

@@ -24,7 +24,7 @@ from latentstudy.tracking import Tracker
 def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prepared")
     params = write_params(root / "params.yaml", data=TINY_DATA)
-    stages.prepare(params, root / "data", root)
+    stages.prepare(stages.PreparePaths(params, root / "data"), root)
     return root / "data"
 
 
@@ -36,8 +36,8 @@ def search_params(tmp_path: Path, dims=(2, 4), refine_max=0, **overrides) -> Pat
 
 def run_stage(tmp_path: Path, params: Path, prepared: Path, tracking: str | None):
     out = tmp_path / "out"
-    stages.search(params, prepared, tmp_path, out / "models", out / "trials.csv", out / "metrics.json",
-                  out / "study.json", tracking)
+    stages.search(stages.SearchPaths(params, prepared, out / "models", out / "trials.csv", out / "metrics.json",
+                                     out / "study.json"), tmp_path, tracking)
     return out
 
 

@@ -1,20 +1,22 @@
 """One function per DVC stage: load the stage's params sections, read its declared inputs,
-call the logic, write its declared outputs (removed again if anything fails); and run_stage,
-which turns a user error in a stage into one line and exit status 2.
+call the logic, write its declared outputs (removed again if anything fails); each stage's paths
+as one frozen object built from its command line (a path is written in dvc.yaml and nowhere
+else); and run_stage, which turns a user error in a stage into one line and exit status 2.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import shutil
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from latentstudy import config
 from latentstudy.config import StudyError
-from latentstudy.contracts import Inputs, Searched, read_json
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -43,17 +45,102 @@ def outputs(*paths: Path) -> Iterator[None]:
         raise
 
 
+# --- each stage's paths, as dvc.yaml gives them (--name per field, dashes for underscores) -------
+
+
+@dataclass(frozen=True)
+class PreparePaths:
+    params: Path
+    out: Path  # the prepared folder
+
+
+@dataclass(frozen=True)
+class PcaPaths:
+    params: Path
+    data: Path  # the prepared folder
+    metrics: Path
+    curve: Path
+    basis: Path
+
+
+@dataclass(frozen=True)
+class SearchPaths:
+    params: Path
+    data: Path
+    models: Path
+    trials: Path
+    metrics: Path
+    study: Path
+
+
+@dataclass(frozen=True)
+class EvaluatePaths:
+    params: Path
+    data: Path
+    models: Path
+    study: Path
+    basis: Path
+    out: Path  # evaluation.json
+    per_example: Path
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    params: Path
+    data: Path
+    evaluation: Path
+    per_example: Path
+    trials: Path
+    pca_metrics: Path
+    study: Path
+    models: Path
+    basis: Path
+    out: Path  # the reports folder
+
+
+def parse_paths(kind: type, description: str, script: str, tracked: bool = False):
+    """(the stage's paths object, whether --no-tracking was given) from the command line. A path
+    left out is the one the stage's cmd gives in the dvc.yaml beside the script's pipeline folder,
+    so each path is written there and nowhere else."""
+    given = cmd_paths(Path(script))
+    p = argparse.ArgumentParser(description=description)
+    for f in fields(kind):
+        flag = "--" + f.name.replace("_", "-")
+        p.add_argument(flag, type=Path, default=given.get(flag), required=flag not in given)
+    if tracked:
+        p.add_argument("--no-tracking", action="store_true", help="skip MLflow")
+    args = p.parse_args()
+    return kind(**{f.name: getattr(args, f.name) for f in fields(kind)}), bool(getattr(args, "no_tracking", False))
+
+
+def cmd_paths(script: Path) -> dict[str, Path]:
+    """{--flag: path} of the dvc.yaml stage whose cmd runs this script; {} without one."""
+    import shlex
+
+    import yaml
+
+    dvc_yaml = script.resolve().parents[1] / "dvc.yaml"
+    if not dvc_yaml.is_file():
+        return {}
+    for stage in (yaml.safe_load(dvc_yaml.read_text()) or {}).get("stages", {}).values():
+        words = shlex.split(str(stage.get("cmd", "")))
+        if words[1:2] == [f"{script.parent.name}/{script.name}"]:
+            return {flag: Path(value) for flag, value in zip(words[2:], words[3:])
+                    if flag.startswith("--") and not value.startswith("--")}
+    return {}
+
+
 def write_json(path: Path, obj: object) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def prepare(params: Path, out_dir: Path, root: Path) -> dict:
+def prepare(paths: PreparePaths, root: Path) -> dict:
     from latentstudy.data import prepare as prep
 
-    cfg = config.load_section(params, "data")
-    with outputs(out_dir):
-        summary = prep.run(cfg, root, out_dir)
+    cfg = config.load_section(paths.params, "data")
+    with outputs(paths.out):
+        summary = prep.run(cfg, root, paths.out)
     counts, ids = summary["counts"], summary["intrinsic_dim"]
     print(f"[prepare] {summary['source']}: {summary['n_examples']} examples x {summary['input_dim']} features "
           f"-> train {counts['train']} / val {counts['val']} / test {counts['test']}; intrinsic dimension "
@@ -65,17 +152,18 @@ def prepare(params: Path, out_dir: Path, root: Path) -> dict:
     return summary
 
 
-def pca(params: Path, prepared: Path, metrics_json: Path, curve_csv: Path, basis_path: Path) -> dict:
+def pca(paths: PcaPaths) -> dict:
     import pandas as pd
 
     from latentstudy import data
     from latentstudy import pca as pca_mod
 
-    study = config.load_section(params, "study")
-    cfg = config.load_section(params, "pca")
-    x_train, _ = data.load_split(prepared, "train")
-    x_test, _ = data.load_split(prepared, "test")
+    study = config.load_section(paths.params, "study")
+    cfg = config.load_section(paths.params, "pca")
+    x_train, _ = data.load_split(paths.data, "train")
+    x_test, _ = data.load_split(paths.data, "test")
     ks = study.sizes(x_train.shape[1])
+    metrics_json, curve_csv, basis_path = paths.metrics, paths.curve, paths.basis
     with outputs(metrics_json, curve_csv, basis_path):
         basis = pca_mod.fit(x_train)
         metrics = {
@@ -98,13 +186,13 @@ def pca(params: Path, prepared: Path, metrics_json: Path, curve_csv: Path, basis
     return metrics
 
 
-def search(params: Path, prepared: Path, root: Path, models_dir: Path, trials_csv: Path, metrics_json: Path,
-           study_json: Path, tracking: str | None) -> None:
+def search(paths: SearchPaths, root: Path, tracking: str | None) -> None:
     from latentstudy import data, recommend
     from latentstudy.search import coordinator
     from latentstudy.search.validation import Rule
     from latentstudy.tracking import require_reachable
 
+    params, prepared = paths.params, paths.data
     study = config.load_section(params, "study")
     cfg = config.load_section(params, "search")
     rep = config.load_section(params, "report")
@@ -115,59 +203,59 @@ def search(params: Path, prepared: Path, root: Path, models_dir: Path, trials_cs
     recommend.check_purpose(rep.purpose, summary["has_labels"], recommend.label_classes(summary))
     # The search decides which sizes to add with the report's rule, on validation.
     rule = Rule(rep.purpose, rep.tolerance, rep.bootstrap, study.seed, ev.iwae_samples, ev.probe_max_train)
-    with outputs(models_dir, trials_csv, metrics_json, study_json):
-        coordinator.run(study, cfg, prepared, root, models_dir, trials_csv, metrics_json, study_json, tracking, rule)
+    with outputs(paths.models, paths.trials, paths.metrics, paths.study):
+        coordinator.run(study, cfg, prepared, root, paths.models, paths.trials, paths.metrics, paths.study, tracking,
+                        rule)
 
 
-def evaluate(params: Path, prepared: Path, models_dir: Path, study_json: Path, basis_path: Path, out_json: Path,
-             per_example_npz: Path) -> dict:
+def evaluate(paths: EvaluatePaths) -> dict:
     from latentstudy import data
     from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
+    from latentstudy.contracts import Searched
 
-    cfg = config.load_section(params, "evaluate")
-    searched = Searched.load(study_json)
-    x_train, y_train = data.load_split(prepared, "train")
-    x_val, _ = data.load_split(prepared, "val")
-    x_test, y_test = data.load_split(prepared, "test")
-    basis = pca_mod.load(basis_path)
-    with outputs(out_json, per_example_npz):
-        result, arrays = evaluate_mod.run(searched.sizes, searched.models, models_dir, basis, x_train, y_train,
+    cfg = config.load_section(paths.params, "evaluate")
+    searched = Searched.load(paths.study)
+    x_train, y_train = data.load_split(paths.data, "train")
+    x_val, _ = data.load_split(paths.data, "val")
+    x_test, y_test = data.load_split(paths.data, "test")
+    basis = pca_mod.load(paths.basis)
+    with outputs(paths.out, paths.per_example):
+        result, arrays = evaluate_mod.run(searched.sizes, searched.models, paths.models, basis, x_train, y_train,
                                           x_val, x_test, y_test, cfg.iwae_samples, cfg.probe_max_train, cfg.seed)
-        write_json(out_json, result)
-        evaluate_mod.save_per_example(per_example_npz, arrays)
+        write_json(paths.out, result)
+        evaluate_mod.save_per_example(paths.per_example, arrays)
     return result
 
 
-def report(params: Path, prepared: Path, evaluation_json: Path, per_example_npz: Path, trials_csv: Path,
-           pca_metrics: Path, study_json: Path, models_dir: Path, basis_path: Path, out_dir: Path,
-           tracking: str | None) -> None:
+def report(paths: ReportPaths, tracking: str | None) -> None:
     import pandas as pd
 
     from latentstudy import data, recommend, report as rep
     from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
+    from latentstudy.contracts import Inputs, Searched, read_json
     from latentstudy.tracking import require_reachable
 
-    cfg = config.load_section(params, "report")
+    cfg = config.load_section(paths.params, "report")
     if tracking:
         require_reachable(tracking)  # now, not after the report's work
-    x_test, y_test = data.load_split(prepared, "test")
-    summary = data.load_summary(prepared)
+    x_test, y_test = data.load_split(paths.data, "test")
+    summary = data.load_summary(paths.data)
     recommend.check_purpose(cfg.purpose, summary["has_labels"], recommend.label_classes(summary))
-    if not per_example_npz.is_file():
-        raise StudyError(f"{per_example_npz}: not found; run the stages before the report (dvc repro)")
-    inp = Inputs(read_json(evaluation_json), evaluate_mod.load_per_example(per_example_npz),
-                 pd.read_csv(trials_csv), summary, read_json(pca_metrics), Searched.load(study_json), x_test, y_test,
-                 models_dir, pca_mod.load(basis_path))
+    if not paths.per_example.is_file():
+        raise StudyError(f"{paths.per_example}: not found; run the stages before the report (dvc repro)")
+    inp = Inputs(read_json(paths.evaluation), evaluate_mod.load_per_example(paths.per_example),
+                 pd.read_csv(paths.trials), summary, read_json(paths.pca_metrics), Searched.load(paths.study), x_test,
+                 y_test, paths.models, pca_mod.load(paths.basis))
     table = rep.build_table(inp.evaluation)
-    paths = rep.output_paths(out_dir)
-    with outputs(*paths.values(), rep.staging(out_dir)):
+    written = rep.output_paths(paths.out)
+    with outputs(*written.values(), rep.staging(paths.out)):
         rec = rep.recommendation(cfg, inp)
-        rep.write(cfg, inp, table, rec, paths)
+        rep.write(cfg, inp, table, rec, written)
     for name, answer in rec.answers.items():
         print(f"[report] {name}{' (headline)' if name == rec.headline else ''}: {answer.summary()}")
-    print(f"[report] wrote {paths['html']}, {paths['table']}, {paths['metrics']}")
+    print(f"[report] wrote {written['html']}, {written['table']}, {written['metrics']}")
     if tracking:
-        rep.log_to_mlflow(tracking, inp, table, rec, paths, config.as_dict(cfg))
+        rep.log_to_mlflow(tracking, inp, table, rec, written, config.as_dict(cfg))
 
