@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latentstudy import models, train
+from latentstudy import contracts, models, train
 from latentstudy.config import DataConfig, TrainConfig
 from latentstudy.feed import DeviceSplit
 from latentstudy.stack import Stack
@@ -202,10 +202,10 @@ def search_times(stacks: list[str]) -> list[dict]:
             root = Path(tmp)
             params = {**defaults, "search": {**defaults["search"], "stack": int(stack) if stack.isdigit() else stack}}
             (root / "params.yaml").write_text(yaml.safe_dump(params))
-            stages.prepare(stages.PreparePaths(root / "params.yaml", root / "data"), root)
+            stages.prepare(contracts.PreparePaths(root / "params.yaml", root / "data"), root)
             start = time.perf_counter()
             out = root / "out"
-            stages.search(stages.SearchPaths(root / "params.yaml", root / "data", out / "models", out / "trials.csv",
+            stages.search(contracts.SearchPaths(root / "params.yaml", root / "data", out / "models", out / "trials.csv",
                                              out / "metrics.json", out / "study.json"), root,
                           f"sqlite:///{root / 'mlflow.db'}")
             wall = time.perf_counter() - start

@@ -35,7 +35,7 @@ from pathlib import Path
 
 import yaml
 
-from latentstudy import config, stages
+from latentstudy import config, contracts, stages
 
 GRID = [2, 4, 8, 16]
 SHAPE_FACTORS = ["x", "y", "scale", "rotation", "aspect", "brightness"]
@@ -82,13 +82,13 @@ def run_case(kind: str, d: int, args: argparse.Namespace, root: Path) -> dict:
     (root / "params.yaml").write_text(yaml.safe_dump(params(kind, d, args), sort_keys=False))
     p, prepared, out = root / "params.yaml", root / "data", root / "reports"
     start = time.perf_counter()
-    stages.prepare(stages.PreparePaths(p, prepared), root)
-    stages.pca(stages.PcaPaths(p, prepared, out / "pca.json", out / "curve.csv", root / "pca.npz"))
-    stages.search(stages.SearchPaths(p, prepared, root / "models", out / "trials.csv", out / "search.json",
+    stages.prepare(contracts.PreparePaths(p, prepared), root)
+    stages.pca(contracts.PcaPaths(p, prepared, out / "pca.json", out / "curve.csv", root / "pca.npz"))
+    stages.search(contracts.SearchPaths(p, prepared, root / "models", out / "trials.csv", out / "search.json",
                                      out / "study.json"), root, None)
-    stages.evaluate(stages.EvaluatePaths(p, prepared, root / "models", out / "study.json", root / "pca.npz",
+    stages.evaluate(contracts.EvaluatePaths(p, prepared, root / "models", out / "study.json", root / "pca.npz",
                                          out / "evaluation.json", out / "per_example.npz"))
-    stages.report(stages.ReportPaths(p, prepared, out / "evaluation.json", out / "per_example.npz", out / "trials.csv",
+    stages.report(contracts.ReportPaths(p, prepared, out / "evaluation.json", out / "per_example.npz", out / "trials.csv",
                                      out / "pca.json", out / "study.json", root / "models", root / "pca.npz", out), None)
     seconds = time.perf_counter() - start
     rec = json.loads((out / "recommendation.json").read_text())

@@ -39,7 +39,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from latentstudy import stages
+from latentstudy import contracts, stages
 from latentstudy.config import StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,15 +118,15 @@ def data_params(name: str, root: Path, args: argparse.Namespace) -> dict:
 def run_stages(root: Path) -> None:
     """prepare, pca, search, evaluate and report on root/params.yaml, in dvc.yaml's layout below root."""
     p, prepared, rep, models = root / "params.yaml", root / "data" / "prepared", root / "reports", root / "models"
-    stages.prepare(stages.PreparePaths(p, prepared), root)
-    stages.pca(stages.PcaPaths(p, prepared, rep / "pca" / "metrics.json", rep / "pca" / "curve.csv",
+    stages.prepare(contracts.PreparePaths(p, prepared), root)
+    stages.pca(contracts.PcaPaths(p, prepared, rep / "pca" / "metrics.json", rep / "pca" / "curve.csv",
                                models / "pca.npz"))
-    stages.search(stages.SearchPaths(p, prepared, models / "search", rep / "search" / "trials.csv",
+    stages.search(contracts.SearchPaths(p, prepared, models / "search", rep / "search" / "trials.csv",
                                      rep / "search" / "metrics.json", rep / "search" / "study.json"), root, None)
-    stages.evaluate(stages.EvaluatePaths(p, prepared, models / "search", rep / "search" / "study.json",
+    stages.evaluate(contracts.EvaluatePaths(p, prepared, models / "search", rep / "search" / "study.json",
                                          models / "pca.npz", rep / "evaluate" / "evaluation.json",
                                          rep / "evaluate" / "per_example.npz"))
-    stages.report(stages.ReportPaths(p, prepared, rep / "evaluate" / "evaluation.json",
+    stages.report(contracts.ReportPaths(p, prepared, rep / "evaluate" / "evaluation.json",
                                      rep / "evaluate" / "per_example.npz", rep / "search" / "trials.csv",
                                      rep / "pca" / "metrics.json", rep / "search" / "study.json", models / "search",
                                      models / "pca.npz", rep), None)

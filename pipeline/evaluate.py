@@ -4,11 +4,12 @@ replicates, at every searched size), and of PCA at those sizes."""
 import _venv  # noqa: F401  (first: one line, not a traceback, outside the project's environment)
 
 from latentstudy import stages
+from latentstudy.contracts import EvaluatePaths
 from latentstudy.stages import run_stage
 
 
 def main() -> None:
-    paths, _ = stages.parse_paths(stages.EvaluatePaths, __doc__, __file__)
+    paths, _ = stages.parse_paths(EvaluatePaths, __doc__, __file__)
     stages.evaluate(paths)
 
 

@@ -3,11 +3,12 @@
 import _venv  # noqa: F401  (first: one line, not a traceback, outside the project's environment)
 
 from latentstudy import stages
+from latentstudy.contracts import PcaPaths
 from latentstudy.stages import run_stage
 
 
 def main() -> None:
-    paths, _ = stages.parse_paths(stages.PcaPaths, __doc__, __file__)
+    paths, _ = stages.parse_paths(PcaPaths, __doc__, __file__)
     stages.pca(paths)
 
 

@@ -4,11 +4,12 @@ import _venv  # noqa: F401  (first: one line, not a traceback, outside the proje
 from pathlib import Path
 
 from latentstudy import config, stages
+from latentstudy.contracts import PreparePaths
 from latentstudy.stages import run_stage
 
 
 def main() -> None:
-    paths, _ = stages.parse_paths(stages.PreparePaths, __doc__, __file__)
+    paths, _ = stages.parse_paths(PreparePaths, __doc__, __file__)
     stages.prepare(paths, config.project_root(Path.cwd()))
 
 

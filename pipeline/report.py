@@ -5,12 +5,13 @@ import _venv  # noqa: F401  (first: one line, not a traceback, outside the proje
 from pathlib import Path
 
 from latentstudy import config, stages
+from latentstudy.contracts import ReportPaths
 from latentstudy.stages import run_stage
 from latentstudy.tracking import tracking_uri
 
 
 def main() -> None:
-    paths, no_tracking = stages.parse_paths(stages.ReportPaths, __doc__, __file__, tracked=True)
+    paths, no_tracking = stages.parse_paths(ReportPaths, __doc__, __file__, tracked=True)
     stages.report(paths, None if no_tracking else tracking_uri(config.project_root(Path.cwd())))
 
 

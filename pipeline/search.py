@@ -4,12 +4,13 @@ import _venv  # noqa: F401  (first: one line, not a traceback, outside the proje
 from pathlib import Path
 
 from latentstudy import config, stages
+from latentstudy.contracts import SearchPaths
 from latentstudy.stages import run_stage
 from latentstudy.tracking import tracking_uri
 
 
 def main() -> None:
-    paths, no_tracking = stages.parse_paths(stages.SearchPaths, __doc__, __file__, tracked=True)
+    paths, no_tracking = stages.parse_paths(SearchPaths, __doc__, __file__, tracked=True)
     root = config.project_root(Path.cwd())
     stages.search(paths, root, None if no_tracking else tracking_uri(root))
 

@@ -21,7 +21,7 @@ import torch
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, kill_mid_search, overridden, write_params
 from optuna.trial import TrialState
 
-from latentstudy import config, data, stages
+from latentstudy import config, contracts, data, stages
 from latentstudy.search import journal, plan as planning, store
 from latentstudy.tracking import Tracker
 
@@ -33,7 +33,7 @@ SCRIPT = [sys.executable, str(ROOT / "pipeline" / "search.py"), "--data", "data"
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prepared")
-    stages.prepare(stages.PreparePaths(write_params(root / "params.yaml", data=TINY_DATA), root / "data"), root)
+    stages.prepare(contracts.PreparePaths(write_params(root / "params.yaml", data=TINY_DATA), root / "data"), root)
     return root / "data"
 
 
@@ -54,7 +54,7 @@ def default_tracking(project: Path) -> str:
 
 
 def search_in_process(project: Path, tracking: str | None) -> None:
-    stages.search(stages.SearchPaths(project / "params.yaml", project / "data", project / "models/search",
+    stages.search(contracts.SearchPaths(project / "params.yaml", project / "data", project / "models/search",
                                      project / "reports/trials.csv", project / "reports/metrics.json",
                                      project / "reports/study.json"), project, tracking)
 

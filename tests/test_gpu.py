@@ -10,7 +10,7 @@ import torch
 from conftest import TINY_DATA, TINY_SEARCH, write_params
 from reference_train import data_orders, reference_train
 
-from latentstudy import models, stages, train
+from latentstudy import contracts, models, stages, train
 from latentstudy.feed import DeviceSplit
 from latentstudy.config import StudyError, TrainConfig
 from latentstudy.search import devices
@@ -129,9 +129,9 @@ def test_a_search_stage_on_the_gpu(tmp_path):
     search = {**TINY_SEARCH, "device": "cuda"}
     params = write_params(tmp_path / "params.yaml", data=TINY_DATA, study={"latent_dims": [2, 4], "seed": 0},
                           search=search)
-    stages.prepare(stages.PreparePaths(params, tmp_path / "data"), tmp_path)
+    stages.prepare(contracts.PreparePaths(params, tmp_path / "data"), tmp_path)
     out = tmp_path / "out"
-    stages.search(stages.SearchPaths(params, tmp_path / "data", out / "models", out / "trials.csv",
+    stages.search(contracts.SearchPaths(params, tmp_path / "data", out / "models", out / "trials.csv",
                                      out / "metrics.json", out / "study.json"), tmp_path, None)
     import pandas as pd
 

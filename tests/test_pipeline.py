@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, write_params
 
-from latentstudy import stages
+from latentstudy import contracts, stages
 from latentstudy.tracking import Tracker
 
 BIN = Path(sys.executable).parent
@@ -81,13 +81,13 @@ def set_param(repo: Path, dotted: str, value) -> None:
 def run_stages(tmp_path: Path, params: Path) -> tuple[Path, Path, dict]:
     """The five stages in process, without MLflow: (prepared data, reports folder, evaluation.json)."""
     prepared, out = tmp_path / "data", tmp_path / "reports"
-    stages.prepare(stages.PreparePaths(params, prepared), tmp_path)
-    stages.pca(stages.PcaPaths(params, prepared, out / "pca.json", out / "curve.csv", tmp_path / "pca.npz"))
-    stages.search(stages.SearchPaths(params, prepared, tmp_path / "models", out / "trials.csv", out / "search.json",
+    stages.prepare(contracts.PreparePaths(params, prepared), tmp_path)
+    stages.pca(contracts.PcaPaths(params, prepared, out / "pca.json", out / "curve.csv", tmp_path / "pca.npz"))
+    stages.search(contracts.SearchPaths(params, prepared, tmp_path / "models", out / "trials.csv", out / "search.json",
                                      out / "study.json"), tmp_path, None)
-    result = stages.evaluate(stages.EvaluatePaths(params, prepared, tmp_path / "models", out / "study.json",
+    result = stages.evaluate(contracts.EvaluatePaths(params, prepared, tmp_path / "models", out / "study.json",
                                                   tmp_path / "pca.npz", out / "evaluation.json", out / "per_example.npz"))
-    stages.report(stages.ReportPaths(params, prepared, out / "evaluation.json", out / "per_example.npz",
+    stages.report(contracts.ReportPaths(params, prepared, out / "evaluation.json", out / "per_example.npz",
                                      out / "trials.csv", out / "pca.json", out / "study.json", tmp_path / "models",
                                      tmp_path / "pca.npz", out), None)
     return prepared, out, result
@@ -219,7 +219,7 @@ def test_stage_script_errors_are_one_line_exit_2(tmp_path, params, fragment):
 def test_representation_on_data_without_labels_is_one_line_exit_2(tmp_path):
     params = write_params(tmp_path / "params.yaml", report={"purpose": "representation"},
                           data={"name": "manifold", "manifold": {"n": 200}, "intrinsic_max_points": 200})
-    stages.prepare(stages.PreparePaths(params, tmp_path / "data"), tmp_path)
+    stages.prepare(contracts.PreparePaths(params, tmp_path / "data"), tmp_path)
     res = subprocess.run([sys.executable, str(ROOT / "pipeline" / "search.py"), "--data", "data", "--no-tracking"],
                          cwd=tmp_path,
                          capture_output=True, text=True)
@@ -239,7 +239,7 @@ def test_prepare_failure_halfway_leaves_nothing(tmp_path, monkeypatch):
     monkeypatch.setattr(prepare, "fingerprint", broken)  # after the split files are written
     params = write_params(tmp_path / "params.yaml", data=TINY_DATA)
     with pytest.raises(OSError):
-        stages.prepare(stages.PreparePaths(params, tmp_path / "prepared"), tmp_path)
+        stages.prepare(contracts.PreparePaths(params, tmp_path / "prepared"), tmp_path)
     assert not (tmp_path / "prepared").exists()
 
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, kill_mid_search, overridden, write_params
 
-from latentstudy import config, data, pca, stages, stats
+from latentstudy import config, contracts, data, pca, stages, stats
 from latentstudy.search import coordinator, plan as planning, store, validation
 from latentstudy.tracking import Tracker
 
@@ -24,7 +24,7 @@ from latentstudy.tracking import Tracker
 def prepared(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("prepared")
     params = write_params(root / "params.yaml", data=TINY_DATA)
-    stages.prepare(stages.PreparePaths(params, root / "data"), root)
+    stages.prepare(contracts.PreparePaths(params, root / "data"), root)
     return root / "data"
 
 
@@ -36,7 +36,7 @@ def search_params(tmp_path: Path, dims=(2, 4), refine_max=0, **overrides) -> Pat
 
 def run_stage(tmp_path: Path, params: Path, prepared: Path, tracking: str | None):
     out = tmp_path / "out"
-    stages.search(stages.SearchPaths(params, prepared, out / "models", out / "trials.csv", out / "metrics.json",
+    stages.search(contracts.SearchPaths(params, prepared, out / "models", out / "trials.csv", out / "metrics.json",
                                      out / "study.json"), tmp_path, tracking)
     return out
 

@@ -1,6 +1,7 @@
-"""What crosses a stage boundary, typed, each with its load and save: the search's searched sizes
-and kept models (reports/search/study.json), and everything the report reads (Inputs). The JSON
-files keep their content: `dvc metrics`, the tests and users' scripts read them as they were.
+"""What crosses a stage boundary, typed: each stage's paths (as dvc.yaml's cmd gives them), the
+search's searched sizes and kept models (reports/search/study.json, with its load and save), and
+everything the report reads (Inputs). The JSON files keep their content: `dvc metrics`, the tests
+and users' scripts read them as they were.
 """
 
 from __future__ import annotations
@@ -8,11 +9,67 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
+from typing import TYPE_CHECKING
 
 from latentstudy.config import StudyError
+
+if TYPE_CHECKING:  # annotations only: the stages that need no arrays do not import them
+    import numpy as np
+    import pandas as pd
+
+
+# --- each stage's paths, as dvc.yaml gives them (--name per field, dashes for underscores) -------
+
+
+@dataclass(frozen=True)
+class PreparePaths:
+    params: Path
+    out: Path  # the prepared folder
+
+
+@dataclass(frozen=True)
+class PcaPaths:
+    params: Path
+    data: Path  # the prepared folder
+    metrics: Path
+    curve: Path
+    basis: Path
+
+
+@dataclass(frozen=True)
+class SearchPaths:
+    params: Path
+    data: Path
+    models: Path
+    trials: Path
+    metrics: Path
+    study: Path
+
+
+@dataclass(frozen=True)
+class EvaluatePaths:
+    params: Path
+    data: Path
+    models: Path
+    study: Path
+    basis: Path
+    out: Path  # evaluation.json
+    per_example: Path
+
+
+@dataclass(frozen=True)
+class ReportPaths:
+    params: Path
+    data: Path
+    evaluation: Path
+    per_example: Path
+    trials: Path
+    pca_metrics: Path
+    study: Path
+    models: Path
+    basis: Path
+    out: Path  # the reports folder
+
 
 
 @dataclass(frozen=True)

@@ -12,11 +12,21 @@ import json
 import shutil
 import sys
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, fields
+from dataclasses import fields
 from pathlib import Path
 
 from latentstudy import config
 from latentstudy.config import StudyError
+from latentstudy.contracts import (
+    EvaluatePaths,
+    Inputs,
+    PcaPaths,
+    PreparePaths,
+    ReportPaths,
+    Searched,
+    SearchPaths,
+    read_json,
+)
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -43,59 +53,6 @@ def outputs(*paths: Path) -> Iterator[None]:
             elif path.exists():
                 path.unlink()
         raise
-
-
-# --- each stage's paths, as dvc.yaml gives them (--name per field, dashes for underscores) -------
-
-
-@dataclass(frozen=True)
-class PreparePaths:
-    params: Path
-    out: Path  # the prepared folder
-
-
-@dataclass(frozen=True)
-class PcaPaths:
-    params: Path
-    data: Path  # the prepared folder
-    metrics: Path
-    curve: Path
-    basis: Path
-
-
-@dataclass(frozen=True)
-class SearchPaths:
-    params: Path
-    data: Path
-    models: Path
-    trials: Path
-    metrics: Path
-    study: Path
-
-
-@dataclass(frozen=True)
-class EvaluatePaths:
-    params: Path
-    data: Path
-    models: Path
-    study: Path
-    basis: Path
-    out: Path  # evaluation.json
-    per_example: Path
-
-
-@dataclass(frozen=True)
-class ReportPaths:
-    params: Path
-    data: Path
-    evaluation: Path
-    per_example: Path
-    trials: Path
-    pca_metrics: Path
-    study: Path
-    models: Path
-    basis: Path
-    out: Path  # the reports folder
 
 
 def parse_paths(kind: type, description: str, script: str, tracked: bool = False):
@@ -204,15 +161,13 @@ def search(paths: SearchPaths, root: Path, tracking: str | None) -> None:
     # The search decides which sizes to add with the report's rule, on validation.
     rule = Rule(rep.purpose, rep.tolerance, rep.bootstrap, study.seed, ev.iwae_samples, ev.probe_max_train)
     with outputs(paths.models, paths.trials, paths.metrics, paths.study):
-        coordinator.run(study, cfg, prepared, root, paths.models, paths.trials, paths.metrics, paths.study, tracking,
-                        rule)
+        coordinator.run(study, cfg, paths, root, tracking, rule)
 
 
 def evaluate(paths: EvaluatePaths) -> dict:
     from latentstudy import data
     from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
-    from latentstudy.contracts import Searched
 
     cfg = config.load_section(paths.params, "evaluate")
     searched = Searched.load(paths.study)
@@ -234,7 +189,6 @@ def report(paths: ReportPaths, tracking: str | None) -> None:
     from latentstudy import data, recommend, report as rep
     from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
-    from latentstudy.contracts import Inputs, Searched, read_json
     from latentstudy.tracking import require_reachable
 
     cfg = config.load_section(paths.params, "report")

@@ -33,3 +33,26 @@ def load_summary(prepared: Path) -> dict:
     if not path.is_file():
         raise StudyError(f"{path}: not found; run the prepare stage first (dvc repro)")
     return json.loads(path.read_text())
+
+
+class Prepared:
+    """The prepared folder, each file read at most once: what one process of a stage reads from it
+    (the search's coordinator reads the summary, the splits for its validation pass, a lost
+    model's retraining and the MLflow figures from here)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._summary: dict | None = None
+        self._splits: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
+
+    @property
+    def summary(self) -> dict:
+        if self._summary is None:
+            self._summary = load_summary(self.path)
+        return self._summary
+
+    def split(self, name: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(x, y or None) of one split."""
+        if name not in self._splits:
+            self._splits[name] = load_split(self.path, name)
+        return self._splits[name]

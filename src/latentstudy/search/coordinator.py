@@ -19,10 +19,12 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyConfig, StudyError
+from latentstudy.contracts import SearchPaths
+from latentstudy.data import Prepared
 from latentstudy.search import budget, devices, keys, runs, weights
 from latentstudy.search.outputs import best_trials, model_trials, write_outputs
 from latentstudy.search.plan import (
@@ -302,17 +304,31 @@ def replicate(plan: Plan, replicates: int, storage, run_phase, validation=None) 
             return plan
 
 
-def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, models_dir: Path,
-        trials_csv: Path, metrics_json: Path, study_json: Path, tracking: str | None, rule) -> Plan:
+@dataclass(frozen=True)
+class SearchRun:
+    """What every phase of one search stage shares: its settings, files, data and stores."""
+
+    study: StudyConfig
+    search: SearchConfig
+    rule: object  # validation.Rule: the report's rule, applied on validation
+    paths: SearchPaths
+    data: Prepared
+    store: Path  # .latentstudy: the journal, checkpoints, scratch
+    url: str  # the Optuna storage's
+    storage: object
+    tracker: object | None
+
+
+def run(study: StudyConfig, search: SearchConfig, paths: SearchPaths, root: Path, tracking: str | None,
+        rule) -> Plan:
     """The search stage: plan, create stores, run workers phase by phase (grid, refinement,
     replicates), write the best and replicate models and the tables. rule: validation.Rule.
     The caller has checked that the tracking server answers."""
-    from latentstudy import data
     from latentstudy.tracking import Tracker, experiment_name
 
-    summary = data.load_summary(prepared)
+    prepared = Prepared(paths.data)
     store = root / ".latentstudy"
-    plan = make_plan(study, search, summary, experiment_name(summary))
+    plan = make_plan(study, search, prepared.summary, experiment_name(prepared.summary))
     url = storage_url(search, store)
     storage = open_storage(url, search.heartbeat_seconds, tracking)
     tracker = Tracker(tracking) if tracking else None
@@ -321,22 +337,23 @@ def run(study: StudyConfig, search: SearchConfig, prepared: Path, root: Path, mo
         plan = runs.open_study_run(plan, tracker, params)
     create_studies(plan, storage)
     runs.tidy_earlier(plan, storage, tracker, tracking, url.startswith("journal:"))
+    ctx = SearchRun(study, search, rule, paths, prepared, store, url, storage, tracker)
     with runs.parent_run_ends(tracker, plan.parent_run_id) if tracker else contextlib.nullcontext():
         if tracker:
             runs.restore(plan, snapshot(plan, storage), tracker)
-        plan = search_and_write(plan, storage, url, tracker, study, search, rule, prepared, store, models_dir,
-                                trials_csv, metrics_json, study_json)
+        plan = search_and_write(ctx, plan)
     return plan
 
 
-def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig, search: SearchConfig, rule,
-                     prepared: Path, store: Path, models_dir: Path, trials_csv: Path, metrics_json: Path,
-                     study_json: Path) -> Plan:
+def search_and_write(ctx: SearchRun, plan: Plan) -> Plan:
+    """Every phase (see the module's docstring), then the stage's outputs. Its phases close over
+    run_phase and checkpoint, which is why it is one function of some length."""
     from latentstudy.search.validation import Validation
 
+    search, storage, tracker = ctx.search, ctx.storage, ctx.tracker
     slots = devices.worker_slots(search.device, search.workers_per_device, search.cpu_workers)
-    checkpoints = store / "checkpoints"
-    scratch = store / "scratch"
+    checkpoints = ctx.store / "checkpoints"
+    scratch = ctx.store / "scratch"
 
     def run_phase(plan: Plan, enqueue: dict[str, list]) -> None:
         import optuna
@@ -346,7 +363,7 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
             target = optuna.load_study(study_name=name, storage=storage)
             for params, attrs in trials:
                 enqueue_once(target, params, attrs)
-        coordinate(plan, storage, url, tracker.uri if tracker else None, prepared, checkpoints, slots)
+        coordinate(plan, storage, ctx.url, tracker.uri if tracker else None, ctx.paths.data, checkpoints, slots)
 
     def checkpoint(unit: Unit, trial) -> Path:
         # Usually on this disk: ask MLflow for the runs only when it is not. Weights lost here are
@@ -356,7 +373,7 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
             return on_disk
         snap = snapshot(plan, storage)
         kept = model_trials(snap)
-        found = weights.gather(plan, kept, runs.restore(plan, snap, tracker) if tracker else {}, tracker, prepared,
+        found = weights.gather(plan, kept, runs.restore(plan, snap, tracker) if tracker else {}, tracker, ctx.data,
                                scratch)
         return next(found[key] for key, (u, t) in kept.items() if (u.study_name, t.number) == (unit.study_name,
                                                                                              trial.number))
@@ -369,8 +386,8 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
     # Refinement, more budget and replicates by answer off: no validation pass, so the splits are
     # not loaded for nothing.
     by_answer = search.replicates > 0 and search.replicate_sizes == "answer"
-    needed = study.refine_max or search.reinforce or by_answer
-    validation = Validation(prepared, storage, checkpoint, rule) if needed else None
+    needed = ctx.study.refine_max or search.reinforce or by_answer
+    validation = Validation(ctx.data, storage, checkpoint, ctx.rule) if needed else None
 
     def settle(plan: Plan) -> Plan:
         # Before the rule looks: more trials where a model lags its simpler reference, then the
@@ -379,19 +396,25 @@ def search_and_write(plan: Plan, storage, url: str, tracker, study: StudyConfig,
             plan = budget.reinforce(plan, validation, run_phase)
         return replicate(plan, search.replicates, storage, run_phase, validation if by_answer else None)
 
-    plan = refine(settle(plan), search, study.refine_max, validation, run_phase, settle)
+    plan = refine(settle(plan), search, ctx.study.refine_max, validation, run_phase, settle)
+    write_stage_outputs(ctx, plan, scratch)
+    return plan
+
+
+def write_stage_outputs(ctx: SearchRun, plan: Plan, scratch: Path) -> None:
+    """The kept models, trials.csv, metrics.json and study.json; in MLflow the kept models and the
+    runs in step with the storage."""
+    storage, tracker = ctx.storage, ctx.tracker
     snap = snapshot(plan, storage)
     for line in shortfalls(snap):  # once, after the last phase
         print(line, flush=True)
     missing = [u.study_name for u, t in snap if counts(t)["COMPLETE"] == 0 and u.phase != REPLICATE]
     run_of = runs.restore(plan, snap, tracker) if tracker else {}
-    found = weights.gather(plan, model_trials(snap), run_of, tracker, prepared, scratch)
-    best = write_outputs(plan, snap, url, plan.experiment_id, models_dir, trials_csv, metrics_json, study_json, found,
-                         run_of)
+    found = weights.gather(plan, model_trials(snap), run_of, tracker, ctx.data, scratch)
+    best = write_outputs(plan, snap, ctx.url, plan.experiment_id, ctx.paths, found, run_of)
     if tracker:
-        runs.log_models(tracker, snap, best, run_of, prepared, scratch)
+        runs.log_models(tracker, snap, best, run_of, ctx.data, scratch)
         runs.reconcile(tracker, plan.experiment_id, plan.prefix, snap)
     shutil.rmtree(scratch, ignore_errors=True)
     for name in missing:
         print(f"[search] warning: {name} has no finished trial; it is left out of the models", flush=True)
-    return plan

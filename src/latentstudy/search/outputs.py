@@ -12,7 +12,7 @@ import shutil
 from pathlib import Path
 
 from latentstudy.config import ARMS
-from latentstudy.contracts import KeptModel, ReplicateReason, Searched, SearchedSize
+from latentstudy.contracts import KeptModel, ReplicateReason, Searched, SearchedSize, SearchPaths
 from latentstudy.search import keys
 from latentstudy.search.plan import ADDED, REPLICATE, Plan, Unit, counts, sizes
 from latentstudy.search.store import redact
@@ -114,11 +114,13 @@ def model_trials(snap: list) -> dict[tuple[int, str, int, int], tuple[Unit, obje
     return out
 
 
-def write_outputs(plan: Plan, snap: list, url: str, experiment_id: str | None, models_dir: Path, trials_csv: Path,
-                  metrics_json: Path, study_json: Path, weights: dict[tuple[int, str, int, int], Path],
+def write_outputs(plan: Plan, snap: list, url: str, experiment_id: str | None, paths: SearchPaths,
+                  weights: dict[tuple[int, str, int, int], Path],
                   runs: dict[int, str]) -> dict[tuple[int, str], tuple[object, Path]]:
-    """weights: a checkpoint file for every key of model_trials(snap); runs: {trial id: MLflow run}.
-    Returns each size and arm's best (trial, model file) for runs.log_models."""
+    """The models folder, trials.csv, metrics.json and study.json (paths: the stage's). weights: a
+    checkpoint file for every key of model_trials(snap); runs: {trial id: MLflow run}. Returns each
+    size and arm's best (trial, model file) for runs.log_models."""
+    models_dir, trials_csv, metrics_json, study_json = paths.models, paths.trials, paths.metrics, paths.study
     import pandas as pd
 
     from latentstudy import models

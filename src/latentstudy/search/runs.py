@@ -15,6 +15,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from latentstudy.config import StudyError
+from latentstudy.data import Prepared
 from latentstudy.search import keys
 from latentstudy.search.plan import Plan, Unit, arm_objective
 from latentstudy.search.store import load_plan, process_alive, process_id, reap_earlier, redact, snapshot
@@ -142,15 +143,15 @@ def tidy_earlier(plan: Plan, storage, tracker, tracking: str | None, single_host
 
 
 def log_models(tracker, snap: list, best: dict[tuple[int, str], tuple[object, Path]], run_of: dict[int, str],
-               prepared: Path, scratch: Path) -> None:
+               prepared: Prepared, scratch: Path) -> None:
     """In each size and arm's best run (best: (trial, model file), outputs.write_outputs): the model
     file, its reconstructions of validation examples, and the tag best_of_size; in every run outside
     the grid (the default), its phase."""
-    from latentstudy import data, figures, models
+    from latentstudy import figures, models
     from latentstudy.search.plan import GRID
 
-    image_shape = data.load_summary(prepared)["image_shape"]
-    x_val = data.load_split(prepared, "val")[0][:8]
+    image_shape = prepared.summary["image_shape"]
+    x_val = prepared.split("val")[0][:8]
     for (k, arm), (trial, path) in sorted(best.items()):
         run_id = run_of.get(trial._trial_id)
         if run_id is None:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from latentstudy import evaluate, pca, recommend
+from latentstudy.data import Prepared
 from latentstudy.search import keys
 from latentstudy.search.outputs import best_trials, model_trials
 from latentstudy.search.plan import REPLICATE, Plan, Unit
@@ -37,13 +38,11 @@ class Rule:
 class Validation:
     """Per-example validation values of the search's best models, cached per trial."""
 
-    def __init__(self, prepared: Path, storage, checkpoint: Callable[[Unit, object], Path], rule: Rule):
+    def __init__(self, prepared: Prepared, storage, checkpoint: Callable[[Unit, object], Path], rule: Rule):
         """checkpoint(unit, trial): the trial's weights file, wherever they are (search.weights)."""
-        from latentstudy import data
-
         self.storage, self.checkpoint, self.rule = storage, checkpoint, rule
-        x_train, y_train = data.load_split(prepared, "train")
-        self.x_val, y_val = data.load_split(prepared, "val")
+        x_train, y_train = prepared.split("train")
+        self.x_val, y_val = prepared.split("val")
         self.basis = pca.fit(x_train)  # as the pca stage fits it: the reference code of every size
         self.probe = evaluate.probe_data(x_train, y_train, y_val, rule.probe_max_train, rule.seed)
         self.classes = None if self.probe is None else len(np.unique(y_train))

@@ -12,12 +12,13 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from latentstudy.data import Prepared
 from latentstudy.search import keys
 from latentstudy.search.plan import Plan, Unit, arm_objective
 
 
-def gather(plan: Plan, kept: dict[tuple, tuple[Unit, object]], runs: dict[int, str], tracker, prepared: Path,
-           scratch: Path) -> dict[tuple, Path]:
+def gather(plan: Plan, kept: dict[tuple, tuple[Unit, object]], runs: dict[int, str], tracker,
+           prepared: Prepared, scratch: Path) -> dict[tuple, Path]:
     """{key: a checkpoint file of its trial} for kept = {key: (unit, trial)}, retraining what is lost."""
     found, lost = {}, []
     for key, (unit, trial) in kept.items():
@@ -31,7 +32,7 @@ def gather(plan: Plan, kept: dict[tuple, tuple[Unit, object]], runs: dict[int, s
         many = len(lost) != 1
         print(f"[search] {len(lost)} kept trial{'s' * many} lost {'their' if many else 'its'} weights (no checkpoint "
               f"on disk or in MLflow): {names}; retraining from the recorded beta, lr and seed", flush=True)
-        data = _splits(prepared)
+        data = {split: prepared.split(split)[0] for split in ("train", "val")}
         for i, (key, unit, trial) in enumerate(lost, 1):
             found[key] = retrain(plan, unit, trial, data, scratch / unit.study_name, tracker, runs.get(trial._trial_id))
             print(f"[search] retrained {i}/{len(lost)}: k={unit.latent_dim} {unit.arm} trial {trial.number}",
@@ -47,12 +48,6 @@ def find(trial, run_id: str | None, tracker, scratch: Path) -> Path | None:
     if tracker is None or run_id is None:
         return None
     return tracker.download(run_id, f"checkpoint/{path.name}", scratch)
-
-
-def _splits(prepared: Path) -> dict:
-    from latentstudy import data
-
-    return {split: data.load_split(prepared, split)[0] for split in ("train", "val")}
 
 
 def retrain(plan: Plan, unit: Unit, trial, splits: dict, scratch: Path, tracker, run_id: str | None) -> Path:
