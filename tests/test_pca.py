@@ -77,3 +77,13 @@ def test_save_load_round_trip(digits, tmp_path):
     again = pca.load(tmp_path / "b.npz")
     np.testing.assert_array_equal(again.components, basis.components)
     assert again.total_variance == basis.total_variance
+
+
+def test_residuals_are_each_examples_error_after_k_components(digits):
+    basis = pca.fit(digits[:1000])
+    residuals, total = pca.residuals(basis, digits[1000:])
+    assert residuals.shape == (797, basis.n_components) and total.shape == (797,)
+    for k in (1, 8, 30):  # the same as reconstructing with k components, example by example
+        each = ((digits[1000:] - pca.reconstruct(basis, digits[1000:], k)) ** 2).sum(axis=1)
+        np.testing.assert_allclose(residuals[:, k - 1], each, rtol=1e-6, atol=1e-8)
+    assert (np.diff(residuals, axis=1) <= 1e-9).all() and (residuals[:, 0] <= total).all()

@@ -68,6 +68,14 @@ def components_for(basis: PCABasis, target: float) -> int:
     return int(hit[0]) + 1 if len(hit) else basis.n_components
 
 
+def residuals(basis: PCABasis, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, components) squared residual of each example after its first 1, 2, ... components, and
+    (n,) its total squared deviation from the mean: what explained-variance intervals resample."""
+    centred = np.asarray(x, dtype=np.float64) - basis.mean
+    total = (centred**2).sum(axis=1)
+    return np.maximum(total[:, None] - np.cumsum((centred @ basis.components.T) ** 2, axis=1), 0.0), total
+
+
 def errors(x: np.ndarray, x_hat: np.ndarray) -> dict[str, float]:
     """Reconstruction errors per example: squared error (summed and per pixel) and Bernoulli BCE."""
     x = np.asarray(x, dtype=np.float64)

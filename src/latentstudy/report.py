@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from latentstudy import figures, gallery, page, stats
+from latentstudy import figures, gallery, page, pca, stats
 from latentstudy.config import ARMS, StudyError
 from latentstudy.contracts import Inputs
 from latentstudy.recommend import (
@@ -118,8 +118,8 @@ def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[i
                             arrays[key])
     codes = {row["latent_dim"]: row["code"]["code"] for row in inp.evaluation["rows"] if "code" in row}
     if purpose.name == "reconstruction" and "pca" in codes.values():  # the better code, chosen on validation
-        pca = dict(zip(arrays["pca_latent_dim"].tolist(), arrays["pca_sse_per_image"]))
-        picks, others = with_better_code(picks, others, pca, codes)
+        pca_sse = dict(zip(arrays["pca_latent_dim"].tolist(), arrays["pca_sse_per_image"]))
+        picks, others = with_better_code(picks, others, pca_sse, codes)
         excluded = {k: why for k, why in excluded.items() if codes.get(k) != "pca"}
     return picks, others, excluded
 
@@ -167,10 +167,7 @@ def cross_checks(cfg, inp: Inputs, main: Answer, seed: int) -> Checks:
     at = vae_rows.get(main.k) or {}
     active = [m["active_units"] for m in at.get("models", []) if m.get("flag") is None and "active_units" in m]
     sane = [r["active_units"] for r in vae_rows.values() if r.get("flag") is None and "active_units" in r]
-    basis = inp.pca_basis
-    centred = np.asarray(inp.x_test, dtype=np.float64) - basis.mean
-    total = (centred**2).sum(axis=1)
-    residuals = np.maximum(total[:, None] - np.cumsum((centred @ basis.components.T) ** 2, axis=1), 0.0)
+    residuals, total = pca.residuals(inp.pca_basis, inp.x_test)
     targets = [float(t) for t in inp.pca_metrics["components_for_variance"]]
     return Checks(knee_k, knee_shares, knee_likely, active, max(sane) if sane else None,
                   inp.summary.get("intrinsic_dim") or {}, pca_components(residuals, total, targets, cfg.bootstrap, seed))
