@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from latentstudy import evaluate, models, pca, train
-from latentstudy.config import TrainConfig
+from latentstudy.config import EvaluateConfig, TrainConfig
 from latentstudy.contracts import KeptModel, SearchedSize
 
 
@@ -123,8 +123,9 @@ def test_run_keeps_every_model_per_example_and_averages_the_sane_replicates(trai
     kept = [KeptModel(4, "vae", "k4-vae-t1.pt", rank=1, replicate=0, objective=30.0),
             KeptModel(4, "vae", "k4-vae-r1.pt", rank=0, replicate=1, objective=29.5),
             KeptModel(4, "vae", "k4-vae.pt", rank=0, replicate=0, objective=29.0)]
-    result, arrays = evaluate.run(sizes, kept, tmp_path, pca.fit(x[:300]), x[:300], labels[:300], x[300:], x[300:],
-                                  labels[300:], samples=4, probe_max_train=100, seed=0, log=lambda line: None)
+    basis, cfg = pca.fit(x[:300]), EvaluateConfig(iwae_samples=4, probe_max_train=100, seed=0)
+    test = evaluate.on_split(basis, x[:300], labels[:300], x[300:], labels[300:], cfg)
+    result, arrays = evaluate.run(sizes, kept, tmp_path, basis, test, x[300:], log=lambda line: None)
     rows = {r["latent_dim"]: r for r in result["rows"]}
     assert rows[2]["vae"] is None and rows[2]["ae"] is None and rows[2]["pca"]["sse_per_image"] > 0
     assert rows[2]["code"]["code"] == "pca" and "ae_val_sse_per_image" not in rows[2]["code"]  # no autoencoder

@@ -219,6 +219,14 @@ class Evaluator:
         return values, mu, per_unit, flag(means, self.base, model.spec.likelihood, pca_sse)
 
 
+def on_split(basis: pca_mod.PCABasis, x_train: np.ndarray, y_train: np.ndarray | None, x: np.ndarray,
+             y: np.ndarray | None, cfg) -> Evaluator:
+    """The evaluator of one split against the training split (basis: its PCA, whose mean is the
+    trivial model's); cfg: the evaluate section (iwae_samples, probe_max_train, seed)."""
+    probe = probe_data(x_train, y_train, y, cfg.probe_max_train, cfg.seed)
+    return Evaluator(x, baseline(basis.mean, x), cfg.iwae_samples, cfg.seed, probe)
+
+
 # --- the better code at each size -----------------------------------------------------------------
 
 
@@ -317,15 +325,13 @@ def evaluate_pca(basis: pca_mod.PCABasis, x_test: np.ndarray, k: int, probe: tup
     return out, values
 
 
-def run(sizes: list[SearchedSize], models: list[KeptModel], models_dir: Path, basis: pca_mod.PCABasis, x_train: np.ndarray,
-        y_train: np.ndarray | None, x_val: np.ndarray, x_test: np.ndarray, y_test: np.ndarray | None, samples: int,
-        probe_max_train: int, seed: int, log=print) -> tuple[dict, dict[str, np.ndarray]]:
+def run(sizes: list[SearchedSize], models: list[KeptModel], models_dir: Path, basis: pca_mod.PCABasis,
+        test: Evaluator, x_val: np.ndarray, log=print) -> tuple[dict, dict[str, np.ndarray]]:
     """Evaluate every searched size (sizes: the search's, with why each was searched) and every
-    model (models: the search's list of checkpoints), and pick each size's better code (autoencoder
-    or PCA) on the validation split x_val. Returns evaluation.json and the npz arrays."""
-    probe = probe_data(x_train, y_train, y_test, probe_max_train, seed)
-    base = baseline(basis.mean, x_test)
-    test = Evaluator(x_test, base, samples, seed, probe)
+    model (models: the search's list of checkpoints) on the test split (test: on_split's), and pick
+    each size's better code (autoencoder or PCA) on the validation split x_val. Returns
+    evaluation.json and the npz arrays."""
+    x_test, probe, seed, base = test.x, test.probe, test.seed, test.base
     rows, arrays = [], {"baseline_sse_per_image": example_errors(x_test, np.broadcast_to(basis.mean, x_test.shape))[
         "sse_per_image"]}
     stacks: dict[str, dict[str, list]] = {arm: {} for arm in ("pca", *ARMS)}

@@ -176,8 +176,8 @@ def evaluate(paths: EvaluatePaths) -> dict:
     x_test, y_test = data.load_split(paths.data, "test")
     basis = pca_mod.load(paths.basis)
     with outputs(paths.out, paths.per_example):
-        result, arrays = evaluate_mod.run(searched.sizes, searched.models, paths.models, basis, x_train, y_train,
-                                          x_val, x_test, y_test, cfg.iwae_samples, cfg.probe_max_train, cfg.seed)
+        test = evaluate_mod.on_split(basis, x_train, y_train, x_test, y_test, cfg)
+        result, arrays = evaluate_mod.run(searched.sizes, searched.models, paths.models, basis, test, x_val)
         write_json(paths.out, result)
         evaluate_mod.save_per_example(paths.per_example, arrays)
     return result
