@@ -62,7 +62,7 @@ def importances(trials: pd.DataFrame) -> dict[int, dict[str, float]]:
 
 
 def draw(inp: Inputs, table: pd.DataFrame, k: int, cfg, fig_dir: Path, add) -> dict[int, AutoEncoder]:
-    """Every figure drawn from the trials and the models; add(file, title, caption) lists each.
+    """Every figure drawn from the trials and the models; add(file, **title values) lists each.
     k: the size whose VAE the interpolations and traversals show. Returns the VAEs by size
     (for the explorer). Image figures become line plots for vector data."""
     from latentstudy import pca as pca_mod
@@ -77,14 +77,10 @@ def draw(inp: Inputs, table: pd.DataFrame, k: int, cfg, fig_dir: Path, add) -> d
     have_trials = len(figures.finished_vae(inp.trials)) > 0
     if have_trials:
         figures.rate_distortion(inp.trials, fig_dir / "rate_distortion.png")
-        add("rate_distortion.png", "Rate-distortion plane",
-            "Each point is a finished VAE trial (validation split). Along the front, lower distortion costs "
-            "rate; points with equal ELBO can sit far apart on it (Alemi et al. 2018).")
+        add("rate_distortion.png")
     if table["vae_active_units"].notna().any():
         figures.active_units(table, fig_dir / "active_units.png")
-        add("active_units.png", "Active units",
-            "Where the line falls below the dotted identity, the VAE switched units off (posterior collapse "
-            "of those units): that part of k is wasted capacity.")
+        add("active_units.png")
     rows, labels = [x], ["input"]
     for size in ks:
         if size in vae:
@@ -96,31 +92,23 @@ def draw(inp: Inputs, table: pd.DataFrame, k: int, cfg, fig_dir: Path, add) -> d
         rows.append(pca_mod.reconstruct(inp.pca_basis, x, size))
         labels.append(f"PCA k={size}")
     figures.image_grid(rows, labels, shape, fig_dir / "reconstructions.png")
-    add("reconstructions.png", "Reconstructions",
-        "Test inputs in the first row, then each model's reconstruction at each latent size. Watch where "
-        "details (strokes, thin parts) appear as k grows, and where PCA blurs what the networks keep.")
+    add("reconstructions.png")
     show = sample_dims(sorted(vae), k, cfg.sample_dims)
     if show:
         rows = [decode(vae[s], np.random.default_rng(s).standard_normal((n, s))) for s in show]
         figures.image_grid(rows, [f"VAE k={s}" for s in show], shape, fig_dir / "samples.png")
-        add("samples.png", "Samples from the prior",
-            "Decoded z ~ N(0, I). Sharp, varied samples mean the prior region is well used; blurry or repeated "
-            "ones mean the decoder only learned the posterior's neighbourhood.")
+        add("samples.png")
     best = vae.get(k)
     if best is not None and len(inp.x_test) >= 6:
         pairs = [(int(a), int(b)) for a, b in rng.choice(len(inp.x_test), size=(3, 2), replace=False)]
         figures.image_grid(interpolation_rows(best, inp.x_test, pairs), [f"pair {i + 1}" for i in range(3)], shape,
                            fig_dir / "interpolations.png")
-        add("interpolations.png", f"Interpolations (VAE k={k})",
-            "Each row decodes points on the straight line between mu(x1) and mu(x2). Smooth, plausible "
-            "in-between images mean the latent space is continuous.")
+        add("interpolations.png", k=k)
         kl = evaluation_kl(inp.evaluation, k)
         units = [int(u) for u in np.argsort(kl)[::-1][:6]] if kl else list(range(min(6, k)))
         figures.image_grid(traversal_rows(best, x[0], units), [f"unit {u}" for u in units], shape,
                            fig_dir / "traversals.png")
-        add("traversals.png", f"Latent traversals (VAE k={k})",
-            "One row per latent unit (highest KL first): the unit sweeps from -3 to 3 while the others stay at "
-            "mu of one test image. Rows that do not change are inactive units.")
+        add("traversals.png", k=k)
     if 2 in ks and (2 in vae or 2 in ae):
         codes = {}
         if 2 in ae:
@@ -128,20 +116,14 @@ def draw(inp: Inputs, table: pd.DataFrame, k: int, cfg, fig_dir: Path, add) -> d
         if 2 in vae:
             codes["VAE, k=2 (mu)"] = latents(vae[2], inp.x_test)
         figures.latent_scatter(codes, inp.y_test, fig_dir / "latent_2d.png")
-        add("latent_2d.png", "The 2-D latent space",
-            "Test set codes coloured by label. The autoencoder spreads out freely; the VAE's KL term packs the "
-            "codes into the unit ball (dashed) around the prior.")
+        add("latent_2d.png")
     if have_trials:
         figures.optimisation_history(inp.trials, fig_dir / "optuna_history.png")
-        add("optuna_history.png", "Optuna optimisation history",
-            "Validation objective of each finished VAE trial, per latent size; the line is the best so far. "
-            "A line still falling at the end means more trials could help.")
+        add("optuna_history.png")
         imp = importances(inp.trials)
         if imp:
             figures.param_importances(imp, fig_dir / "param_importances.png")
-            add("param_importances.png", "Hyperparameter importances",
-                "fANOVA importance of beta and the learning rate for the validation objective at each size "
-                "(few trials make this rough).")
+            add("param_importances.png")
     return vae
 
 

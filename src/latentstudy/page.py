@@ -15,8 +15,9 @@ import pandas as pd
 from latentstudy.contracts import Inputs, Searched
 from latentstudy.data.scaling import in_unit_interval, settings as scaling_settings
 from latentstudy.models import choose_likelihood
-from latentstudy.recommend import RULE, Recommendation, fmt
+from latentstudy.recommend import Recommendation, fmt
 from latentstudy.stats import SET_NAME
+from latentstudy.text import RULE
 
 CSS = """
 body{font:15px/1.5 system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#1d232a;background:#f6f7f9}

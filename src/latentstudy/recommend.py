@@ -48,21 +48,6 @@ PURPOSES = {
                               "probe accuracy", "", higher_is_better=True),
 }
 
-RULE = ("For each purpose the criterion is measured on every test example at every latent size. Each of "
-        "{draws} bootstrap draws resamples three things: the test examples (the same resample for every size, "
-        "so hard examples are hard at every size), each size's seed replicates, and the search itself (each "
-        "size's trials are resampled and the one with the best validation objective taken, as the search did, "
-        "so the beta and lr a rerun might have drawn are in the interval). A size's value is the mean over its "
-        "best configuration's seed replicates when every size has them; otherwise the search's pick, with the "
-        "seed spread added to its interval. The spread of the resampled values is each size's standard error "
-        "(SE), and the spread of its difference to the best size is the SE of that difference. The answer is "
-        "the smallest k that is worse than the best by no more than one SE of their difference{margin}: the "
-        "simplest model the data cannot tell from the best (the one-standard-error rule). Stability is how "
-        f"often the same rule picks each k across the resamples; the {stats.SET_NAME} holds the sizes it picks in "
-        f"{stats.SET_LEVEL:.0%} of them. The search applied the same rule to the validation split to decide which sizes to add; the "
-        "numbers here are on the test split only.")
-
-
 def unavailable(purpose: str, has_model: bool, has_labels: bool, classes: int | None = None) -> str | None:
     """Why a purpose cannot be answered for this study, or None. classes: how many classes the
     labels have, when known (a probe needs two)."""

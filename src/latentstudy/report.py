@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from latentstudy import figures, gallery, page, pca, stats
+from latentstudy import figures, gallery, page, pca, text
 from latentstudy.config import ARMS, StudyError
 from latentstudy.contracts import Inputs
 from latentstudy.recommend import (
@@ -254,22 +254,13 @@ def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dic
     fig_dir.mkdir(parents=True)
     figs = []
 
-    def add(name: str, title: str, caption: str) -> None:
-        figs.append((fig_dir / name, title, caption))
+    def add(name: str, **values) -> None:
+        figs.append((fig_dir / name, *text.figure(name, **values)))
 
     main_figure(rec, table, added_sizes(inp.evaluation), fig_dir / "answers.png")
-    add("answers.png", "The criteria against latent size",
-        "One panel per purpose: the mean over test examples of each size's model (the mean over its seed "
-        "replicates when every size has them; else the search's pick), with its 95% bootstrap interval, which "
-        "also resamples the seeds and the search's trials at that size. The rule compares sizes by their paired "
-        "differences (recommendation.json has them). The dashed line is the chosen k, the band the "
-        f"sizes the rule picks in {stats.SET_LEVEL:.0%} of resamples; hollow red markers are sizes the search added (above or "
-        "between grid points).")
+    add("answers.png")
     figures.distortion_curves(table, rec.latent_dim, fig_dir / "distortion.png")
-    add("distortion.png", "Distortion against latent size",
-        "Squared error of every model, and the VAE's distortion, rate and bounds. PCA is the best linear code; "
-        "the gap to the autoencoder and VAE is what nonlinearity buys. The VAE's D alone is not comparable "
-        "across k (each k has its own beta); the IWAE bound is.")
+    add("distortion.png")
     vae_k = rec.answers["generation"].k or rec.latent_dim
     vae = gallery.draw(inp, table, vae_k, cfg, fig_dir, add)
     staged["html"].write_text(page.page(cfg, inp, table, rec, figs, explorer_section(vae, vae_k, inp)))
