@@ -176,14 +176,19 @@ def test_replicates_go_where_they_could_move_an_answer():
     assert got[(8, "vae")] == "could move the answer on validation (generation: its chosen size)"
 
 
+def create_and_enqueue(storage, plan, enqueue: dict) -> None:
+    """What the coordinator's run_phase does before the workers start."""
+    store.create_studies(plan, storage)
+    for name, items in enqueue.items():
+        for params, attrs in items:
+            coordinator.enqueue_once(optuna.load_study(study_name=name, storage=storage), params, attrs)
+
+
 def train_everything(storage):
     """run_phase as a worker does it, instantly: each grid unit one finished trial (value = its
     size), each replicate unit its waiting seeds."""
     def run_phase(plan, enqueue):
-        store.create_studies(plan, storage)
-        for name, items in enqueue.items():
-            for params, attrs in items:
-                coordinator.enqueue_once(optuna.load_study(study_name=name, storage=storage), params, attrs)
+        create_and_enqueue(storage, plan, enqueue)
         for unit in plan.units:
             study = optuna.load_study(study_name=unit.study_name, storage=storage)
             waiting = sum(t.state.name == "WAITING" for t in study.get_trials())
@@ -483,10 +488,7 @@ def fake_training(storage, ran: list):
     dists = {"beta": FloatDistribution(0.1, 10, log=True), "lr": FloatDistribution(1e-5, 1.0, log=True)}
 
     def run_phase(plan, enqueue):
-        store.create_studies(plan, storage)
-        for name, items in enqueue.items():
-            for params, attrs in items:
-                coordinator.enqueue_once(optuna.load_study(study_name=name, storage=storage), params, attrs)
+        create_and_enqueue(storage, plan, enqueue)
         for unit in plan.units:
             study = optuna.load_study(study_name=unit.study_name, storage=storage)
             if not [t for t in study.get_trials() if t.state.name == "COMPLETE"]:
