@@ -61,6 +61,8 @@ def importances(trials: pd.DataFrame) -> dict[int, dict[str, float]]:
     return out
 
 
+# Over 50 lines on purpose: one figure after another, each a few lines with its condition; split,
+# the conditions would be scattered over as many functions.
 def draw(inp: Inputs, table: pd.DataFrame, k: int, cfg, fig_dir: Path, add) -> dict[int, AutoEncoder]:
     """Every figure drawn from the trials and the models; add(file, **title values) lists each.
     k: the size whose VAE the interpolations and traversals show. Returns the VAEs by size

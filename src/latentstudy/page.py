@@ -202,6 +202,7 @@ def settings_of(cfg, inp: Inputs) -> dict:
             "report": {"purpose": cfg.purpose, "tolerance": cfg.tolerance, "bootstrap": cfg.bootstrap}}
 
 
+# Over 50 lines on purpose: most of it is the page's HTML template, read top to bottom as it renders.
 def page(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, figs: list, explorer: str) -> str:
     s = inp.summary
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")

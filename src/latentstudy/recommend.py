@@ -233,6 +233,8 @@ def worse_than_smaller(curves: dict[int, np.ndarray]) -> dict[int, tuple[int, fl
     return out
 
 
+# Nine parameters on purpose: the curve and its exclusions, the report's rule settings (draws, seed,
+# tolerance), and three optional facts; the search's validation pass and the report call it alike.
 def answer(purpose: Purpose, curves: dict[int, np.ndarray], excluded: dict[int, str], draws: int, seed: int,
            tolerance: float, missing: str | None = None, input_dim: int | None = None,
            others: dict[int, np.ndarray] | None = None) -> Answer:

@@ -267,6 +267,9 @@ class _Trainer:
             self.best.index_copy_(0, index, self.stack.params.index_select(0, index))
 
 
+# More than 7 parameters on purpose: the network, its data and settings, then keyword-only hooks
+# (next member, per epoch, at rungs, when done). The worker, the retraining of lost weights and the
+# tests each plug in other hooks; one object holding them all would hide which ones a caller sets.
 def train_stack(spec: NetSpec, x_train: DeviceSplit | torch.Tensor, x_val: DeviceSplit | torch.Tensor, cfg: TrainConfig, *,
                 objective: str, size: int, next_member: Callable[[], Member | None],
                 on_done: Callable[[TrainResult], None], on_epoch: Callable[[Member, dict], bool] | None = None,
@@ -386,6 +389,7 @@ def _result(slot: _Slot, status: str, reason: str = "", best: dict | None = None
                        still_improving=still_improving)
 
 
+# More than 7 parameters on purpose: one model's beta, lr and seed, keyword-only, as a trial records them.
 def train(model: AutoEncoder, x_train: torch.Tensor, x_val: torch.Tensor, cfg: TrainConfig, *, beta: float,
           lr: float, objective: str, seed: int, on_epoch: Callable[[int, dict], None] | None = None,
           data_order: tuple[int, int] | None = None) -> TrainResult:

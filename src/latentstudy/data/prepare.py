@@ -247,6 +247,7 @@ def split_of_rows(n: int, keep: np.ndarray, parts: dict[str, np.ndarray]) -> np.
     return split_of
 
 
+# Eight parameters on purpose: the pieces prepare.run has computed by then, streamed in one pass.
 def write_splits(out_dir: Path, raw: Raw, lay: layout.Layout, keep: np.ndarray, split_of: np.ndarray,
                  parts: dict[str, np.ndarray], y: np.ndarray | None, scaling: dict) -> np.ndarray:
     """The three split files, streamed in one pass over the source; returns, per prepared

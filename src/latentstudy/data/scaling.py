@@ -69,6 +69,8 @@ def per_feature(mode: str, shared_scale: bool) -> bool:
     return mode in PER_FEATURE or (mode == "auto" and not shared_scale)
 
 
+# Nine parameters on purpose: every fact of the data that prepare gathers in its one pass over the
+# source; a pure function of them, so each rule of the docstring is tested on its own.
 def choose(mode: str, lo: float, hi: float, integral: bool, default_scale: float | None, shared: str | None,
            train: Moments | None, names: list[str] | None, image: bool) -> dict:
     """The fitted scaler and why it was chosen.

@@ -119,6 +119,8 @@ def reap_all(plan: Plan, storage, tracking: str | None, single_host: bool) -> No
         reap_lost(optuna.load_study(study_name=unit.study_name, storage=storage), tracking, single_host)
 
 
+# Eight parameters on purpose: what a worker process is started with (it is another process, so no
+# shared object), and the poll interval tests shorten.
 def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Path, checkpoints: Path,
                slots: list[tuple[str, dict]], poll: float = 2.0) -> None:
     """Run local workers and print progress until every unit is done.

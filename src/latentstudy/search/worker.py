@@ -310,6 +310,7 @@ class Progress:
                   flush=True)
 
 
+# Eight parameters on purpose: the `latentstudy worker --one` command line, one per flag.
 def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, device: str, checkpoints: Path,
                 worker: str, assume_single_host: bool) -> int:
     """Put the data on this worker's device and run stacks until the study's budget is met."""
