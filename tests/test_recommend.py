@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 
-from latentstudy import recommend
+from latentstudy import checks, recommend
 from latentstudy.config import StudyError
-from latentstudy.recommend import PURPOSES, answer, by_size, headline, knee
+from latentstudy.checks import knee
+from latentstudy.recommend import PURPOSES, answer, by_size, headline
 
 
 def planted(means: dict[int, float], n=400, noise=0.2, seed=0, models=1) -> dict[int, np.ndarray]:
@@ -82,7 +83,7 @@ def test_knee_of_a_planted_elbow_and_of_flat_curves():
 def test_knee_stability_over_resampled_curves():
     a = answer(PURPOSES["generation"], planted({1: 10.0, 2: 5.0, 4: 2.0, 8: 1.6, 16: 1.5, 32: 1.45}, noise=0.05),
                {}, 300, 0, 0.0)
-    at, shares, likely = recommend.knee_stability(a.choice)
+    at, shares, likely = checks.knee_stability(a.choice)
     assert at == 4 and shares[4] > 0.9 and likely == [4]
 
 
@@ -91,7 +92,7 @@ def test_pca_components_with_an_interval():
     x = rng.normal(size=(500, 6)) * np.array([5.0, 3.0, 1.0, 0.5, 0.2, 0.1])
     total = (x**2).sum(axis=1)
     residuals = total[:, None] - np.cumsum(x**2, axis=1)
-    got = recommend.pca_components(residuals, total, [0.9, 0.99], 200, 0)
+    got = checks.pca_components(residuals, total, [0.9, 0.99], 200, 0)
     k90, lo, hi = got["0.9"]
     assert k90 == 2 and lo <= 2 <= hi
     assert got["0.99"][0] == 3  # variances 25, 9, 1, ...: 0.708, 0.963, 0.991
@@ -103,9 +104,9 @@ def test_explanation_names_the_rule_numbers_and_the_cross_checks():
                "reconstruction": answer(PURPOSES["reconstruction"], planted({2: 5.0, 4: 3.0, 8: 2.0, 16: 1.0}),
                                         {}, 300, 0, 0.0),
                "representation": answer(PURPOSES["representation"], {}, {}, 300, 0, 0.0, "the data has no labels")}
-    checks = recommend.Checks(4, {4: 0.8, 8: 0.2}, [4, 8], [4, 3], 7, {"twonn": 3.1, "twonn_interval": [2.8, 3.4]},
-                              {"0.9": [7, 6, 8]})
-    rec = recommend.Recommendation(answers, "generation", "report.purpose = auto", checks)
+    found = checks.Checks(4, {4: 0.8, 8: 0.2}, [4, 8], [4, 3], 7, {"twonn": 3.1, "twonn_interval": [2.8, 3.4]},
+                          {"0.9": [7, 6, 8]})
+    rec = recommend.Recommendation(answers, "generation", "report.purpose = auto", found)
     text = recommend.explain(rec, {"vae": [4, 8]}, [8])
     k = rec.latent_dim
     for fragment in (f"generation, k = {k}", "one SE", "Sizes with seed replicates in their interval: 4, 8",

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from latentstudy import config, figures, page, pca, report
+from latentstudy import config, figures, page, pca, recommend, report
 from latentstudy.config import StudyError
 from latentstudy.contracts import Inputs, Searched
 
@@ -82,7 +82,7 @@ def test_html_table_marks_the_answer_the_added_size_and_flagged_models():
 
 def test_answers_come_from_the_per_example_values(tmp_path):
     cfg = config.ReportConfig(bootstrap=200)
-    rec = report.recommendation(cfg, inputs(tmp_path))
+    rec = recommend.recommendation(cfg, inputs(tmp_path))
     assert rec.headline == "generation" and rec.latent_dim == 4
     assert rec.answers["reconstruction"].k == 4  # the autoencoder's error still falls: its best size
     assert rec.answers["representation"].choice is None  # no labels
@@ -98,7 +98,7 @@ def test_answers_come_from_the_per_example_values(tmp_path):
 def test_one_class_labels_say_representation_does_not_apply(tmp_path):
     inp = inputs(tmp_path, ev={**evaluation(), "has_labels": True})
     inp = dataclasses.replace(inp, summary={**inp.summary, "has_labels": True, "class_names": ["only"]})
-    rec = report.recommendation(config.ReportConfig(bootstrap=200), inp)
+    rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inp)
     assert rec.answers["representation"].missing == "not applicable: the labels have one class"
     assert "no answer: not applicable: the labels have one class" in page.answers_html(rec, report.build_table(evaluation()))
 
@@ -113,12 +113,12 @@ def test_other_trials_are_resampled_with_the_search_and_a_flagged_one_is_left_ou
                        ("vae_flagged", [False, False, True])):
         arrays[key] = np.concatenate([arrays[key], extra])
     arrays["vae_iwae_nll_nats"] = np.concatenate([arrays["vae_iwae_nll_nats"], np.stack(rows)])
-    picks, others, _ = report.curves(report.PURPOSES["generation"], inputs(tmp_path, arrays=arrays))
+    picks, others, _ = recommend.curves(recommend.PURPOSES["generation"], inputs(tmp_path, arrays=arrays))
     assert {k: len(v) for k, v in picks.items()} == {2: 1, 4: 1, 8: 1} and len(others[4]) == 2
     assert others[4][0].mean() == pytest.approx(rows[1].mean())  # rank 1 first
     cfg = config.ReportConfig(bootstrap=400)
-    held = report.recommendation(cfg, inputs(tmp_path)).answers["generation"]
-    searched = report.recommendation(cfg, inputs(tmp_path, arrays=arrays)).answers["generation"]
+    held = recommend.recommendation(cfg, inputs(tmp_path)).answers["generation"]
+    searched = recommend.recommendation(cfg, inputs(tmp_path, arrays=arrays)).answers["generation"]
     assert searched.choice.value == held.choice.value and searched.choice.trials == [1, 3, 1]
     assert searched.choice.se[1] > 2 * held.choice.se[1] and searched.choice.se[0] == held.choice.se[0]
     assert searched.to_dict()["curve"][1]["trials"] == 3
@@ -126,7 +126,7 @@ def test_other_trials_are_resampled_with_the_search_and_a_flagged_one_is_left_ou
 
 def test_a_flagged_model_is_never_the_answer(tmp_path):
     arrays = per_example(flagged=(4,))
-    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, arrays=arrays))
+    rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, arrays=arrays))
     assert rec.answers["generation"].choice.ks == [2, 8] and rec.latent_dim == 8
 
 
@@ -134,7 +134,7 @@ def test_nothing_sane_ends_the_report_with_one_line(tmp_path):
     ev = evaluation(flag="far worse than trivial: squared error 2.4e+24 per example")
     arrays = per_example(flagged=(2, 4, 8))
     with pytest.raises(StudyError) as err:
-        report.recommendation(config.ReportConfig(bootstrap=200, purpose="generation"), inputs(tmp_path, ev, arrays))
+        recommend.recommendation(config.ReportConfig(bootstrap=200, purpose="generation"), inputs(tmp_path, ev, arrays))
     message = str(err.value)
     assert "no sane generation answer" in message and "k=2: far worse than trivial" in message
     assert "nothing is recommended" in message and "\n" not in message
@@ -187,7 +187,7 @@ def test_the_page_lists_sizes_the_search_extended_with_their_reason(tmp_path):
     for row in ev["rows"]:
         row["vae"]["iwae_samples"] = 8
     table = report.build_table(ev)
-    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
+    rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
     html = page.page(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev), table, rec, [], "")
     listed = html.split("Sizes the search added or extended")[1].split("</ul>")[0]
     assert "<li>k = 4: added by the search: test</li>" in listed
@@ -202,7 +202,7 @@ def test_reconstruction_takes_pca_where_it_is_the_better_code_on_validation(tmp_
                    "pca_sse_per_image": np.stack([pca_test[k] + rng.normal(0, 0.1, N) for k in (2, 4, 8)])})
     for row in ev["rows"]:
         row["code"] = {"code": "pca" if row["latent_dim"] == 8 else "ae", "undertrained": False}
-    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev, arrays))
+    rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev, arrays))
     a = rec.answers["reconstruction"]
     # k = 8 has no autoencoder, but PCA won there on validation: the better code stands in for it.
     assert a.choice.ks == [2, 4, 8] and a.at(8)[0] == pytest.approx(arrays["pca_sse_per_image"][2].mean())
@@ -211,7 +211,7 @@ def test_reconstruction_takes_pca_where_it_is_the_better_code_on_validation(tmp_
     table = report.build_table(ev)
     assert table.recon_code.tolist() == ["ae", "pca", "pca"] and table.ae_undertrained.tolist() == [False, True, False]
     assert "PCA!</td>" in page.table_html(table, 4)
-    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev, arrays))
+    rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev, arrays))
     assert rec.answers["reconstruction"].at(4)[0] == pytest.approx(arrays["pca_sse_per_image"][1].mean())
 
 
@@ -220,7 +220,7 @@ def test_sizes_the_data_cannot_tell_apart_are_said_in_plain_words(tmp_path):
     rng = np.random.default_rng(5)
     # Every difference far below its SE: the seeds' noise (5 nats) swamps the 0.2-nat steps.
     arrays["vae_iwae_nll_nats"] = np.stack([25.0 - 0.1 * i + rng.normal(0, 5.0, N) for i in range(3)])
-    rec = report.recommendation(config.ReportConfig(bootstrap=300, purpose="generation"), inputs(tmp_path, arrays=arrays))
+    rec = recommend.recommendation(config.ReportConfig(bootstrap=300, purpose="generation"), inputs(tmp_path, arrays=arrays))
     a = rec.main
     assert a.k == 2 and a.choice.indistinguishable == [2, 4, 8] and a.cannot_tell
     assert a.plain_words().startswith("this data cannot tell k = 2 from k = 8 on the NLL bound (3 of 3 sizes")
@@ -229,11 +229,11 @@ def test_sizes_the_data_cannot_tell_apart_are_said_in_plain_words(tmp_path):
     assert "cannot tell k = 2 from k = 8" in box and "chosen by parsimony" in box
     assert rec.to_dict()["answers"]["generation"]["indistinguishable"] == [2, 4, 8]
     arrays["vae_iwae_nll_nats"] = np.stack([30.0 - 6 * i + rng.normal(0, 0.3, N) for i in range(3)])  # steep
-    clear = report.recommendation(config.ReportConfig(bootstrap=300, purpose="generation"),
+    clear = recommend.recommendation(config.ReportConfig(bootstrap=300, purpose="generation"),
                                   inputs(tmp_path, arrays=arrays)).main
     assert clear.choice.indistinguishable == [8] and not clear.cannot_tell and clear.plain_words() is None
     # The default planted curve is flat after k = 4: two of three sizes cannot be told apart.
-    flat = report.recommendation(config.ReportConfig(bootstrap=300, purpose="generation"), inputs(tmp_path)).main
+    flat = recommend.recommendation(config.ReportConfig(bootstrap=300, purpose="generation"), inputs(tmp_path)).main
     assert flat.choice.indistinguishable == [4, 8] and flat.cannot_tell
 
 
@@ -241,12 +241,12 @@ def test_a_vae_that_ignores_its_code_at_every_size_says_so_with_the_remedies(tmp
     ev = evaluation()
     for row in ev["rows"]:
         row["vae"]["active_units"] = 1 if row["latent_dim"] == 4 else 0
-    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
+    rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
     (note,) = rec.answers["generation"].notes
     assert note.startswith("the VAE ignores its code: at most one active unit at every size (posterior collapse")
     assert "search.train.free_bits" in note and "search.train.kl_warmup_epochs" in note
     assert "posterior collapse at every size" in page.answers_html(rec, report.build_table(evaluation()))
-    assert report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path)).answers["generation"].notes == ()
+    assert recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path)).answers["generation"].notes == ()
 
 
 def test_undertrained_sizes_are_counted_and_named_on_the_page(tmp_path):
@@ -262,7 +262,7 @@ def test_undertrained_sizes_are_counted_and_named_on_the_page(tmp_path):
                         "values are those of undertrained models: raise search.train.max_epochs.")
     assert notes[1].startswith("VAE trainings still improving at the epoch ceiling, per size: k = 4 (1)")
     assert notes[2].startswith("reconstruction: at k = 4 the autoencoder is worse than PCA by more than one SE")
-    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
+    rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
     assert "k = 2 (2)" in page.answers_html(rec, table)
     assert page.training_notes(report.build_table(evaluation())) == []
 
@@ -271,7 +271,7 @@ def test_a_vae_worse_than_a_smaller_latent_beyond_noise_is_marked(tmp_path):
     arrays = per_example()
     rng = np.random.default_rng(2)
     arrays["vae_iwae_nll_nats"] = np.stack([v + rng.normal(0, 0.1, N) for v in (30.0, 24.0, 26.0)])
-    rec = report.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, arrays=arrays))
+    rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, arrays=arrays))
     (note,) = rec.answers["generation"].notes
     assert note.startswith("k = 8's NLL bound is 1.99 nats worse than k = 4's (SE of the difference 0.02)")
 

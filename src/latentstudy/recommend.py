@@ -11,12 +11,14 @@ The rule is stats.choose: the smallest k within one standard error of the best.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from latentstudy import stats
+from latentstudy.checks import Checks, cross_checks
 from latentstudy.config import StudyError
+from latentstudy.contracts import Inputs
 
 
 @dataclass(frozen=True)
@@ -253,74 +255,6 @@ def answer(purpose: Purpose, curves: dict[int, np.ndarray], excluded: dict[int, 
     return Answer(purpose, stats.choose(ks, values, draws, seed, tolerance, rest), excluded, None, input_dim)
 
 
-# --- cross-checks ---------------------------------------------------------------------------------
-
-
-def knee(ks: list[int], values: list[float]) -> int | None:
-    """Kneedle (Satopaa et al. 2011) for a decreasing curve on a log-k axis.
-
-    Both axes are scaled to [0, 1]; the knee is the point farthest below the chord from the
-    first to the last point. None when the curve has fewer than three points or is flat.
-    """
-    if len(ks) < 3:
-        return None
-    xs = [math.log(k) for k in ks]
-    lo_x, hi_x, lo_y, hi_y = min(xs), max(xs), min(values), max(values)
-    if hi_y - lo_y <= 0 or hi_x - lo_x <= 0:
-        return None
-    xn = [(x - lo_x) / (hi_x - lo_x) for x in xs]
-    yn = [(y - lo_y) / (hi_y - lo_y) for y in values]
-    # Chord from (0, y0) to (1, y_end); distance below it, positive where the curve sags.
-    gaps = [yn[0] + (yn[-1] - yn[0]) * x - y for x, y in zip(xn, yn)]
-    i = max(range(len(gaps)), key=lambda j: gaps[j])
-    return ks[i] if gaps[i] > 0 else None
-
-
-def knee_stability(choice: stats.Choice) -> tuple[int | None, dict[int, float], list[int]]:
-    """The knee of the curve, how often each k is the knee over the resampled curves, and the
-    90% set of knees (resamples without a knee count as none)."""
-    at = knee(choice.ks, choice.value)
-    picks = [knee(choice.ks, row.tolist()) for row in choice.samples]
-    counts = np.array([sum(p == k for p in picks) for k in choice.ks], dtype=float) / len(picks)
-    return at, {k: float(s) for k, s in zip(choice.ks, counts) if s > 0}, \
-        [choice.ks[i] for i in stats.likely_set(counts)] if counts.sum() > 0 else []
-
-
-def pca_components(residuals: np.ndarray, total: np.ndarray, targets: list[float], draws: int,
-                   seed: int) -> dict[str, list[int]]:
-    """Components PCA needs for each explained-variance target on the test split, with a 95%
-    interval over resampled test examples: {target: [k, low, high]}.
-
-    residuals: (n, r) each example's squared residual after 1..r components; total: (n,) its
-    squared distance to the mean.
-    """
-    def needed(ratio: np.ndarray, t: float) -> int:
-        hit = np.flatnonzero(ratio >= t - 1e-12)
-        return int(hit[0]) + 1 if len(hit) else len(ratio)
-
-    ratio = 1 - residuals.mean(axis=0) / max(total.mean(), 1e-300)
-    boot = np.concatenate([1 - (w @ residuals) / np.maximum(w @ total, 1e-300)[:, None]
-                           for w in stats.weights(len(total), draws, seed)])
-    out = {}
-    for t in targets:
-        per_draw = np.array([needed(row, t) for row in boot])
-        out[f"{t:g}"] = [needed(ratio, t), int(np.percentile(per_draw, 2.5)), int(np.percentile(per_draw, 97.5))]
-    return out
-
-
-@dataclass(frozen=True)
-class Checks:
-    """Cross-checks of the headline answer, each with its interval or stability."""
-
-    knee: int | None
-    knee_shares: dict[int, float]
-    knee_likely: list[int]
-    active_units: list[int]  # of each model at the headline k (the best first, then replicates)
-    max_active_units: int | None
-    intrinsic: dict  # prepare's estimates with their intervals and rejections
-    pca_components: dict[str, list[int]]  # target -> [k, low, high] on the test split
-
-
 @dataclass(frozen=True)
 class Recommendation:
     answers: dict[str, Answer]
@@ -399,3 +333,72 @@ def explain(rec: Recommendation, replicated: dict[str, list[int]], added: list[i
         needed = ", ".join(f"{float(t):.0%} needs {k} (95% {lo}-{hi})" for t, (k, lo, hi) in c.pca_components.items())
         parts.append(f"PCA on the test split: {needed} components.")
     return " ".join(parts)
+
+
+# --- the answers from the stages' outputs (contracts.Inputs) ---------------------------------------
+
+
+def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict[int, str]]:
+    """The purpose's (models, examples) values per size from the sane models only (the search's
+    pick first, then its replicates); the size's other sane trials, best objective first; and the
+    sizes left out with the reason (no model; the pick and its replicates all flagged)."""
+    excluded = {}
+    for row in inp.evaluation["rows"]:
+        entry = row[purpose.arm]
+        if entry is None:
+            excluded[row["latent_dim"]] = "no finished trial"
+        elif all(m["flag"] for m in entry["models"]):
+            excluded[row["latent_dim"]] = entry["models"][0]["flag"]
+    key, arrays = f"{purpose.arm}_{purpose.quantity}", inp.per_example
+    if key not in arrays:
+        return {}, {}, excluded
+    arm = purpose.arm
+    picks, others = by_size(arrays[f"{arm}_latent_dim"], arrays[f"{arm}_rank"], ~arrays[f"{arm}_flagged"].astype(bool),
+                            arrays[key])
+    codes = {row["latent_dim"]: row["code"]["code"] for row in inp.evaluation["rows"] if "code" in row}
+    if purpose.name == "reconstruction" and "pca" in codes.values():  # the better code, chosen on validation
+        pca_sse = dict(zip(arrays["pca_latent_dim"].tolist(), arrays["pca_sse_per_image"]))
+        picks, others = with_better_code(picks, others, pca_sse, codes)
+        excluded = {k: why for k, why in excluded.items() if codes.get(k) != "pca"}
+    return picks, others, excluded
+
+
+def recommendation(cfg, inp: Inputs) -> Recommendation:
+    """Every purpose's answer on the test split, the headline, and the cross-checks."""
+    seed = int(inp.study.seed or 0)
+    answers: dict[str, Answer] = {}
+    for name, purpose in PURPOSES.items():
+        values, others, excluded = curves(purpose, inp)
+        has_model = any(row[purpose.arm] for row in inp.evaluation["rows"])
+        answers[name] = answer(purpose, values, excluded, cfg.bootstrap, seed, cfg.tolerance,
+                               unavailable(name, has_model, inp.evaluation["has_labels"], label_classes(inp.summary)),
+                               inp.evaluation["input_dim"], others)
+    if answers["generation"].choice is not None:
+        answers["generation"] = replace(answers["generation"], notes=generation_notes(inp))
+    name, why = headline(cfg.purpose, answers["generation"].choice is not None)
+    main = answers[name]
+    if main.choice is None:
+        flagged = "; ".join(f"k={k}: {reason}" for k, reason in sorted(main.excluded.items()))
+        raise StudyError(f"report: no sane {name} answer ({main.missing}{': ' + flagged if flagged else ''}); "
+                         "nothing is recommended. Retrain with a narrower search.lr or search.beta range, "
+                         "or pick another report.purpose")
+    rec = Recommendation(answers, name, why, cross_checks(cfg, inp, main, seed))
+    return replace(rec, text=explain(rec, inp.study.replicates, added_sizes(inp.evaluation)))
+
+
+def generation_notes(inp: Inputs) -> tuple[str, ...]:
+    """What the generation answer's reader must know: a VAE that ignores its code at every size, and
+    sizes whose NLL bound is worse than a smaller size's beyond noise (undertrained, even after the
+    search's extra trials)."""
+    active = {row["latent_dim"]: row["vae"]["active_units"] for row in inp.evaluation["rows"]
+              if row["vae"] and row["vae"].get("flag") is None and "active_units" in row["vae"]}
+    notes = [collapse_note(active)]
+    picks, _, _ = curves(PURPOSES["generation"], inp)
+    notes += [f"k = {k}'s NLL bound is {gap:.2f} nats worse than k = {ref}'s (SE of the difference {se:.2f}): a larger "
+              "latent can switch its extra units off, so this points at training, not at the data"
+              for k, (ref, gap, se) in worse_than_smaller(picks).items()]
+    return tuple(n for n in notes if n)
+
+
+def added_sizes(evaluation: dict) -> list[int]:
+    return [row["latent_dim"] for row in evaluation["rows"] if row.get("phase") == "added"]

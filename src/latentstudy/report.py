@@ -1,5 +1,6 @@
-"""The report stage: the table, the answer per purpose (recomputed from the per-example values
-with the paired bootstrap), the figures, DVC metrics and plots, and an MLflow report run.
+"""The report stage writes, publishes and logs: the table, the figures, DVC metrics and plots,
+the page, and an MLflow report run. The answers it shows are built in recommend.py (from the
+per-example values, with the paired bootstrap).
 
 Outputs are written into a temporary folder and moved into place once complete, so a killed
 report leaves the previous outputs or the new ones, never half of a figure. The page itself is
@@ -11,33 +12,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
-from latentstudy import figures, gallery, page, pca, text
-from latentstudy.config import ARMS, StudyError
+from latentstudy import figures, gallery, page, text
+from latentstudy.config import ARMS
 from latentstudy.contracts import Inputs
-from latentstudy.recommend import (
-    PURPOSES,
-    Answer,
-    Checks,
-    Purpose,
-    Recommendation,
-    answer,
-    by_size,
-    collapse_note,
-    explain,
-    headline,
-    knee_stability,
-    label_classes,
-    pca_components,
-    unavailable,
-    with_better_code,
-    worse_than_smaller,
-)
+from latentstudy.recommend import Recommendation, added_sizes
 
 # (table column, evaluation arm, evaluation key)
 COLUMNS = [
@@ -94,87 +76,6 @@ def build_table(evaluation: dict) -> pd.DataFrame:
     table["pca_over_ae_sse"] = table["pca_sse_per_image"] / table["ae_sse_per_image"]
     table["pca_over_vae_sse"] = table["pca_sse_per_image"] / table["vae_sse_per_image"]
     return table
-
-
-# --- the answers ---------------------------------------------------------------------------------
-
-
-def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray], dict[int, str]]:
-    """The purpose's (models, examples) values per size from the sane models only (the search's
-    pick first, then its replicates); the size's other sane trials, best objective first; and the
-    sizes left out with the reason (no model; the pick and its replicates all flagged)."""
-    excluded = {}
-    for row in inp.evaluation["rows"]:
-        entry = row[purpose.arm]
-        if entry is None:
-            excluded[row["latent_dim"]] = "no finished trial"
-        elif all(m["flag"] for m in entry["models"]):
-            excluded[row["latent_dim"]] = entry["models"][0]["flag"]
-    key, arrays = f"{purpose.arm}_{purpose.quantity}", inp.per_example
-    if key not in arrays:
-        return {}, {}, excluded
-    arm = purpose.arm
-    picks, others = by_size(arrays[f"{arm}_latent_dim"], arrays[f"{arm}_rank"], ~arrays[f"{arm}_flagged"].astype(bool),
-                            arrays[key])
-    codes = {row["latent_dim"]: row["code"]["code"] for row in inp.evaluation["rows"] if "code" in row}
-    if purpose.name == "reconstruction" and "pca" in codes.values():  # the better code, chosen on validation
-        pca_sse = dict(zip(arrays["pca_latent_dim"].tolist(), arrays["pca_sse_per_image"]))
-        picks, others = with_better_code(picks, others, pca_sse, codes)
-        excluded = {k: why for k, why in excluded.items() if codes.get(k) != "pca"}
-    return picks, others, excluded
-
-
-def recommendation(cfg, inp: Inputs) -> Recommendation:
-    """Every purpose's answer on the test split, the headline, and the cross-checks."""
-    seed = int(inp.study.seed or 0)
-    answers: dict[str, Answer] = {}
-    for name, purpose in PURPOSES.items():
-        values, others, excluded = curves(purpose, inp)
-        has_model = any(row[purpose.arm] for row in inp.evaluation["rows"])
-        answers[name] = answer(purpose, values, excluded, cfg.bootstrap, seed, cfg.tolerance,
-                               unavailable(name, has_model, inp.evaluation["has_labels"], label_classes(inp.summary)),
-                               inp.evaluation["input_dim"], others)
-    if answers["generation"].choice is not None:
-        answers["generation"] = replace(answers["generation"], notes=generation_notes(inp))
-    name, why = headline(cfg.purpose, answers["generation"].choice is not None)
-    main = answers[name]
-    if main.choice is None:
-        flagged = "; ".join(f"k={k}: {reason}" for k, reason in sorted(main.excluded.items()))
-        raise StudyError(f"report: no sane {name} answer ({main.missing}{': ' + flagged if flagged else ''}); "
-                         "nothing is recommended. Retrain with a narrower search.lr or search.beta range, "
-                         "or pick another report.purpose")
-    rec = Recommendation(answers, name, why, cross_checks(cfg, inp, main, seed))
-    return replace(rec, text=explain(rec, inp.study.replicates, added_sizes(inp.evaluation)))
-
-
-def generation_notes(inp: Inputs) -> tuple[str, ...]:
-    """What the generation answer's reader must know: a VAE that ignores its code at every size, and
-    sizes whose NLL bound is worse than a smaller size's beyond noise (undertrained, even after the
-    search's extra trials)."""
-    active = {row["latent_dim"]: row["vae"]["active_units"] for row in inp.evaluation["rows"]
-              if row["vae"] and row["vae"].get("flag") is None and "active_units" in row["vae"]}
-    notes = [collapse_note(active)]
-    picks, _, _ = curves(PURPOSES["generation"], inp)
-    notes += [f"k = {k}'s NLL bound is {gap:.2f} nats worse than k = {ref}'s (SE of the difference {se:.2f}): a larger "
-              "latent can switch its extra units off, so this points at training, not at the data"
-              for k, (ref, gap, se) in worse_than_smaller(picks).items()]
-    return tuple(n for n in notes if n)
-
-
-def cross_checks(cfg, inp: Inputs, main: Answer, seed: int) -> Checks:
-    knee_k, knee_shares, knee_likely = knee_stability(main.choice)
-    vae_rows = {row["latent_dim"]: row["vae"] for row in inp.evaluation["rows"] if row["vae"]}
-    at = vae_rows.get(main.k) or {}
-    active = [m["active_units"] for m in at.get("models", []) if m.get("flag") is None and "active_units" in m]
-    sane = [r["active_units"] for r in vae_rows.values() if r.get("flag") is None and "active_units" in r]
-    residuals, total = pca.residuals(inp.pca_basis, inp.x_test)
-    targets = [float(t) for t in inp.pca_metrics["components_for_variance"]]
-    return Checks(knee_k, knee_shares, knee_likely, active, max(sane) if sane else None,
-                  inp.summary.get("intrinsic_dim") or {}, pca_components(residuals, total, targets, cfg.bootstrap, seed))
-
-
-def added_sizes(evaluation: dict) -> list[int]:
-    return [row["latent_dim"] for row in evaluation["rows"] if row.get("phase") == "added"]
 
 
 def headline_metrics(table: pd.DataFrame, rec: Recommendation) -> dict:

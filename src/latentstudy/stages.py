@@ -205,7 +205,7 @@ def report(paths: ReportPaths, tracking: str | None) -> None:
     table = rep.build_table(inp.evaluation)
     written = rep.output_paths(paths.out)
     with outputs(*written.values(), rep.staging(paths.out)):
-        rec = rep.recommendation(cfg, inp)
+        rec = recommend.recommendation(cfg, inp)
         rep.write(cfg, inp, table, rec, written)
     for name, answer in rec.answers.items():
         print(f"[report] {name}{' (headline)' if name == rec.headline else ''}: {answer.summary()}")
