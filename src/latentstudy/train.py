@@ -332,6 +332,8 @@ def train_stack(spec: NetSpec, x_train: DeviceSplit | torch.Tensor, x_val: Devic
             trainer.keep([r for r in range(len(trainer.slots)) if r not in empty])
 
 
+# Eight parameters on purpose: one member's slot and this epoch's sums, from train_stack's loop; the
+# decision (go on, stop early, stop at the ceiling, fail) is kept apart from the loop to be read alone.
 def _after_epoch(slot: _Slot, spec: NetSpec, cfg: TrainConfig, objective: str, train_sums: list[float],
                  alive: bool, val: list[float], on_epoch) -> TrainResult | None:
     """Record a member's epoch and decide: go on (None), or stop with a result."""

@@ -347,6 +347,7 @@ def run(study: StudyConfig, search: SearchConfig, paths: SearchPaths, root: Path
     return plan
 
 
+# Over 50 lines on purpose: its phases close over run_phase and checkpoint (see the docstring).
 def search_and_write(ctx: SearchRun, plan: Plan) -> Plan:
     """Every phase (see the module's docstring), then the stage's outputs. Its phases close over
     run_phase and checkpoint, which is why it is one function of some length."""
