@@ -34,7 +34,7 @@ import threading
 import time
 from pathlib import Path
 
-from latentstudy import config, data
+from latentstudy import data, paramfile
 from latentstudy.data import prepare as prepare_data
 from latentstudy.search import coordinator, plan as planning, store, worker
 from latentstudy.config import DataConfig, SearchConfig, StudyConfig
@@ -49,7 +49,7 @@ ONE_THREAD = {"CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", "LATENTSTUDY_T
 
 
 def prepare(root: Path) -> Path:
-    cfg = config.build(DataConfig, {"name": "manifold", "intrinsic_max_points": 300,
+    cfg = paramfile.build(DataConfig, {"name": "manifold", "intrinsic_max_points": 300,
                                     "manifold": {"intrinsic_dim": 2, "ambient_dim": 12, "n": 600}}, "bench")
     prepare_data.run(cfg, root, root / "prepared")
     return root / "prepared"
@@ -57,7 +57,7 @@ def prepare(root: Path) -> Path:
 
 def search_config(trials: int, epochs: int) -> SearchConfig:
     half = max(1, trials // 2)
-    return config.build(SearchConfig, {
+    return paramfile.build(SearchConfig, {
         "trials_per_dim": half, "ae_trials_per_dim": trials - half, "max_trials_per_dim": 4 * trials,
         "pruner": "none", "model": {"arch": "mlp", "hidden": [32]},
         "train": {"epochs": epochs, "batch_size": 32, "patience": epochs}, "device": "cpu",

@@ -115,7 +115,8 @@ TINY_DATA = {"name": "digits", "limit": 300, "intrinsic_max_points": 300}
 
 def prepare_data(folder: Path, **data) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Run prepare on the data section given as keywords into folder/prepared: (summary, splits read back)."""
-    from latentstudy.config import DataConfig, build
+    from latentstudy.config import DataConfig
+    from latentstudy.paramfile import build
     from latentstudy.data import SPLITS, load_split, prepare
 
     summary = prepare.run(build(DataConfig, data, "params.yaml: data"), folder, folder / "prepared")

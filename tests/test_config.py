@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from latentstudy import config
+from latentstudy import config, paramfile
 from latentstudy.config import StudyError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -10,15 +10,15 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_repository_params_are_valid():
     for name in config.SECTIONS:
-        config.load_section(ROOT / "params.yaml", name)
+        paramfile.load_section(ROOT / "params.yaml", name)
 
 
 def test_params_yaml_states_exactly_the_defaults():
     """The dataclasses are the one source of defaults; params.yaml spells them out for users."""
-    raw = config.load_params(ROOT / "params.yaml")
+    raw = paramfile.load_params(ROOT / "params.yaml")
     assert set(raw) == set(config.SECTIONS)
     for name, cls in config.SECTIONS.items():
-        assert raw[name] == config.as_dict(cls()), name
+        assert raw[name] == paramfile.as_dict(cls()), name
 
 
 def test_a_partial_nested_mapping_keeps_the_section_defaults(tmp_path):
@@ -37,7 +37,7 @@ def test_a_typo_in_another_section_stops_any_stage(tmp_path):
 def load(tmp_path, text: str, section: str):
     path = tmp_path / "params.yaml"
     path.write_text(text)
-    return config.load_section(path, section)
+    return paramfile.load_section(path, section)
 
 
 @pytest.mark.parametrize(
@@ -104,7 +104,7 @@ def test_missing_section_takes_defaults(tmp_path):
 
 def test_missing_file_is_one_line(tmp_path):
     with pytest.raises(StudyError, match="file not found"):
-        config.load_section(tmp_path / "nope.yaml", "data")
+        paramfile.load_section(tmp_path / "nope.yaml", "data")
 
 
 def test_latent_sizes_above_twice_the_input_dimension_are_refused():

@@ -187,10 +187,10 @@ def test_labels_of_one_class_are_said(tmp_path, capsys):
 def test_limit_below_three_splits_is_refused_in_params(tmp_path):
     path = tmp_path / "params.yaml"
     path.write_text("data:\n  limit: 20\n")
-    from latentstudy import config
+    from latentstudy import paramfile
 
     with pytest.raises(StudyError, match="data.limit = 20 is out of range; allowed: >= 30"):
-        config.load_section(path, "data")
+        paramfile.load_section(path, "data")
 
 
 # --- the files prepare writes -------------------------------------------------------------------

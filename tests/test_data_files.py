@@ -292,6 +292,7 @@ def test_a_relative_path_inside_a_dvc_temp_experiment_is_read_from_the_project(t
 
 
 def prepare_cfg(**data):
-    from latentstudy.config import DataConfig, build
+    from latentstudy.config import DataConfig
+    from latentstudy.paramfile import build
 
     return build(DataConfig, data, "params.yaml: data")

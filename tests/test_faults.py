@@ -21,7 +21,7 @@ import torch
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, kill_mid_search, overridden, write_params
 from optuna.trial import TrialState
 
-from latentstudy import config, contracts, data, stages
+from latentstudy import contracts, data, paramfile, stages
 from latentstudy.search import journal, plan as planning, store
 from latentstudy.tracking import Tracker
 
@@ -80,7 +80,7 @@ def finished_in(project: Path, url: str) -> dict[tuple[str, int], float]:
 
 def plan_and_storage(project: Path, url: str | None = None):
     params = project / "params.yaml"
-    plan = planning.make_plan(config.load_section(params, "study"), config.load_section(params, "search"),
+    plan = planning.make_plan(paramfile.load_section(params, "study"), paramfile.load_section(params, "search"),
                               data.load_summary(project / "data"), "latentstudy-digits")
     return plan, store.open_storage(url or f"journal:{project / '.latentstudy' / 'optuna.journal'}", 20)
 

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, kill_mid_search, overridden, write_params
 
-from latentstudy import config, contracts, data, pca, stages, stats
+from latentstudy import config, contracts, data, paramfile, pca, stages, stats
 from latentstudy.search import coordinator, plan as planning, store, validation
 from latentstudy.tracking import Tracker
 
@@ -42,8 +42,8 @@ def run_stage(tmp_path: Path, params: Path, prepared: Path, tracking: str | None
 
 
 def studies_of(tmp_path: Path, params: Path, prepared: Path):
-    study = config.load_section(params, "study")
-    cfg = config.load_section(params, "search")
+    study = paramfile.load_section(params, "study")
+    cfg = paramfile.load_section(params, "search")
     plan = planning.make_plan(study, cfg, data.load_summary(prepared), "latentstudy-digits")
     storage = store.open_storage(store.storage_url(cfg, tmp_path / ".latentstudy"), 20)
     return plan, storage
@@ -52,7 +52,7 @@ def studies_of(tmp_path: Path, params: Path, prepared: Path):
 def test_a_batch_above_the_training_split_is_clamped_with_one_line(prepared, capsys):
     summary = data.load_summary(prepared)
     n = summary["counts"]["train"]
-    big = config.build(config.SearchConfig, {"train": {"batch_size": 100000}}, "x")
+    big = paramfile.build(config.SearchConfig, {"train": {"batch_size": 100000}}, "x")
     plan = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), big, summary, "latentstudy-digits")
     assert plan.config.train.batch_size == n
     lines = [line for line in capsys.readouterr().out.splitlines() if "batch_size" in line]
@@ -71,7 +71,7 @@ def test_standardised_data_gets_a_gaussian_decoder_and_bernoulli_is_refused(prep
     plan = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), config.SearchConfig(), summary, "x")
     assert not plan.unit_interval and unit_spec(plan, plan.units[0]).likelihood == "gaussian"
     assert planning.Plan.from_json(plan.to_json()) == plan
-    bernoulli = config.build(config.SearchConfig, {"model": {"likelihood": "bernoulli"}}, "x")
+    bernoulli = paramfile.build(config.SearchConfig, {"model": {"likelihood": "bernoulli"}}, "x")
     with pytest.raises(config.StudyError, match=r"likelihood = bernoulli but the prepared data is not in \[0, 1\]"):
         planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), bernoulli, summary, "x")
     images = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), config.SearchConfig(),
@@ -83,10 +83,10 @@ def test_study_name_hashes_what_changes_results(prepared, tmp_path):
     summary = data.load_summary(prepared)
     base = config.SearchConfig()
     prefix = planning.study_prefix("digits", base, 0, summary["fingerprint"])
-    same = [config.build(config.SearchConfig, {"trials_per_dim": 9, "device": "cpu", "cpu_workers": 3,
+    same = [paramfile.build(config.SearchConfig, {"trials_per_dim": 9, "device": "cpu", "cpu_workers": 3,
                                                "storage": "postgresql://h/db"}, "x")]
-    different = [config.build(config.SearchConfig, {"beta": {"low": 0.1, "high": 4.0}}, "x"),
-                 config.build(config.SearchConfig, {"train": {"epochs": 7}}, "x")]
+    different = [paramfile.build(config.SearchConfig, {"beta": {"low": 0.1, "high": 4.0}}, "x"),
+                 paramfile.build(config.SearchConfig, {"train": {"epochs": 7}}, "x")]
     assert all(planning.study_prefix("digits", s, 0, summary["fingerprint"]) == prefix for s in same)
     assert all(planning.study_prefix("digits", s, 0, summary["fingerprint"]) != prefix for s in different)
     assert planning.study_prefix("digits", base, 1, summary["fingerprint"]) != prefix
@@ -122,7 +122,7 @@ def test_a_worker_out_of_work_picks_up_units_added_to_the_plan(prepared, tmp_pat
 
     params = search_params(tmp_path, dims=(2,))
     small, storage = studies_of(tmp_path, params, prepared)
-    grown = planning.make_plan(config.StudyConfig([2, 3]), config.load_section(params, "search"),
+    grown = planning.make_plan(config.StudyConfig([2, 3]), paramfile.load_section(params, "search"),
                                data.load_summary(prepared), "latentstudy-digits")
     assert grown.prefix == small.prefix and len(grown.units) == 2 * len(small.units)
     # As a coordinator adding latent size 3 and a replicate unit while this worker runs.

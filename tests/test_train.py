@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from latentstudy import config, models, train
+from latentstudy import models, paramfile, train
 from latentstudy.config import StudyError, TrainConfig
 
 
@@ -74,7 +74,7 @@ def test_a_training_that_stopped_improving_before_the_cap_is_not_marked(tiny, cp
 
 def test_max_epochs_below_the_cap_is_one_line():
     with pytest.raises(StudyError, match=r"train.max_epochs = 3 is below epochs = 5"):
-        config.build(TrainConfig, {"epochs": 5, "max_epochs": 3}, "params.yaml: search.train")
+        paramfile.build(TrainConfig, {"epochs": 5, "max_epochs": 3}, "params.yaml: search.train")
 
 
 def test_nan_loss_raises_with_the_epoch(tiny, cpu_threads):

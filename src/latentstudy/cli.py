@@ -92,11 +92,11 @@ def dashboard(args: argparse.Namespace) -> None:
     from this process with the storage opened here: a URL's password stays off every command line."""
     import optuna_dashboard
 
-    from latentstudy import config
+    from latentstudy import config, paramfile
     from latentstudy.search import store
 
     root = config.project_root(Path.cwd())
-    search = config.load_section(args.params, "search")
+    search = paramfile.load_section(args.params, "search")
     url = store.storage_url(search, root / ".latentstudy")
     journal = store.journal_path(url)
     if journal and not journal.is_file():

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import fields
 from pathlib import Path
 
-from latentstudy import config
+from latentstudy import paramfile
 from latentstudy.config import StudyError
 from latentstudy.contracts import (
     EvaluatePaths,
@@ -95,7 +95,7 @@ def write_json(path: Path, obj: object) -> None:
 def prepare(paths: PreparePaths, root: Path) -> dict:
     from latentstudy.data import prepare as prep
 
-    cfg = config.load_section(paths.params, "data")
+    cfg = paramfile.load_section(paths.params, "data")
     with outputs(paths.out):
         summary = prep.run(cfg, root, paths.out)
     counts, ids = summary["counts"], summary["intrinsic_dim"]
@@ -115,8 +115,8 @@ def pca(paths: PcaPaths) -> dict:
     from latentstudy import data
     from latentstudy import pca as pca_mod
 
-    study = config.load_section(paths.params, "study")
-    cfg = config.load_section(paths.params, "pca")
+    study = paramfile.load_section(paths.params, "study")
+    cfg = paramfile.load_section(paths.params, "pca")
     x_train, _ = data.load_split(paths.data, "train")
     x_test, _ = data.load_split(paths.data, "test")
     ks = study.sizes(x_train.shape[1])
@@ -150,10 +150,10 @@ def search(paths: SearchPaths, root: Path, tracking: str | None) -> None:
     from latentstudy.tracking import require_reachable
 
     params, prepared = paths.params, paths.data
-    study = config.load_section(params, "study")
-    cfg = config.load_section(params, "search")
-    rep = config.load_section(params, "report")
-    ev = config.load_section(params, "evaluate")
+    study = paramfile.load_section(params, "study")
+    cfg = paramfile.load_section(params, "search")
+    rep = paramfile.load_section(params, "report")
+    ev = paramfile.load_section(params, "evaluate")
     if tracking:
         require_reachable(tracking)  # before anything is read or written
     summary = data.load_summary(prepared)
@@ -169,7 +169,7 @@ def evaluate(paths: EvaluatePaths) -> dict:
     from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
 
-    cfg = config.load_section(paths.params, "evaluate")
+    cfg = paramfile.load_section(paths.params, "evaluate")
     searched = Searched.load(paths.study)
     x_train, y_train = data.load_split(paths.data, "train")
     x_val, _ = data.load_split(paths.data, "val")
@@ -191,7 +191,7 @@ def report(paths: ReportPaths, tracking: str | None) -> None:
     from latentstudy import pca as pca_mod
     from latentstudy.tracking import require_reachable
 
-    cfg = config.load_section(paths.params, "report")
+    cfg = paramfile.load_section(paths.params, "report")
     if tracking:
         require_reachable(tracking)  # now, not after the report's work
     x_test, y_test = data.load_split(paths.data, "test")
@@ -211,5 +211,5 @@ def report(paths: ReportPaths, tracking: str | None) -> None:
         print(f"[report] {name}{' (headline)' if name == rec.headline else ''}: {answer.summary()}")
     print(f"[report] wrote {written['html']}, {written['table']}, {written['metrics']}")
     if tracking:
-        rep.log_to_mlflow(tracking, inp, table, rec, written, config.as_dict(cfg))
+        rep.log_to_mlflow(tracking, inp, table, rec, written, paramfile.as_dict(cfg))
 

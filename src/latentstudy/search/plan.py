@@ -22,7 +22,8 @@ import math
 import zlib
 from dataclasses import asdict, dataclass, replace
 
-from latentstudy.config import ARMS, SearchConfig, StudyConfig, build
+from latentstudy.config import ARMS, SearchConfig, StudyConfig
+from latentstudy.paramfile import build
 
 # Everything in SearchConfig changes results except these: budgets, devices, storage.
 RUNTIME_KEYS = ("trials_per_dim", "ae_trials_per_dim", "max_trials_per_dim", "added_budget", "device", "stack",
