@@ -71,6 +71,8 @@ class ReportPaths:
     out: Path  # the reports folder
 
 
+# --- what the search hands on (reports/search/study.json) and what the report reads ---------------
+
 
 @dataclass(frozen=True)
 class KeptModel:

@@ -272,14 +272,15 @@ def replicate(plan: Plan, replicates: int, storage, run_phase, validation=None) 
     while True:
         best = best_trials(snapshot(plan, storage))
         have = {(u.latent_dim, u.arm): u for u in plan.units if u.phase == REPLICATE}
-        moved = {}
+        moved = {}  # purposes whose chosen size the latest seeds moved
         if validation is None:
             todo = {key: (replicates, "every size and arm (search.replicate_sizes all)")
                     for key in best if key not in have}
         else:
             wanted = {key: why for key, why in validation.contested(plan).items() if key in best}
             todo = {key: (1, why) for key, why in wanted.items() if key not in have}
-            moved = {} if todo else validation.moved(plan)
+            if not todo:
+                moved = validation.moved(plan)
             if moved:
                 how = "; ".join(f"{name} k = {b} -> {a}" for name, (b, a) in moved.items())
                 todo = {key: (have[key].budget + 1, f"{why}; seed {have[key].budget + 1}: the latest seeds moved "
@@ -349,8 +350,7 @@ def run(study: StudyConfig, search: SearchConfig, paths: SearchPaths, root: Path
 
 # Over 50 lines on purpose: its phases close over run_phase and checkpoint (see the docstring).
 def search_and_write(ctx: SearchRun, plan: Plan) -> Plan:
-    """Every phase (see the module's docstring), then the stage's outputs. Its phases close over
-    run_phase and checkpoint, which is why it is one function of some length."""
+    """Every phase (see the module's docstring), then the stage's outputs."""
     from latentstudy.search.validation import Validation
 
     search, storage, tracker = ctx.search, ctx.storage, ctx.tracker

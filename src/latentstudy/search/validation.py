@@ -16,8 +16,7 @@ import numpy as np
 
 from latentstudy import evaluate, pca, recommend
 from latentstudy.data import Prepared
-from latentstudy.search import keys
-from latentstudy.search.outputs import best_trials, model_trials
+from latentstudy.search.outputs import best_trials, model_trials, replicate_trials
 from latentstudy.search.plan import REPLICATE, Plan, Unit
 from latentstudy.search.store import snapshot
 from latentstudy.stats import SET_NAME
@@ -126,9 +125,8 @@ class Validation:
         size, for the purposes whose chosen size those seeds changed: the answer still moves with
         more seeds, so more could move it again (coordinator.replicate)."""
         snap = snapshot(plan, self.storage)
-        latest = frozenset((unit.study_name, trials[-1].number) for unit, trials in
-                           ((u, [t for t in ts if t.state.name == "COMPLETE" and keys.REPLICATE_OF in t.user_attrs])
-                            for u, ts in snap if u.phase == REPLICATE) if trials)
+        names = {(u.latent_dim, u.arm): u.study_name for u, _ in snap if u.phase == REPLICATE}
+        latest = frozenset((names[key], trials[-1].number) for key, trials in replicate_trials(snap).items() if trials)
         if not latest:
             return {}
         now, before = self.choices(plan), self.choices(plan, latest)
