@@ -136,6 +136,20 @@ def test_every_auto_grid_is_increasing_and_asks_whether_k_above_d_helps():
         assert len(grid) == min(6, d + 1), d  # about six sizes; every size up to D and one above for tiny D
 
 
+@pytest.mark.parametrize("input_dim, intrinsic_high, grid", [
+    (784, 13.582, [2, 5, 15, 40, 109]),  # MNIST: the top at 8 x the intrinsic dimension, no size above D
+    (64, 9.5, [2, 4, 8, 16, 32, 96]),  # digits: 8 x 9.5 lies above D / 2, so the grid is the plain auto grid
+    (32, 3.2, [2, 3, 6, 10, 16, 48]),  # the known-dimension manifold in R^32: likewise
+    (784, None, [2, 7, 28, 105, 392, 1176]),  # no estimate kept: up to D / 2, then 1.5 x D
+])
+def test_the_auto_grid_stops_at_eight_times_the_intrinsic_dimension(input_dim, intrinsic_high, grid):
+    assert config.StudyConfig().sizes(input_dim, intrinsic_high) == grid
+
+
+def test_an_explicit_grid_ignores_the_intrinsic_dimension():
+    assert config.StudyConfig(latent_dims=[3, 300]).sizes(784, 13.6) == [3, 300]
+
+
 def test_an_explicit_grid_is_kept_and_checked(tmp_path):
     assert load(tmp_path, "study:\n  latent_dims: auto\n", "study").latent_dims == "auto"
     study = load(tmp_path, "study:\n  latent_dims: [3, 7, 200]\n", "study")

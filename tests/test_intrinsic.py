@@ -59,3 +59,11 @@ def test_an_estimate_that_is_not_a_dimension_is_rejected_with_its_reason():
     assert est["twonn"] is None and est["twonn_interval"] is None
     assert est["rejected"] == {"twonn": "the estimate nan is not a finite positive number"}
     assert est["mle"] == pytest.approx(1.0, abs=0.25)
+
+
+def test_the_upper_estimate_is_the_largest_kept_interval_end():
+    found = {"twonn": 12.8, "twonn_interval": [12.2, 13.6], "mle": 11.2, "mle_interval": [11.0, 11.4]}
+    assert intrinsic.upper(found) == 13.6
+    assert intrinsic.upper({**found, "twonn": None, "twonn_interval": None}) == 11.4
+    assert intrinsic.upper({"twonn": 7.0, "twonn_interval": None, "mle": None}) == 7.0  # no interval: the estimate
+    assert intrinsic.upper({"twonn": None, "mle": None, "rejected": {"twonn": "not finite"}}) is None

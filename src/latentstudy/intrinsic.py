@@ -110,3 +110,11 @@ def estimates(x: np.ndarray, max_points: int, seed: int) -> dict:
         else:
             out[name], out[f"{name}_interval"] = round(value, 3), intervals[name]
     return out
+
+
+def upper(found: dict | None) -> float | None:
+    """The largest upper end of the kept estimates' 95% intervals (the estimate itself where it has no
+    interval); None when no estimate was kept. What the auto grid's top is scaled from."""
+    highs = [(found.get(f"{name}_interval") or [found[name]])[-1]
+             for name in ("twonn", "mle") if found and found.get(name) is not None]
+    return max(highs) if highs else None

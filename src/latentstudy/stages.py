@@ -112,14 +112,14 @@ def prepare(paths: PreparePaths, root: Path) -> dict:
 def pca(paths: PcaPaths) -> dict:
     import pandas as pd
 
-    from latentstudy import data
+    from latentstudy import data, intrinsic
     from latentstudy import pca as pca_mod
 
     study = paramfile.load_section(paths.params, "study")
     cfg = paramfile.load_section(paths.params, "pca")
     x_train, _ = data.load_split(paths.data, "train")
     x_test, _ = data.load_split(paths.data, "test")
-    ks = study.sizes(x_train.shape[1])
+    ks = study.sizes(x_train.shape[1], intrinsic.upper(data.load_summary(paths.data)["intrinsic_dim"]))
     metrics_json, curve_csv, basis_path = paths.metrics, paths.curve, paths.basis
     with outputs(metrics_json, curve_csv, basis_path):
         basis = pca_mod.fit(x_train)

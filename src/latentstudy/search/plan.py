@@ -84,9 +84,10 @@ def study_prefix(dataset: str, search: SearchConfig, seed: int, fingerprint: str
 
 def make_plan(study: StudyConfig, search: SearchConfig, summary: dict, experiment: str) -> Plan:
     from latentstudy.data.scaling import in_unit_interval
+    from latentstudy.intrinsic import upper
     from latentstudy.models import choose_arch, choose_likelihood
 
-    grid = study.sizes(summary["input_dim"])
+    grid = study.sizes(summary["input_dim"], upper(summary["intrinsic_dim"]))
     # Fail now, not in every worker.
     choose_arch(search.model.arch, summary["image_shape"], len(search.model.channels))
     unit_interval = in_unit_interval(summary["scaling"])
