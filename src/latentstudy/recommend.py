@@ -154,7 +154,7 @@ class Answer:
 
     def to_dict(self) -> dict:
         out = {"purpose": self.purpose.name, "criterion": self.purpose.criterion, "latent_dim": self.k,
-               "missing": self.missing, "excluded": {str(k): v for k, v in self.excluded.items()},
+               "summary": self.summary(), "missing": self.missing, "excluded": {str(k): v for k, v in self.excluded.items()},
                "notes": list(self.notes)}
         c = self.choice
         if c is None:
