@@ -324,7 +324,7 @@ def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_
     for r in runs:
         if r.data.tags.get("latentstudy.phase") == "replicate":
             row = reps[reps.mlflow_run_id == r.info.run_id].iloc[0]
-            assert r.info.run_name == f"k{row.latent_dim}-{row.arm}-t{row.replicate_of}-r{row.number + 1}"
+            assert r.info.run_name == f"k{row.latent_dim}-{row.arm}-t{int(row.replicate_of)}-r{row.number + 1}"
     assert {r.info.run_id for r in runs} == set(trials["mlflow_run_id"])
     finished = [r for r in runs if r.data.tags.get("optuna.state") == "COMPLETE"]
     assert len(finished) == sum(t.state.name == "COMPLETE" for t in all_trials)
