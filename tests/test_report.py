@@ -7,7 +7,7 @@ import pytest
 
 from latentstudy import config, figures, page, pca, recommend, report
 from latentstudy.config import StudyError
-from latentstudy.contracts import Inputs, Searched
+from latentstudy.contracts import Inputs, Searched, report_outputs
 
 N = 60  # test examples
 
@@ -146,11 +146,11 @@ def test_nothing_sane_ends_the_report_with_one_line(tmp_path):
 
 def test_outputs_are_staged_then_moved_whole(tmp_path):
     out = tmp_path / "reports"
-    paths = report.output_paths(out)
+    paths = report_outputs(out)
     tmp = report.staging(out)
     (tmp / "figures").mkdir(parents=True)
     (tmp / "figures" / "answers.png").write_bytes(b"\x89PNG half")  # what a kill -9 left mid-write
-    staged = report.output_paths(tmp)
+    staged = report_outputs(tmp)
     (out / "figures").mkdir(parents=True)
     (out / "figures" / "old.png").write_bytes(b"old")
     staged["figures"].joinpath("new.png").write_bytes(b"new")

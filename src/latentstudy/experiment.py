@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from latentstudy.config import StudyError
-from latentstudy.contracts import read_json
+from latentstudy.contracts import read_json, report_outputs
 
 PURPOSES = ("auto", "generation", "reconstruction", "representation")
 
@@ -80,13 +80,14 @@ def run(data: Path, labels: str | None, purpose: str | None, sets: list[str]) ->
 
 def answer_lines(root: Path) -> list[str]:
     """One line per purpose from the project's recommendation.json, then the report's path."""
-    from latentstudy import report, text
+    # Only modules the search runs too: `python -m latentstudy.cli worker` ties cli's imports to it.
+    from latentstudy.recommend import answer_line
     from latentstudy.stages import cmd_paths
 
     out = cmd_paths(root / "pipeline" / "report.py").get("--out", Path("reports"))
-    paths = report.output_paths(root / out)
+    paths = report_outputs(root / out)
     rec = read_json(paths["recommendation"])
-    lines = [text.answer_line(name, rec["headline"], a["summary"]) for name, a in rec["answers"].items()]
+    lines = [answer_line(name, rec["headline"], a["summary"]) for name, a in rec["answers"].items()]
     html, here = paths["html"], Path.cwd().resolve()
     return [*lines, f"Report: {html.relative_to(here) if html.is_relative_to(here) else html}"]
 

@@ -174,6 +174,11 @@ class Answer:
         return out
 
 
+def answer_line(purpose: str, headline: str, summary: str) -> str:
+    """One purpose's answer as the report stage and `latentstudy answers` print it."""
+    return f"{purpose}{' (headline)' if purpose == headline else ''}: {summary}"
+
+
 def _set(ks: list[int]) -> str:
     return "{" + ", ".join(map(str, ks)) + "}"
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from latentstudy import figures, gallery, page, text
 from latentstudy.config import ARMS
-from latentstudy.contracts import Inputs
+from latentstudy.contracts import Inputs, report_outputs
 from latentstudy.recommend import Recommendation, added_sizes
 
 # (table column, evaluation arm, evaluation key)
@@ -119,12 +119,6 @@ def main_figure(rec: Recommendation, table: pd.DataFrame, added: list[int], path
 # --- writing and MLflow ----------------------------------------------------------------------------
 
 
-def output_paths(out_dir: Path) -> dict[str, Path]:
-    return {"figures": out_dir / "figures", "plots": out_dir / "plots" / "distortion.csv",
-            "table": out_dir / "table.csv", "metrics": out_dir / "metrics.json",
-            "recommendation": out_dir / "recommendation.json", "html": out_dir / "index.html"}
-
-
 def staging(out_dir: Path) -> Path:
     """Where the outputs are written before they are moved into place."""
     return out_dir / ".report.tmp"
@@ -145,7 +139,7 @@ def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dic
     """Every output, staged in a temporary folder, then moved over the previous ones."""
     tmp = staging(paths["html"].parent)
     shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
-    staged = output_paths(tmp)
+    staged = report_outputs(tmp)
     fig_dir = staged["figures"]
     fig_dir.mkdir(parents=True)
     figs = []

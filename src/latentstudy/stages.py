@@ -26,6 +26,7 @@ from latentstudy.contracts import (
     Searched,
     SearchPaths,
     read_json,
+    report_outputs,
 )
 
 
@@ -187,8 +188,7 @@ def evaluate(paths: EvaluatePaths) -> dict:
 def report(paths: ReportPaths, tracking: str | None) -> None:
     import pandas as pd
 
-    from latentstudy import data, recommend, text
-    from latentstudy import report as rep
+    from latentstudy import data, recommend, report as rep
     from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
     from latentstudy.tracking import require_reachable
@@ -205,12 +205,12 @@ def report(paths: ReportPaths, tracking: str | None) -> None:
                  pd.read_csv(paths.trials), summary, read_json(paths.pca_metrics), Searched.load(paths.study), x_test,
                  y_test, paths.models, pca_mod.load(paths.basis))
     table = rep.build_table(inp.evaluation)
-    written = rep.output_paths(paths.out)
+    written = report_outputs(paths.out)
     with outputs(*written.values(), rep.staging(paths.out)):
         rec = recommend.recommendation(cfg, inp)
         rep.write(cfg, inp, table, rec, written)
     for name, answer in rec.answers.items():
-        print(f"[report] {text.answer_line(name, rec.headline, answer.summary())}")
+        print(f"[report] {recommend.answer_line(name, rec.headline, answer.summary())}")
     print(f"[report] wrote {written['html']}, {written['table']}, {written['metrics']}")
     if tracking:
         rep.log_to_mlflow(tracking, inp, table, rec, written, paramfile.as_dict(cfg))

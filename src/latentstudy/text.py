@@ -66,8 +66,3 @@ def figure(name: str, **values) -> tuple[str, str]:
     """(title, caption) of a figure file; values fill its title (k)."""
     title, caption = FIGURES[name]
     return title.format(**values), caption
-
-
-def answer_line(purpose: str, headline: str, summary: str) -> str:
-    """One purpose's answer as the report stage and `latentstudy answers` print it."""
-    return f"{purpose}{' (headline)' if purpose == headline else ''}: {summary}"
