@@ -620,3 +620,13 @@ def test_each_added_size_gets_its_seed_replicates_before_the_rule_looks_again(pr
     six = optuna.load_study(study_name=f"{plan.prefix}-k6-vae-rep", storage=storage).get_trials()[0]
     best = optuna.load_study(study_name=f"{plan.prefix}-k6-vae", storage=storage).best_trial
     assert six.user_attrs["replicate_of"] == best.number and six.user_attrs["seed"] != 6  # the best, a new seed
+
+
+def test_a_replicate_run_is_named_after_the_trial_it_retrains():
+    from latentstudy.search import runs
+    from latentstudy.search.plan import REPLICATE, Unit
+
+    trial = optuna.trial.create_trial(params={}, distributions={}, value=1.0, user_attrs={"replicate_of": 3})
+    trial.number = 1
+    assert runs.run_name(Unit(2, "vae", "p-k2-vae", 2, 6), trial) == "k2-vae-t1"
+    assert runs.run_name(Unit(2, "vae", "p-k2-vae-rep", 2, 6, REPLICATE), trial) == "k2-vae-t3-r2"
