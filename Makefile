@@ -26,7 +26,8 @@ study: $(STAMP) ## Set up and run the default study (dvc repro); open reports/in
 	@test -d .dvc || $(BIN)/dvc init --quiet
 	$(RUN) $(BIN)/dvc repro
 	@$(RUN) $(BIN)/dvc plots show -o reports/dvc_plots >/dev/null && echo "DVC plots: reports/dvc_plots/index.html"
-	@echo "Report: reports/index.html   Trials: make ui (MLflow)   Rerun: edit params.yaml, then make study"
+	@echo "Trials: make ui (MLflow)   Rerun: edit params.yaml, then make study   Your data: latentstudy run FILE"
+	@$(BIN)/latentstudy answers
 
 test: $(STAMP) browser-deps ## Set up and run the whole test suite
 	$(RUN) $(BIN)/python -m pytest

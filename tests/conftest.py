@@ -113,6 +113,31 @@ TINY_SEARCH = {
 TINY_DATA = {"name": "digits", "limit": 300, "intrinsic_max_points": 300}
 
 
+def metric_leaves(repo: Path) -> dict[str, float]:
+    """Every number (booleans too) in the files dvc.yaml lists under metrics:, by file and key path."""
+    import json
+
+    import yaml
+
+    out = {}
+
+    def walk(prefix: str, value) -> None:
+        if isinstance(value, dict):
+            for key, v in value.items():
+                walk(f"{prefix}.{key}", v)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                walk(f"{prefix}[{i}]", v)
+        elif isinstance(value, (int, float)):
+            out[prefix] = value
+
+    for stage in yaml.safe_load((repo / "dvc.yaml").read_text())["stages"].values():
+        for entry in stage.get("metrics", []):
+            path = next(iter(entry)) if isinstance(entry, dict) else entry
+            walk(path + ":", json.loads((repo / path).read_text()))
+    return out
+
+
 def prepare_data(folder: Path, **data) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
     """Run prepare on the data section given as keywords into folder/prepared: (summary, splits read back)."""
     from latentstudy.config import DataConfig

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from conftest import ROOT, TINY_DATA, TINY_SEARCH, write_params
+from conftest import ROOT, TINY_DATA, TINY_SEARCH, metric_leaves, write_params
 
 from latentstudy import contracts, stages
 from latentstudy.tracking import Tracker
@@ -49,9 +49,9 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", result.stdout + result.stderr))
 
 
-def new_project(repo: Path, params: dict, message: str) -> subprocess.CompletedProcess:
+def new_project(repo: Path, params: dict, message: str, repro: bool = True) -> subprocess.CompletedProcess | None:
     """The project's pipeline and code with these params in a new git + DVC repository (whatever
-    else is in `repo` is committed too), then its first `dvc repro`."""
+    else is in `repo` is committed too), then its first `dvc repro` (unless repro is False)."""
     for item in ("dvc.yaml", "pipeline", "src/latentstudy", ".dvcignore", ".gitignore"):
         src, dst = ROOT / item, repo / item
         if src.is_dir():
@@ -65,7 +65,7 @@ def new_project(repo: Path, params: dict, message: str) -> subprocess.CompletedP
     sh(repo, "dvc", "config", "core.analytics", "false")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", message)
-    return sh(repo, "dvc", "repro")
+    return sh(repo, "dvc", "repro") if repro else None
 
 
 def set_param(repo: Path, dotted: str, value) -> None:
@@ -158,6 +158,14 @@ def test_repro_writes_every_output(repo):
 def test_dvc_metrics_and_plots(repo):
     shown = sh(repo, "dvc", "metrics", "show")
     assert "reports/metrics.json" in shown.stdout and "recommended_latent_dim" in shown.stdout
+    # The metrics hold the answers, their intervals and a few headline figures, not per-size tables
+    # (those are in table.csv, evaluation.json, trials.csv and the plots): a few dozen numbers.
+    leaves = metric_leaves(repo)
+    assert len(leaves) <= 60, sorted(leaves)
+    assert not [key for key in leaves if re.search(r"\.k\d+\b|latent_dims|rows", key)]
+    for purpose in ("generation", "reconstruction", "representation"):
+        for key in ("latent_dim", "interval_low", "interval_high", "stability", "value", "ci95_low", "ci95_high"):
+            assert f"reports/metrics.json:.answers.{purpose}.{key}" in leaves
     sh(repo, "dvc", "plots", "show", "-o", "dvc_plots")
     rendered = (repo / "dvc_plots" / "index.html").read_text()
     assert "vae_sse_per_image" in rendered and "explained_variance_ratio" in rendered

@@ -7,7 +7,7 @@ import pytest
 
 from latentstudy import config, figures, page, pca, recommend, report
 from latentstudy.config import StudyError
-from latentstudy.contracts import Inputs, Searched
+from latentstudy.contracts import Inputs, Searched, report_outputs
 
 N = 60  # test examples
 
@@ -87,9 +87,13 @@ def test_answers_come_from_the_per_example_values(tmp_path):
     assert rec.answers["reconstruction"].k == 4  # the autoencoder's error still falls: its best size
     assert rec.answers["representation"].choice is None  # no labels
     assert "Sizes added by the search: 4" in rec.text and rec.checks.pca_components["0.9"][0] > 0
-    metrics = report.headline_metrics(report.build_table(evaluation()), rec)
+    table = report.build_table(evaluation())
+    metrics = report.headline_metrics(table, rec)
     assert metrics["answers"]["generation"]["latent_dim"] == 4 and metrics["added_sizes"] == 1
-    assert metrics["latent_dims"]["k4"]["added"] is True and metrics["latent_dims"]["k8"]["ae_sse_per_image"] is None
+    # Each size's values are in the table (table.csv), not in the metrics
+    assert "latent_dims" not in metrics
+    by_k = table.set_index("latent_dim")
+    assert by_k.loc[4, "phase"] == "added" and pd.isna(by_k.loc[8, "ae_sse_per_image"])
     assert set(report.mlflow_metrics(report.build_table(evaluation()), rec)) >= {
         "generation_latent_dim", "generation_interval_low", "generation_interval_high", "generation_stability",
         "generation_ci95_low", "reconstruction_latent_dim"}
@@ -142,11 +146,11 @@ def test_nothing_sane_ends_the_report_with_one_line(tmp_path):
 
 def test_outputs_are_staged_then_moved_whole(tmp_path):
     out = tmp_path / "reports"
-    paths = report.output_paths(out)
+    paths = report_outputs(out)
     tmp = report.staging(out)
     (tmp / "figures").mkdir(parents=True)
     (tmp / "figures" / "answers.png").write_bytes(b"\x89PNG half")  # what a kill -9 left mid-write
-    staged = report.output_paths(tmp)
+    staged = report_outputs(tmp)
     (out / "figures").mkdir(parents=True)
     (out / "figures" / "old.png").write_bytes(b"old")
     staged["figures"].joinpath("new.png").write_bytes(b"new")

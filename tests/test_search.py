@@ -278,6 +278,9 @@ def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_
         assert sum(t.state.name == "COMPLETE" for t in got) >= unit.budget
         assert not [t for t in got if t.state.name in ("RUNNING", "WAITING")]
         assert (out / "models" / f"k{unit.latent_dim}-{unit.arm}.pt").is_file()
+        # optuna-dashboard names the objective and its unit, not "Objective 0"
+        objective = "val neg_elbo (nats)" if unit.arm == "vae" else "val sse (squared error per example)"
+        assert optuna.load_study(study_name=unit.study_name, storage=storage).metric_names == [objective]
     for name in optuna.study.get_all_study_names(storage):
         all_trials += optuna.load_study(study_name=name, storage=storage).get_trials()
     assert len(trials) == len(all_trials)
@@ -316,6 +319,12 @@ def test_two_cpu_workers_share_one_journal_storage(prepared, tmp_path, tracking_
     assert len(keys) == len(runs)
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in runs)
     assert sum(r.data.tags.get("latentstudy.phase") == "replicate" for r in runs) == len(reps)
+    names = [r.info.run_name for r in runs]
+    assert len(set(names)) == len(names)  # a replicate is named after the trial it retrains: k2-vae-t0-r1
+    for r in runs:
+        if r.data.tags.get("latentstudy.phase") == "replicate":
+            row = reps[reps.mlflow_run_id == r.info.run_id].iloc[0]
+            assert r.info.run_name == f"k{row.latent_dim}-{row.arm}-t{int(row.replicate_of)}-r{row.number + 1}"
     assert {r.info.run_id for r in runs} == set(trials["mlflow_run_id"])
     finished = [r for r in runs if r.data.tags.get("optuna.state") == "COMPLETE"]
     assert len(finished) == sum(t.state.name == "COMPLETE" for t in all_trials)
@@ -611,3 +620,13 @@ def test_each_added_size_gets_its_seed_replicates_before_the_rule_looks_again(pr
     six = optuna.load_study(study_name=f"{plan.prefix}-k6-vae-rep", storage=storage).get_trials()[0]
     best = optuna.load_study(study_name=f"{plan.prefix}-k6-vae", storage=storage).best_trial
     assert six.user_attrs["replicate_of"] == best.number and six.user_attrs["seed"] != 6  # the best, a new seed
+
+
+def test_a_replicate_run_is_named_after_the_trial_it_retrains():
+    from latentstudy.search import runs
+    from latentstudy.search.plan import REPLICATE, Unit
+
+    trial = optuna.trial.create_trial(params={}, distributions={}, value=1.0, user_attrs={"replicate_of": 3})
+    trial.number = 1
+    assert runs.run_name(Unit(2, "vae", "p-k2-vae", 2, 6), trial) == "k2-vae-t1"
+    assert runs.run_name(Unit(2, "vae", "p-k2-vae-rep", 2, 6, REPLICATE), trial) == "k2-vae-t3-r2"

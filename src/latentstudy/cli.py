@@ -1,5 +1,7 @@
-"""Command line: `latentstudy worker`, which joins a study's search from any machine, and the UIs
-on the study's stores: `latentstudy ui` (MLflow) and `latentstudy dashboard` (optuna-dashboard).
+"""Command line: `latentstudy run DATA`, the study on a file or folder as a DVC experiment, and
+`latentstudy answers`, the last report's answers; `latentstudy worker`, which joins a study's search
+from any machine; and the UIs on the study's stores: `latentstudy ui` (MLflow) and `latentstudy
+dashboard` (optuna-dashboard).
 
 A leaf: nothing in the package imports it.
 """
@@ -107,9 +109,37 @@ def dashboard(args: argparse.Namespace) -> None:
     optuna_dashboard.run_server(storage, host=args.host, port=args.port)
 
 
+def run(args: argparse.Namespace) -> None:
+    from latentstudy import experiment
+
+    experiment.run(args.data, args.labels, args.purpose, args.set)
+
+
+def answers(args: argparse.Namespace) -> None:
+    from latentstudy import experiment
+
+    experiment.print_answers(experiment.project_root(Path.cwd()))
+
+
+def _run_args(p: argparse.ArgumentParser) -> None:
+    from latentstudy.experiment import PURPOSES
+
+    p.add_argument("data", type=Path, help="a .npz, .npy, .csv, .parquet or .feather file, or a folder of images")
+    p.add_argument("--labels", help="the table column (or .npz key) holding labels, if any")
+    p.add_argument("--purpose", choices=PURPOSES, help="the headline purpose (report.purpose)")
+    p.add_argument("-S", "--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other parameter, as dvc exp run -S takes it (repeat for more)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="latentstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run the study on a file or folder (dvc exp run with its -S overrides), then "
+                                   "print the answers")
+    _run_args(r)
+    r.set_defaults(func=run)
+    a = sub.add_parser("answers", help="the last report's answers, one line per purpose, and its path")
+    a.set_defaults(func=answers)
     w = sub.add_parser("worker", help="run trials of an existing study until its budget is met")
     _worker_args(w)
     w.set_defaults(func=worker)

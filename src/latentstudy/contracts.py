@@ -156,6 +156,14 @@ class Inputs:
     pca_basis: object
 
 
+def report_outputs(out_dir: Path) -> dict[str, Path]:
+    """The report stage's files in its folder (ReportPaths.out), as the stage writes them and
+    `latentstudy answers` reads them."""
+    return {"figures": out_dir / "figures", "plots": out_dir / "plots" / "distortion.csv",
+            "table": out_dir / "table.csv", "metrics": out_dir / "metrics.json",
+            "recommendation": out_dir / "recommendation.json", "html": out_dir / "index.html"}
+
+
 def read_json(path: Path) -> dict:
     if not path.is_file():
         raise StudyError(f"{path}: not found; run the stages before it (dvc repro)")

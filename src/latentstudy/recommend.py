@@ -154,7 +154,7 @@ class Answer:
 
     def to_dict(self) -> dict:
         out = {"purpose": self.purpose.name, "criterion": self.purpose.criterion, "latent_dim": self.k,
-               "missing": self.missing, "excluded": {str(k): v for k, v in self.excluded.items()},
+               "summary": self.summary(), "missing": self.missing, "excluded": {str(k): v for k, v in self.excluded.items()},
                "notes": list(self.notes)}
         c = self.choice
         if c is None:
@@ -172,6 +172,11 @@ class Answer:
                       for i, k in enumerate(c.ks)],
         })
         return out
+
+
+def answer_line(purpose: str, headline: str, summary: str) -> str:
+    """One purpose's answer as the report stage and `latentstudy answers` print it."""
+    return f"{purpose}{' (headline)' if purpose == headline else ''}: {summary}"
 
 
 def _set(ks: list[int]) -> str:

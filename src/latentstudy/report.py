@@ -18,7 +18,7 @@ import pandas as pd
 
 from latentstudy import figures, gallery, page, text
 from latentstudy.config import ARMS
-from latentstudy.contracts import Inputs
+from latentstudy.contracts import Inputs, report_outputs
 from latentstudy.recommend import Recommendation, added_sizes
 
 # (table column, evaluation arm, evaluation key)
@@ -79,14 +79,9 @@ def build_table(evaluation: dict) -> pd.DataFrame:
 
 
 def headline_metrics(table: pd.DataFrame, rec: Recommendation) -> dict:
-    """reports/metrics.json: what `dvc metrics diff` and `dvc exp show` compare (numbers only)."""
-    per_k = {}
-    for _, row in table.iterrows():
-        per_k[f"k{int(row.latent_dim)}"] = {
-            c: (None if pd.isna(row[c]) else round(float(row[c]), 5))
-            for c in ("pca_sse_per_image", "ae_sse_per_image", "vae_sse_per_image", "vae_distortion_nats",
-                      "vae_rate_nats", "vae_neg_elbo_nats", "vae_iwae_nll_nats", "vae_active_units")
-        } | {"added": row.phase == "added"}
+    """reports/metrics.json: what `dvc metrics diff` and `dvc exp show` compare: the answers with
+    their intervals and a few headline figures. Each size's values are in table.csv and the plots,
+    so the metrics stay a few dozen numbers whatever the number of sizes."""
     answers = {}
     for name, a in rec.answers.items():
         if a.choice is None:
@@ -98,7 +93,7 @@ def headline_metrics(table: pd.DataFrame, rec: Recommendation) -> dict:
                          "ci95_low": round(low, 5), "ci95_high": round(high, 5), "best_latent_dim": a.choice.best}
     return {"headline": rec.headline, "recommended_latent_dim": rec.latent_dim, "answers": answers,
             "knee_latent_dim": rec.checks.knee, "max_active_units": rec.checks.max_active_units,
-            "searched_sizes": len(table), "added_sizes": int((table.phase == "added").sum()), "latent_dims": per_k}
+            "searched_sizes": len(table), "added_sizes": int((table.phase == "added").sum())}
 
 
 def main_figure(rec: Recommendation, table: pd.DataFrame, added: list[int], path: Path) -> None:
@@ -124,12 +119,6 @@ def main_figure(rec: Recommendation, table: pd.DataFrame, added: list[int], path
 # --- writing and MLflow ----------------------------------------------------------------------------
 
 
-def output_paths(out_dir: Path) -> dict[str, Path]:
-    return {"figures": out_dir / "figures", "plots": out_dir / "plots" / "distortion.csv",
-            "table": out_dir / "table.csv", "metrics": out_dir / "metrics.json",
-            "recommendation": out_dir / "recommendation.json", "html": out_dir / "index.html"}
-
-
 def staging(out_dir: Path) -> Path:
     """Where the outputs are written before they are moved into place."""
     return out_dir / ".report.tmp"
@@ -150,7 +139,7 @@ def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dic
     """Every output, staged in a temporary folder, then moved over the previous ones."""
     tmp = staging(paths["html"].parent)
     shutil.rmtree(tmp, ignore_errors=True)  # what a killed run left
-    staged = output_paths(tmp)
+    staged = report_outputs(tmp)
     fig_dir = staged["figures"]
     fig_dir.mkdir(parents=True)
     figs = []

@@ -26,6 +26,7 @@ from latentstudy.contracts import (
     Searched,
     SearchPaths,
     read_json,
+    report_outputs,
 )
 
 
@@ -123,11 +124,12 @@ def pca(paths: PcaPaths) -> dict:
     metrics_json, curve_csv, basis_path = paths.metrics, paths.curve, paths.basis
     with outputs(metrics_json, curve_csv, basis_path):
         basis = pca_mod.fit(x_train)
+        # The DVC metrics: a few numbers. Each size's test values are in curve.csv (every number of
+        # components) and in the evaluation (every searched size).
         metrics = {
             "input_dim": basis.input_dim,
             "n_components": basis.n_components,
             "components_for_variance": {f"{t:g}": pca_mod.components_for(basis, t) for t in cfg.variance_targets},
-            "latent_dims": {f"k{k}": pca_mod.metrics_at(basis, x_test, k) for k in ks},
         }
         basis_path.parent.mkdir(parents=True, exist_ok=True)
         pca_mod.save(basis, basis_path)
@@ -137,7 +139,7 @@ def pca(paths: PcaPaths) -> dict:
     needed = ", ".join(f"{int(float(t) * 100)}%: {k}" for t, k in metrics["components_for_variance"].items())
     print(f"[pca] {basis.n_components} components; components for explained variance {needed}")
     for k in ks:
-        m = metrics["latent_dims"][f"k{k}"]
+        m = pca_mod.metrics_at(basis, x_test, k)
         print(f"[pca] k={k:<4} test squared error per image {m['sse_per_image']:.3f}  "
               f"explained variance {m['explained_variance_ratio']:.3f}")
     return metrics
@@ -203,12 +205,12 @@ def report(paths: ReportPaths, tracking: str | None) -> None:
                  pd.read_csv(paths.trials), summary, read_json(paths.pca_metrics), Searched.load(paths.study), x_test,
                  y_test, paths.models, pca_mod.load(paths.basis))
     table = rep.build_table(inp.evaluation)
-    written = rep.output_paths(paths.out)
+    written = report_outputs(paths.out)
     with outputs(*written.values(), rep.staging(paths.out)):
         rec = recommend.recommendation(cfg, inp)
         rep.write(cfg, inp, table, rec, written)
     for name, answer in rec.answers.items():
-        print(f"[report] {name}{' (headline)' if name == rec.headline else ''}: {answer.summary()}")
+        print(f"[report] {recommend.answer_line(name, rec.headline, answer.summary())}")
     print(f"[report] wrote {written['html']}, {written['table']}, {written['metrics']}")
     if tracking:
         rep.log_to_mlflow(tracking, inp, table, rec, written, paramfile.as_dict(cfg))

@@ -74,22 +74,25 @@ def replicate_trials(snap: list) -> dict[tuple[int, str], list]:
     return out
 
 
-def metrics_summary(plan: Plan, snap: list, best: dict) -> dict:
-    out = {"study": plan.prefix, "latent_dims": {}}
-    reps = replicate_trials(snap)
+def metrics_summary(plan: Plan, snap: list) -> dict:
+    """metrics.json, the search's few headline figures for `dvc metrics`: sizes, trials by state,
+    seed replicates, trainings still improving at the ceiling, trial-epochs. Each size's and
+    trial's values are in trials.csv (one row per trial)."""
+    states = {"COMPLETE": 0, "FAIL": 0, "PRUNED": 0}
+    replicates = still_improving = epochs = 0
     for unit, trials in snap:
+        for t in trials:
+            epochs += t.user_attrs.get(keys.EPOCHS_RUN) or 0
+            still_improving += bool(t.user_attrs.get(keys.STILL_IMPROVING))
         if unit.phase == REPLICATE:
+            replicates += sum(t.state.name == "COMPLETE" for t in trials)
             continue
         c = counts(trials)
-        entry = out["latent_dims"].setdefault(f"k{unit.latent_dim}", {"added": unit.phase == ADDED})
-        t = best.get((unit.latent_dim, unit.arm))
-        m = t.user_attrs.get(keys.METRICS, {}) if t else {}
-        entry[unit.arm] = {"complete": c["COMPLETE"], "failed": c["FAIL"], "pruned": c["PRUNED"],
-                           "val_neg_elbo_nats": m.get("val_neg_elbo"), "val_distortion_nats": m.get("val_distortion"),
-                           "val_sse_per_image": m.get("val_sse"), "beta": t.params.get("beta") if t else None,
-                           "lr": t.params.get("lr") if t else None,
-                           "replicates": len(reps.get((unit.latent_dim, unit.arm), []))}
-    return out
+        states = {state: n + c[state] for state, n in states.items()}
+    searched = searched_sizes(plan)
+    return {"study": plan.prefix, "sizes": len(searched), "added_sizes": sum(s.phase == ADDED for s in searched),
+            "trials": {"complete": states["COMPLETE"], "failed": states["FAIL"], "pruned": states["PRUNED"]},
+            "replicates": replicates, "still_improving": still_improving, "trial_epochs": epochs}
 
 
 def model_trials(snap: list) -> dict[tuple[int, str, int, int], tuple[Unit, object]]:
@@ -139,7 +142,7 @@ def write_outputs(plan: Plan, snap: list, url: str, experiment_id: str | None, p
     for col in ("retry_of", "replicate_of", "seed", "epochs_run", "best_epoch", "n_params"):
         table[col] = table[col].astype("Int64")
     table.to_csv(trials_csv, index=False)
-    metrics_json.write_text(json.dumps(metrics_summary(plan, snap, best_trials(snap)), indent=2) + "\n")
+    metrics_json.write_text(json.dumps(metrics_summary(plan, snap), indent=2) + "\n")
     Searched(
         prefix=plan.prefix, storage=url if url.startswith("journal:") else redact(url), experiment=plan.experiment,
         experiment_id=experiment_id, parent_run_id=plan.parent_run_id, studies=[u.study_name for u in plan.units],

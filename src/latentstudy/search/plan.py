@@ -117,6 +117,14 @@ def arm_objective(search: SearchConfig, arm: str) -> str:
     return search.objective if arm == "vae" else "sse"
 
 
+OBJECTIVE_UNITS = {"neg_elbo": "nats", "distortion": "nats", "sse": "squared error per example"}
+
+
+def metric_name(objective: str) -> str:
+    """The objective as optuna-dashboard labels it, e.g. "val neg_elbo (nats)"."""
+    return f"val {objective} ({OBJECTIVE_UNITS[objective]})"
+
+
 def grid_units(prefix: str, ks: list[int], search: SearchConfig, phase: str = GRID,
                reason: str = "") -> tuple[Unit, ...]:
     """Both arms of each size, with the grid's budgets; an added size with search.added_budget of

@@ -17,7 +17,7 @@ from pathlib import Path
 from latentstudy.config import StudyError
 from latentstudy.data import Prepared
 from latentstudy.search import keys
-from latentstudy.search.plan import Plan, Unit, arm_objective
+from latentstudy.search.plan import REPLICATE, Plan, Unit, arm_objective
 from latentstudy.search.store import load_plan, process_alive, process_id, reap_earlier, redact, snapshot
 from latentstudy.tracking import COORDINATOR_TAG, OPTUNA_STUDY_TAG, STUDY_TAG, TRIAL_TAG
 
@@ -25,8 +25,13 @@ FINISHED_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED
 RESTORED_TAG = "latentstudy.restored"  # a run recreated from the Optuna storage: no per-epoch curves
 
 
-def run_name(unit: Unit, number: int) -> str:
-    return f"k{unit.latent_dim}-{unit.arm}-t{number}"
+def run_name(unit: Unit, trial) -> str:
+    """k<size>-<arm>-t<number>; a seed replicate adds -r<its number in the replicate study, from 1>
+    to the name of the trial it retrains (k2-vae-t0-r1), so no two runs of a size share a name."""
+    if unit.phase != REPLICATE:
+        return f"k{unit.latent_dim}-{unit.arm}-t{trial.number}"
+    of = trial.user_attrs.get(keys.REPLICATE_OF)
+    return f"k{unit.latent_dim}-{unit.arm}{'' if of is None else f'-t{of}'}-r{trial.number + 1}"
 
 
 def run_params(plan: Plan, unit: Unit, beta: float, lr: float, seed: int, device: str | None,
@@ -89,7 +94,7 @@ def recreate(plan: Plan, unit: Unit, trial, tracker) -> str:
     """A finished trial's run, rebuilt from what the Optuna storage holds."""
     attrs = trial.user_attrs
     run_id = tracker.start_trial(
-        plan.experiment_id, plan.parent_run_id, unit.study_name, run_name(unit, trial.number), trial.number,
+        plan.experiment_id, plan.parent_run_id, unit.study_name, run_name(unit, trial), trial.number,
         run_params(plan, unit, trial.params.get("beta", 0.0), trial.params.get("lr"), attrs.get(keys.SEED),
                    attrs.get(keys.DEVICE), attrs.get(keys.RETRY_OF)))
     state = trial.state.name

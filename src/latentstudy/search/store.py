@@ -12,7 +12,7 @@ from pathlib import Path
 
 from latentstudy.config import SearchConfig, StudyError
 from latentstudy.search import keys
-from latentstudy.search.plan import Plan
+from latentstudy.search.plan import Plan, arm_objective, metric_name
 
 HOST = socket.gethostname()
 
@@ -58,12 +58,17 @@ def open_storage(url: str, heartbeat_seconds: int, tracking: str | None = None):
 
 def create_studies(plan: Plan, storage) -> None:
     """Create (or find) every unit's study and store the plan in it, before any worker starts."""
+    import warnings
+
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     for unit in plan.units:
         study = optuna.create_study(storage=storage, study_name=unit.study_name, direction="minimize",
                                     load_if_exists=True)
+        with warnings.catch_warnings():  # set_metric_names is "experimental"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([metric_name(arm_objective(plan.config, unit.arm))])
         study.set_user_attr(keys.PLAN, plan.to_json())
         study.set_user_attr(keys.LATENT_DIM, unit.latent_dim)
         study.set_user_attr(keys.ARM, unit.arm)

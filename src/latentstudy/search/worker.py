@@ -178,7 +178,7 @@ class StackTrials:
         if ctx.tracker:
             params = runs.run_params(ctx.plan, unit, beta, lr, seed, str(ctx.device), trial.user_attrs.get(keys.RETRY_OF))
             run_id = ctx.tracker.start_trial(ctx.plan.experiment_id, ctx.plan.parent_run_id, unit.study_name,
-                                             runs.run_name(unit, trial.number), trial.number,
+                                             runs.run_name(unit, trial), trial.number,
                                              {**params, "stack": self.size})
             trial.set_user_attr(keys.MLFLOW_RUN_ID, run_id)
         self.open[trial.number] = (trial, run_id)
