@@ -71,6 +71,9 @@ class ReportPaths:
     out: Path  # the reports folder
 
 
+RECOMMENDATION_FILE = "recommendation.json"  # in the report's folder: every answer (latentstudy.answers reads it)
+
+
 # --- what the search hands on (reports/search/study.json) and what the report reads ---------------
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 
 from latentstudy import figures, gallery, page, text
 from latentstudy.config import ARMS
-from latentstudy.contracts import Inputs
+from latentstudy.contracts import RECOMMENDATION_FILE, Inputs
 from latentstudy.recommend import Recommendation, added_sizes
 
 # (table column, evaluation arm, evaluation key)
@@ -127,7 +127,7 @@ def main_figure(rec: Recommendation, table: pd.DataFrame, added: list[int], path
 def output_paths(out_dir: Path) -> dict[str, Path]:
     return {"figures": out_dir / "figures", "plots": out_dir / "plots" / "distortion.csv",
             "table": out_dir / "table.csv", "metrics": out_dir / "metrics.json",
-            "recommendation": out_dir / "recommendation.json", "html": out_dir / "index.html"}
+            "recommendation": out_dir / RECOMMENDATION_FILE, "html": out_dir / "index.html"}
 
 
 def staging(out_dir: Path) -> Path:
@@ -221,3 +221,21 @@ def log_to_mlflow(tracking: str, inp: Inputs, table: pd.DataFrame, rec: Recommen
     tracker.end(run_id, "FINISHED", {"headline": rec.headline, "recommended_latent_dim": rec.latent_dim})
     print(f"[report] MLflow report run {run_id} in experiment {inp.study.experiment}")
     return run_id
+
+
+def register_answers(tracking: str, inp: Inputs, rec: Recommendation, report_run: str) -> None:
+    """Each purpose's chosen model in the MLflow Model Registry as latentstudy-<dataset>@<purpose>."""
+    from latentstudy import mlflow_model, packaged
+    from latentstudy.tracking import Tracker, experiment_name
+
+    chosen = {name: packaged.chosen_file(inp.models_dir, name, a.k) for name, a in rec.answers.items()
+              if a.k is not None}
+    chosen = {name: path for name, path in chosen.items() if path.is_file()}
+    tracker = Tracker(tracking)
+    data = packaged.carried(inp.summary)
+    versions = mlflow_model.register_answers(tracker, tracker.experiment(inp.study.experiment), inp.study.prefix,
+                                             chosen, data, report_run, inp.x_test[: mlflow_model.EXAMPLE_ROWS])
+    name = experiment_name(data)
+    for purpose, version in versions.items():
+        print(f"[report] MLflow registry: {name}@{purpose} is version {version} ({chosen[purpose].name}); "
+              f'load it with latentstudy.load("models:/{name}@{purpose}")')
