@@ -125,7 +125,7 @@ def registered_name(dataset: str) -> str:
     return f"latentstudy-{dataset}"
 
 
-def register(client, name: str, alias: str, model_id: str, run_id: str | None, tags: dict[str, str]) -> str:
+def register(client, name: str, alias: str, model_id: str, tags: dict[str, str]) -> str:
     """Point name@alias at the logged model: at its existing version, else at a new one. Returns the
     version; the alias moves when the answer changed."""
     from mlflow.exceptions import MlflowException
@@ -135,13 +135,15 @@ def register(client, name: str, alias: str, model_id: str, run_id: str | None, t
     except MlflowException:
         client.create_registered_model(name, description="latentstudy: the chosen model of each purpose "
                                        "(aliases @generation, @reconstruction, @representation)")
+    # Versions are told apart by their source, the logged model's artifact location: MLflow's sqlite
+    # registry keeps no model id. For the same reason the source is that location, not models:/<id>,
+    # which the registry would resolve through the process's global tracking URI, not this client's.
+    logged = client.get_logged_model(model_id)
     versions = client.search_model_versions(f"name = '{name}'")
-    version = next((v.version for v in versions if getattr(v, "model_id", None) == model_id), None)
+    version = next((v.version for v in versions if v.source == logged.artifact_location), None)
     if version is None:
-        # The logged model's artifact location, not models:/<id>: MLflow's sqlite registry resolves
-        # that URI through the process's global tracking URI, not this client's.
-        location = client.get_logged_model(model_id).artifact_location
-        version = client.create_model_version(name, location, run_id=run_id, tags=tags, model_id=model_id).version
+        version = client.create_model_version(name, logged.artifact_location, run_id=logged.source_run_id,
+                                              tags=tags, model_id=model_id).version
     client.set_registered_model_alias(name, alias, version)
     return str(version)
 
@@ -165,6 +167,6 @@ def register_answers(tracker, experiment_id: str, study: str, chosen: dict[str, 
                 have[key] = (log(tracker.client, experiment_id, report_run, path, data, example, {STUDY_TAG: study},
                                  Path(scratch)), report_run)
         model = LatentModel.from_files(path, data)
-        out[purpose] = register(tracker.client, name, purpose, *have[key],
+        out[purpose] = register(tracker.client, name, purpose, have[key][0],
                                 {STUDY_TAG: study, "latent_dim": str(model.latent_dim), "arm": model.arm})
     return out
