@@ -92,7 +92,7 @@ def test_logged_models_load_as_pyfunc_and_the_alias_moves_with_the_answer(tmp_pa
         save_checkpoint(tmp_path / f"k3-vae-{seed}.pt", m.net, {"trial": seed})
         run = tracker.start_trial(exp, "", "t-1-k3-vae", f"k3-vae-t{seed}", seed, {})
         ids[seed] = mm.log(tracker.client, exp, run, tmp_path / f"k3-vae-{seed}.pt", TABLE,
-                           scaling.apply(RAW[:2], STANDARD), {mm.STUDY_TAG: "t-1"}, tmp_path / "scratch")
+                           scaling.apply(RAW[:2], STANDARD), {mm.STUDY_TAG: "t-1"})
         tracker.end(run, "FINISHED")
         [out] = tracker.client.get_run(run).outputs.model_outputs  # the run page's "Logged models"
         assert out.model_id == ids[seed]

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from importlib.util import find_spec
 from pathlib import Path
 
@@ -73,9 +72,11 @@ def requirements() -> list[str]:
 # Seven parameters: where the model goes (client, experiment, run), what it is (checkpoint, data,
 # example rows) and its tags; each is needed by one of the logged-model calls below.
 def log(client, experiment_id: str, run_id: str, checkpoint: Path, data: dict, example: np.ndarray,
-        tags: dict[str, str], scratch: Path) -> str:
+        tags: dict[str, str]) -> str:
     """Log one model as a logged model of run_id (MLflow 3: created, artifacts, READY) and return its
     id. example: a few prepared rows, shown as raw rows (the input example)."""
+    import tempfile
+
     from mlflow.entities import LoggedModelOutput, LoggedModelStatus
     from mlflow.models import Model
 
@@ -85,19 +86,18 @@ def log(client, experiment_id: str, run_id: str, checkpoint: Path, data: dict, e
                                               FILE_TAG: Path(checkpoint).name},
                                         params={"latent_dim": str(model.latent_dim), "arm": model.arm})
     try:
-        folder = scratch / logged.model_id
-        shutil.rmtree(folder, ignore_errors=True)
-        scratch.mkdir(parents=True, exist_ok=True)
-        (scratch / f"{logged.model_id}.json").write_text(json.dumps(data, indent=2) + "\n")
-        mlflow.pyfunc.save_model(
-            folder, python_model=find_spec(ENTRY).origin,
-            artifacts={"checkpoint": str(checkpoint), "scaler": str(scratch / f"{logged.model_id}.json")},
-            signature=signature(model), input_example=scaling.unapply(example, data["scaling"]),
-            pip_requirements=requirements(),
-            mlflow_model=Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
-                               model_id=logged.model_id))
-        client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=0)])
-        client.log_model_artifacts(logged.model_id, str(folder))
+        with tempfile.TemporaryDirectory() as tmp:
+            scaler, folder = Path(tmp) / DATA_FILE, Path(tmp) / "model"
+            scaler.write_text(json.dumps(data, indent=2) + "\n")
+            mlflow.pyfunc.save_model(
+                folder, python_model=find_spec(ENTRY).origin,
+                artifacts={"checkpoint": str(checkpoint), "scaler": str(scaler)},
+                signature=signature(model), input_example=scaling.unapply(example, data["scaling"]),
+                pip_requirements=requirements(),
+                mlflow_model=Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id,
+                                   run_id=run_id, model_id=logged.model_id))
+            client.log_outputs(run_id, models=[LoggedModelOutput(logged.model_id, step=0)])
+            client.log_model_artifacts(logged.model_id, str(folder))
     except BaseException:
         client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
         raise
@@ -154,8 +154,6 @@ def register_answers(tracker, experiment_id: str, study: str, chosen: dict[str, 
     latentstudy-<dataset>@<purpose>: the logged model its trial run holds, or, when the tracking
     store lost it (or the search ran without MLflow), the same file logged in the report run
     (example: prepared rows for its input example). Returns {purpose: registered version}."""
-    import tempfile
-
     from latentstudy.tracking import experiment_name
 
     have = logged_models(tracker.client, experiment_id, study)
@@ -163,9 +161,8 @@ def register_answers(tracker, experiment_id: str, study: str, chosen: dict[str, 
     for purpose, path in sorted(chosen.items()):
         key = digest(path, data)
         if key not in have:
-            with tempfile.TemporaryDirectory() as scratch:
-                have[key] = (log(tracker.client, experiment_id, report_run, path, data, example, {STUDY_TAG: study},
-                                 Path(scratch)), report_run)
+            have[key] = (log(tracker.client, experiment_id, report_run, path, data, example, {STUDY_TAG: study}),
+                         report_run)
         model = LatentModel.from_files(path, data)
         out[purpose] = register(tracker.client, name, purpose, have[key][0],
                                 {STUDY_TAG: study, "latent_dim": str(model.latent_dim), "arm": model.arm})

@@ -161,7 +161,7 @@ def log_models(tracker, plan: Plan, snap: list, kept: dict[tuple[int, str, int, 
             continue
         if have.get(mm.digest(path, data), (None, None))[1] != run_id:
             mm.log(tracker.client, plan.experiment_id, run_id, path, data, x_val[: mm.EXAMPLE_ROWS],
-                   {mm.STUDY_TAG: plan.prefix}, scratch / "mlflow-models")
+                   {mm.STUDY_TAG: plan.prefix})
         if rank == r == 0:
             model, _ = models.load_checkpoint(path)
             strip = scratch / f"reconstructions-k{k}-{arm}.png"
