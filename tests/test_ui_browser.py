@@ -91,7 +91,8 @@ def test_make_ui_opens_the_runs_table_with_the_studys_parent_run(browser, tmp_pa
         assert "workflowType=machine_learning" in browser.current_url
         # The trial's MLflow model on its run page, and the answer in the registry with its alias.
         browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{trial}")
-        assert wait_for_text(browser, model_id)
+        assert wait_for_text(browser, "Logged models")
+        WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.XPATH, f"//a[contains(@href, '{model_id}')]"))
         browser.save_screenshot(str(SHOTS / "latentstudy-mlflow-run-model.png"))
         browser.get(f"http://127.0.0.1:{port}/#/models/latentstudy-digits")
         assert wait_for_text(browser, "generation")
