@@ -156,7 +156,7 @@ class LatentModel:
         spec = self.net.spec
         with warnings.catch_warnings():  # torch 2.13 deprecates TorchScript; libtorch (C++) still loads it
             warnings.simplefilter("ignore", DeprecationWarning)
-            traced = torch.jit.trace_module(_Portable(self.net), {"forward": torch.zeros(2, spec.input_dim),
+            traced = torch.jit.trace_module(Portable(self.net), {"forward": torch.zeros(2, spec.input_dim),
                                                                   "decode": torch.zeros(2, spec.latent_dim)})
         script, data = folder / SCRIPT_FILE, folder / DATA_FILE
         traced.save(str(script.with_name(script.name + ".tmp")))
@@ -166,7 +166,7 @@ class LatentModel:
         return [script, data]
 
 
-class _Portable(nn.Module):
+class Portable(nn.Module):
     """The network alone, for TorchScript: forward(x) -> mu(x), decode(z) -> E[x|z], on prepared rows."""
 
     def __init__(self, net: AutoEncoder):
