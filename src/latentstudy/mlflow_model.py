@@ -24,10 +24,10 @@ from mlflow.pyfunc import PythonModel
 from latentstudy import __version__
 from latentstudy.data import scaling
 from latentstudy.packaged import DATA_FILE, LatentModel
+from latentstudy.tracking import STUDY_TAG, experiment_name
 
 MODEL_NAME = "model"  # the logged model's name on its run page
 DIGEST_TAG = "latentstudy.model_digest"  # checkpoint and scaler: the same digest is the same model
-STUDY_TAG = "latentstudy.study"
 FILE_TAG = "latentstudy.file"  # the checkpoint's name in models/search
 EXAMPLE_ROWS = 2
 ENTRY = "latentstudy.pyfunc_entry"  # the file MLflow copies into each model and runs to load it
@@ -69,8 +69,6 @@ def requirements() -> list[str]:
             f"mlflow=={mlflow.__version__}"]
 
 
-# Seven parameters: where the model goes (client, experiment, run), what it is (checkpoint, data,
-# example rows) and its tags; each is needed by one of the logged-model calls below.
 def log(client, experiment_id: str, run_id: str, checkpoint: Path, data: dict, example: np.ndarray,
         tags: dict[str, str]) -> str:
     """Log one model as a logged model of run_id (MLflow 3: created, artifacts, READY) and return its
@@ -154,8 +152,6 @@ def register_answers(tracker, experiment_id: str, study: str, chosen: dict[str, 
     latentstudy-<dataset>@<purpose>: the logged model its trial run holds, or, when the tracking
     store lost it (or the search ran without MLflow), the same file logged in the report run
     (example: prepared rows for its input example). Returns {purpose: registered version}."""
-    from latentstudy.tracking import experiment_name
-
     have = logged_models(tracker.client, experiment_id, study)
     name, out = experiment_name(data), {}
     for purpose, path in sorted(chosen.items()):
