@@ -44,7 +44,7 @@ def test_a_table_on_scales_1_and_1000_is_standardised_on_the_train_split(tmp_pat
     np.testing.assert_allclose(train.std(axis=0), 1.0, atol=1e-5)
     assert abs(splits["test"]["x"].mean(axis=0)).max() > 1e-3  # ... and only there
     # The constant column is dropped, by name, in one line.
-    assert summary["input_dim"] == 6 and s["dropped"] == [{"index": 6, "name": "const"}]
+    assert summary["input_dim"] == 6 and s["dropped"] == [{"index": 6, "name": "const", "value": 7.0}]
     assert s["feature_names"] == ["small0", "small1", "small2", "small3", "big0", "big1"]
     lines = [line for line in out.splitlines() if "constant" in line]
     assert lines == ["[prepare] dropped 1 constant feature (one value on every training row): column 'const'"]
@@ -74,6 +74,21 @@ def test_minmax_is_per_feature_on_the_train_split_and_minmax_global_is_one_range
     expected = ((raw - raw.min()) / (raw.max() - raw.min())).astype(np.float32)
     assert sorted(map(bytes, all_rows(splits))) == sorted(map(bytes, expected))
     assert all_rows(splits)[:, :4].std() < 1e-3  # the scale-1 features squeezed together: why auto standardises
+
+
+@pytest.mark.parametrize("mode, default_scale, shared", [
+    ("standard", None, None), ("minmax", None, None), ("minmax_global", None, "images"), ("auto", 16.0, "images")])
+def test_unapply_takes_prepared_rows_back_to_the_raw_units(mode, default_scale, shared):
+    """apply's inverse, with a dropped constant feature put back at its value (what a decoder's
+    output needs to come back in the user's units)."""
+    rng = np.random.default_rng(0)
+    raw = np.column_stack([rng.uniform(0, 16, size=(50, 3)), np.full(50, 7.0), rng.uniform(2, 9, size=50)])
+    moments = scaler.Moments()
+    moments.add(raw)
+    s = scaler.choose(mode, raw.min(), raw.max(), False, default_scale, shared, moments, None, False)
+    prepared = scaler.apply(raw, s)
+    assert prepared.shape[1] == 5 - len(s.get("dropped") or []) and scaler.raw_width(s, prepared.shape[1]) == 5
+    np.testing.assert_allclose(scaler.unapply(prepared, s), raw, rtol=1e-6, atol=1e-5)
 
 
 def test_a_feature_that_stays_extreme_is_named(tmp_path, capsys):

@@ -171,6 +171,76 @@ def test_dvc_metrics_and_plots(repo):
     assert "vae_sse_per_image" in rendered and "explained_variance_ratio" in rendered
 
 
+# In a fresh process, as a user would: each registered answer encodes raw rows (argv[1], .npy), and
+# `latentstudy export` writes the generation answer's files into ./exported.
+FRESH = """
+import json, sys
+import numpy as np
+import latentstudy
+from latentstudy import cli
+raw = np.load(sys.argv[1])
+codes = {p: latentstudy.load(f"models:/latentstudy-digits@{p}").encode(raw).tolist()
+         for p in ("generation", "reconstruction", "representation")}
+cli.main(["export", "--purpose", "generation", "--to", "exported"])
+print(json.dumps(codes))
+"""
+
+
+@pytest.mark.e2e
+def test_the_registered_answers_load_in_a_fresh_process_and_encode_raw_digits(repo, tmp_path):
+    import torch
+
+    import latentstudy
+    from latentstudy import evaluate, packaged
+    from latentstudy.data import load_split
+    from latentstudy.models import load_checkpoint
+
+    rec = json.loads((repo / "reports" / "recommendation.json").read_text())
+    x_test, _ = load_split(repo / "data" / "prepared", "test")
+    raw = x_test.astype(np.float64) * 16  # prepare divided the digits by 16: these are their raw pixels, 0 to 16
+    assert np.array_equal(raw, np.round(raw)) and raw.max() == 16
+    np.save(tmp_path / "raw.npy", raw)
+    res = sh(repo, sys.executable, "-c", FRESH, str(tmp_path / "raw.npy"))
+    codes = json.loads(res.stdout.strip().splitlines()[-1])
+    for purpose, arm in (("generation", "vae"), ("reconstruction", "ae"), ("representation", "vae")):
+        k = rec["answers"][purpose]["latent_dim"]
+        report_codes = evaluate.latents(load_checkpoint(repo / "models" / "search" / f"k{k}-{arm}.pt")[0], x_test)
+        np.testing.assert_allclose(codes[purpose], report_codes, atol=1e-5, err_msg=purpose)
+    # The Python API on the project's outputs, and the exported TorchScript.
+    found = latentstudy.answers(repo)
+    generation = rec["answers"]["generation"]
+    assert found.headline == rec["headline"] and found.generation.latent_dim == generation["latent_dim"]
+    assert found.generation.interval == tuple(generation["interval"]) and found["representation"].stability > 0
+    model = latentstudy.load(purpose="generation", project=repo)
+    np.testing.assert_allclose(model.encode(raw), codes["generation"], atol=1e-6)
+    assert latentstudy.load(k=4, arm="ae", project=repo).arm == "ae"
+    script = torch.jit.load(str(repo / "exported" / packaged.SCRIPT_FILE))
+    with torch.no_grad():
+        np.testing.assert_allclose(script(torch.as_tensor(x_test)).numpy(), codes["generation"], atol=1e-5)
+    # Every kept model is a logged model of its trial run; the answers are registered versions.
+    tracker = Tracker(f"sqlite:///{repo / 'mlflow.db'}")
+    study = json.loads((repo / "reports" / "search" / "study.json").read_text())
+    logged = tracker.client.search_logged_models([study["experiment_id"]], max_results=500)
+    assert len({m.tags["latentstudy.model_digest"] for m in logged}) == len(study["models"])
+    registered = tracker.client.get_registered_model("latentstudy-digits")
+    assert set(registered.aliases) == {"generation", "reconstruction", "representation"}
+
+
+@pytest.mark.e2e
+def test_the_quickstart_notebook_runs_on_the_study(repo):
+    import nbclient
+    import nbformat
+
+    notebook = nbformat.read(ROOT / "examples" / "quickstart.ipynb", as_version=4)
+    nbclient.NotebookClient(notebook, timeout=120, kernel_name="python3",
+                            resources={"metadata": {"path": str(repo)}}).execute()
+    k = json.loads((repo / "reports" / "recommendation.json").read_text())["answers"]["generation"]["latent_dim"]
+    text = "".join(o.get("text", "") for c in notebook.cells if c.cell_type == "code" for o in c.outputs)
+    assert f"generation: k = {k}," in text and f"LatentModel(k={k}, arm='vae'" in text
+    images = [o for c in notebook.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    assert len(images) == 2  # the codes' scatter; raw, reconstructed and sampled digits
+
+
 @pytest.mark.e2e
 def test_reruns_only_what_changed(repo):
     assert "Data and pipelines are up to date" in sh(repo, "dvc", "repro").stdout

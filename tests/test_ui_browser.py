@@ -2,7 +2,8 @@
 runs table, not its GenAI view, and `latentstudy dashboard` (make dashboard) lists the study's
 Optuna studies. Each starts the real server on a real store, as a user's project has it.
 
-Screenshots for people to look at: /tmp/latentstudy-mlflow-runs.png, /tmp/latentstudy-dashboard.png.
+Screenshots for people to look at: /tmp/latentstudy-mlflow-runs.png, latentstudy-mlflow-run-model.png (a
+trial's logged model), latentstudy-mlflow-registered.png (the registry's answer), latentstudy-dashboard.png.
 """
 
 from __future__ import annotations
@@ -74,6 +75,7 @@ def test_make_ui_opens_the_runs_table_with_the_studys_parent_run(browser, tmp_pa
     parent = tracker.study_run(experiment, PREFIX, {"search": {"trials_per_dim": 4}})
     trial = tracker.start_trial(experiment, parent, f"{PREFIX}-k2-vae", "k2-vae-t0", 0, {"latent_dim": 2})
     tracker.log_metrics(trial, {"best_val_neg_elbo": 41.1}, flush=True)
+    model_id = logged_and_registered(tracker, experiment, trial, tmp_path)
     tracker.end(trial, "FINISHED")
     tracker.end(parent, "FINISHED")
 
@@ -87,6 +89,30 @@ def test_make_ui_opens_the_runs_table_with_the_studys_parent_run(browser, tmp_pa
         browser.save_screenshot(str(SHOTS / "latentstudy-mlflow-runs.png"))
         assert cell.find_elements(By.XPATH, "ancestor::*[@role='row' or self::tr]"), "not a row of the runs table"
         assert "workflowType=machine_learning" in browser.current_url
+        # The trial's MLflow model on its run page, and the answer in the registry with its alias.
+        browser.get(f"http://127.0.0.1:{port}/#/experiments/{experiment}/runs/{trial}")
+        assert wait_for_text(browser, "Logged models")
+        WebDriverWait(browser, 30).until(lambda b: b.find_elements(By.XPATH, f"//a[contains(@href, '{model_id}')]"))
+        browser.save_screenshot(str(SHOTS / "latentstudy-mlflow-run-model.png"))
+        browser.get(f"http://127.0.0.1:{port}/#/models/latentstudy-digits")
+        assert wait_for_text(browser, "generation")
+        browser.save_screenshot(str(SHOTS / "latentstudy-mlflow-registered.png"))
+
+
+def logged_and_registered(tracker, experiment: str, run: str, folder: Path) -> str:
+    """A tiny VAE logged as the run's MLflow model and registered as latentstudy-digits@generation."""
+    import numpy as np
+
+    from latentstudy import mlflow_model
+    from latentstudy.models import NetSpec, build, save_checkpoint
+
+    save_checkpoint(folder / "k2-vae.pt", build(NetSpec(64, 2, "mlp", "bernoulli", True, hidden=(8,))), {})
+    data = {"dataset": "digits", "source": "scikit-learn digits", "input_dim": 64, "image_shape": [8, 8],
+            "scaling": {"method": "divide", "divisor": 16.0}}
+    model_id = mlflow_model.log(tracker.client, experiment, run, folder / "k2-vae.pt", data,
+                                np.zeros((2, 64), np.float32), {mlflow_model.STUDY_TAG: PREFIX})
+    mlflow_model.register(tracker.client, "latentstudy-digits", "generation", model_id, {})
+    return model_id
 
 
 def test_make_dashboard_lists_the_studys_optuna_studies(browser, tmp_path):

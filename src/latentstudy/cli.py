@@ -1,7 +1,8 @@
 """Command line: `latentstudy run DATA`, the study on a file or folder as a DVC experiment, and
 `latentstudy answers`, the last report's answers; `latentstudy worker`, which joins a study's search
-from any machine; and the UIs on the study's stores: `latentstudy ui` (MLflow) and `latentstudy
-dashboard` (optuna-dashboard).
+from any machine; the UIs on the study's stores: `latentstudy ui` (MLflow) and `latentstudy
+dashboard` (optuna-dashboard); and `latentstudy export`, which writes a chosen model as TorchScript
+beside its scaler.
 
 A leaf: nothing in the package imports it.
 """
@@ -131,6 +132,25 @@ def _run_args(p: argparse.ArgumentParser) -> None:
                    help="any other parameter, as dvc exp run -S takes it (repeat for more)")
 
 
+def export(args: argparse.Namespace) -> None:
+    """The chosen model (or one size and arm) as files: TorchScript and its scaler."""
+    from latentstudy import api
+
+    model = api.load(args.uri, purpose=args.purpose, k=args.k, arm=args.arm, project=args.project)
+    files = model.export(args.to)
+    print(f"{model}: wrote " + ", ".join(str(f) for f in files))
+
+
+def _export_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--to", type=Path, required=True, help="folder to write into (created)")
+    p.add_argument("--purpose", choices=PURPOSES,
+                   help="whose chosen model (default: the headline answer)")
+    p.add_argument("--k", type=int, help="a latent size instead of an answer")
+    p.add_argument("--arm", choices=["vae", "ae"], default="vae", help="with --k: the VAE or the autoencoder")
+    p.add_argument("--uri", help="an MLflow model URI instead, e.g. models:/latentstudy-digits@generation")
+    p.add_argument("--project", type=Path, default=Path("."), help="the study's folder (default: here)")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="latentstudy", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +171,9 @@ def main(argv: list[str] | None = None) -> None:
         p.add_argument("--port", type=int, default=port)
     u.set_defaults(func=ui)
     d.set_defaults(func=dashboard)
+    e = sub.add_parser("export", help="write a chosen model as TorchScript and its scaler (scaler.json)")
+    _export_args(e)
+    e.set_defaults(func=export)
     args = parser.parse_args(argv)
     run_stage(lambda: args.func(args))
 

@@ -71,6 +71,9 @@ class ReportPaths:
     out: Path  # the reports folder
 
 
+RECOMMENDATION_FILE = "recommendation.json"  # in the report's folder: every answer (latentstudy.answers reads it)
+
+
 # --- what the search hands on (reports/search/study.json) and what the report reads ---------------
 
 
@@ -161,7 +164,7 @@ def report_outputs(out_dir: Path) -> dict[str, Path]:
     `latentstudy answers` reads them."""
     return {"figures": out_dir / "figures", "plots": out_dir / "plots" / "distortion.csv",
             "table": out_dir / "table.csv", "metrics": out_dir / "metrics.json",
-            "recommendation": out_dir / "recommendation.json", "html": out_dir / "index.html"}
+            "recommendation": out_dir / RECOMMENDATION_FILE, "html": out_dir / "index.html"}
 
 
 def read_json(path: Path) -> dict:

@@ -134,7 +134,7 @@ class ConvEncoder(nn.Module):
         self.head = nn.Linear(channels[-1] * sizes[-1][0] * sizes[-1][1], out_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.view(len(x), *self.image_shape)
+        h = x.view(-1, *self.image_shape)  # -1, not len(x): a TorchScript trace keeps the batch free
         for conv in self.convs:
             h = F.relu(conv(h))
         return self.head(h.flatten(1))
@@ -155,7 +155,7 @@ class ConvDecoder(nn.Module):
                                                    output_padding=(th - 2 * sh, tw - 2 * sw)))
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        h = F.relu(self.head(z)).view(len(z), *self.start)
+        h = F.relu(self.head(z)).view(-1, *self.start)
         for i, deconv in enumerate(self.deconvs):
             h = deconv(h)
             if i < len(self.deconvs) - 1:

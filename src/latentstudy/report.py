@@ -210,3 +210,21 @@ def log_to_mlflow(tracking: str, inp: Inputs, table: pd.DataFrame, rec: Recommen
     tracker.end(run_id, "FINISHED", {"headline": rec.headline, "recommended_latent_dim": rec.latent_dim})
     print(f"[report] MLflow report run {run_id} in experiment {inp.study.experiment}")
     return run_id
+
+
+def register_answers(tracking: str, inp: Inputs, rec: Recommendation, report_run: str) -> None:
+    """Each purpose's chosen model in the MLflow Model Registry as latentstudy-<dataset>@<purpose>."""
+    from latentstudy import mlflow_model, packaged
+    from latentstudy.tracking import Tracker, experiment_name
+
+    chosen = {name: packaged.chosen_file(inp.models_dir, name, a.k) for name, a in rec.answers.items()
+              if a.k is not None}
+    chosen = {name: path for name, path in chosen.items() if path.is_file()}
+    tracker = Tracker(tracking)
+    data = packaged.carried(inp.summary)
+    versions = mlflow_model.register_answers(tracker, tracker.experiment(inp.study.experiment), inp.study.prefix,
+                                             chosen, data, report_run, inp.x_test[: mlflow_model.EXAMPLE_ROWS])
+    name = experiment_name(data)
+    for purpose, version in versions.items():
+        print(f"[report] MLflow registry: {name}@{purpose} is version {version} ({chosen[purpose].name}); "
+              f'load it with latentstudy.load("models:/{name}@{purpose}")')

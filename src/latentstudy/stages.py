@@ -213,5 +213,6 @@ def report(paths: ReportPaths, tracking: str | None) -> None:
         print(f"[report] {recommend.answer_line(name, rec.headline, answer.summary())}")
     print(f"[report] wrote {written['html']}, {written['table']}, {written['metrics']}")
     if tracking:
-        rep.log_to_mlflow(tracking, inp, table, rec, written, paramfile.as_dict(cfg))
+        run_id = rep.log_to_mlflow(tracking, inp, table, rec, written, paramfile.as_dict(cfg))
+        rep.register_answers(tracking, inp, rec, run_id)
 

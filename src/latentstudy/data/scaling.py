@@ -1,5 +1,6 @@
 """The scaler: chosen and fitted by the prepare stage, stored in summary.json's "scaling", and
-applied to raw rows by apply() alone, so every stage that meets raw rows scales them the same way.
+applied to raw rows by apply() alone, so every stage that meets raw rows scales them the same way;
+unapply() maps prepared rows (a decoder's output) back into the raw units.
 
 Methods (data.scaling; auto picks one, see choose):
 - divide: x / divisor, clipped to [0, 1] (a dataset's own pixel range; /255 for 8-bit values)
@@ -114,7 +115,8 @@ def fit(mode: str, method: str, train: Moments, names: list[str] | None, image: 
     kept = np.delete(np.arange(len(constant)), dropped)
     out = {"method": method, "why": why, "fit_on": "train",
            "feature_names": None if names is None else [names[i] for i in kept],
-           "dropped": [{"index": i, "name": None if names is None else names[i]} for i in dropped]}
+           "dropped": [{"index": i, "name": None if names is None else names[i], "value": float(train.lo[i])}
+                       for i in dropped]}
     if method == "standard":
         sd = np.where(constant, 1.0, train.sd)[kept]
         return {**out, "mean": train.mean[kept].tolist(), "sd": sd.tolist()}
@@ -140,6 +142,32 @@ def apply(rows: np.ndarray, scaling: dict) -> np.ndarray:
             lo, hi = np.asarray(scaling["min"]), np.asarray(scaling["max"])
             x = np.clip((x - lo) / np.where(hi > lo, hi - lo, 1.0), 0.0, 1.0)
     return x.astype(np.float32)
+
+
+def unapply(x: np.ndarray, scaling: dict) -> np.ndarray:
+    """Prepared rows (m, D) back in raw units (float64, m x the raw width): apply's inverse, each
+    dropped constant feature put back at its value. Values apply clipped come back at the clip's
+    edge (the training split's range, or the divisor)."""
+    x = np.asarray(x, dtype=np.float64)
+    method = scaling["method"]
+    if method == "divide":
+        return x * scaling["divisor"]
+    if method == "minmax_global":
+        span = scaling["max"] - scaling["min"]
+        return x * (span if span > 0 else 1.0) + scaling["min"]
+    if method == "standard":
+        x = x * np.asarray(scaling["sd"]) + np.asarray(scaling["mean"])
+    elif method == "minmax":
+        lo, hi = np.asarray(scaling["min"]), np.asarray(scaling["max"])
+        x = x * np.where(hi > lo, hi - lo, 1.0) + lo
+    for d in sorted(scaling.get("dropped") or [], key=lambda d: d["index"]):
+        x = np.insert(x, d["index"], d["value"], axis=1)
+    return x
+
+
+def raw_width(scaling: dict, input_dim: int) -> int:
+    """How many features a raw row has: the prepared ones and the dropped constants."""
+    return input_dim + len(scaling.get("dropped") or [])
 
 
 def in_unit_interval(scaling: dict) -> bool:

@@ -414,9 +414,9 @@ def write_stage_outputs(ctx: SearchRun, plan: Plan, scratch: Path) -> None:
     missing = [u.study_name for u, t in snap if counts(t)["COMPLETE"] == 0 and u.phase != REPLICATE]
     run_of = runs.restore(plan, snap, tracker) if tracker else {}
     found = weights.gather(plan, model_trials(snap), run_of, tracker, ctx.data, scratch)
-    best = write_outputs(plan, snap, ctx.url, plan.experiment_id, ctx.paths, found, run_of)
+    kept = write_outputs(plan, snap, ctx.url, plan.experiment_id, ctx.paths, found, run_of)
     if tracker:
-        runs.log_models(tracker, snap, best, run_of, ctx.data, scratch)
+        runs.log_models(tracker, plan, snap, kept, run_of, ctx.data, scratch)
         runs.reconcile(tracker, plan.experiment_id, plan.prefix, snap)
     shutil.rmtree(scratch, ignore_errors=True)
     for name in missing:

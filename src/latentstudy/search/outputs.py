@@ -119,24 +119,23 @@ def model_trials(snap: list) -> dict[tuple[int, str, int, int], tuple[Unit, obje
 
 def write_outputs(plan: Plan, snap: list, url: str, experiment_id: str | None, paths: SearchPaths,
                   weights: dict[tuple[int, str, int, int], Path],
-                  runs: dict[int, str]) -> dict[tuple[int, str], tuple[object, Path]]:
+                  runs: dict[int, str]) -> dict[tuple[int, str, int, int], tuple[object, Path]]:
     """The models folder, trials.csv, metrics.json and study.json (paths: the stage's). weights: a
-    checkpoint file for every key of model_trials(snap); runs: {trial id: MLflow run}. Returns each
-    size and arm's best (trial, model file) for runs.log_models."""
+    checkpoint file for every key of model_trials(snap); runs: {trial id: MLflow run}. Returns every
+    kept model's (trial, model file) by model_trials' key, for runs.log_models."""
     models_dir, trials_csv, metrics_json, study_json = paths.models, paths.trials, paths.metrics, paths.study
     import pandas as pd
 
     from latentstudy import models
 
     models_dir.mkdir(parents=True, exist_ok=True)
-    listed, best = [], {}
+    listed, kept = [], {}
     for (k, arm, rank, r), (_, trial) in sorted(model_trials(snap).items()):
         dest = models.best_path(models_dir, k, arm)
         dest = dest.with_name(f"k{k}-{arm}-r{r}.pt" if r else f"k{k}-{arm}-t{rank}.pt" if rank else dest.name)
         shutil.copyfile(weights[(k, arm, rank, r)], dest)
         listed.append(model_entry(k, arm, dest, rank, r, trial))
-        if rank == r == 0:
-            best[(k, arm)] = (trial, dest)
+        kept[(k, arm, rank, r)] = (trial, dest)
     trials_csv.parent.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(trial_rows(snap, runs), columns=CSV_COLUMNS)
     for col in ("retry_of", "replicate_of", "seed", "epochs_run", "best_epoch", "n_params"):
@@ -152,7 +151,7 @@ def write_outputs(plan: Plan, snap: list, url: str, experiment_id: str | None, p
                            for u in sorted(plan.units, key=lambda u: (u.latent_dim, u.arm)) if u.phase == REPLICATE],
         models=sorted(listed, key=lambda m: (m.latent_dim, m.arm, m.rank, m.replicate)),
         seed=plan.seed, search=plan.search).save(study_json)
-    return best
+    return kept
 
 
 def model_entry(k: int, arm: str, path: Path, rank: int, replicate: int, trial) -> KeptModel:

@@ -147,26 +147,32 @@ def tidy_earlier(plan: Plan, storage, tracker, tracking: str | None, single_host
               "its finished trials are kept and resume if you return to those params", flush=True)
 
 
-def log_models(tracker, snap: list, best: dict[tuple[int, str], tuple[object, Path]], run_of: dict[int, str],
-               prepared: Prepared, scratch: Path) -> None:
-    """In each size and arm's best run (best: (trial, model file), outputs.write_outputs): the model
-    file, its reconstructions of validation examples, and the tag best_of_size; in every run outside
-    the grid (the default), its phase."""
-    from latentstudy import figures, models
+def log_models(tracker, plan: Plan, snap: list, kept: dict[tuple[int, str, int, int], tuple[object, Path]],
+               run_of: dict[int, str], prepared: Prepared, scratch: Path) -> None:
+    """Every kept model (kept: (trial, model file) by outputs.model_trials' key) as an MLflow model of
+    its trial run, unless that run has it already (a search rerun that kept the same weights); in
+    each size and arm's best run, its reconstructions of validation examples and the tag
+    best_of_size; in every run outside the grid (the default), its phase."""
+    from latentstudy import figures, models, packaged
+    from latentstudy import mlflow_model as mm
     from latentstudy.search.plan import GRID
 
-    image_shape = prepared.summary["image_shape"]
+    data = packaged.carried(prepared.summary)
     x_val = prepared.split("val")[0][:8]
-    for (k, arm), (trial, path) in sorted(best.items()):
+    have = mm.logged_models(tracker.client, plan.experiment_id, plan.prefix)
+    for (k, arm, rank, r), (trial, path) in sorted(kept.items()):
         run_id = run_of.get(trial._trial_id)
         if run_id is None:
             continue
-        model, _ = models.load_checkpoint(path)
-        strip = scratch / f"reconstructions-k{k}-{arm}.png"
-        figures.reconstruction_strip(model, x_val, image_shape, strip)
-        tracker.log_artifact(run_id, strip, "figures")
-        tracker.log_artifact(run_id, path, "model")
-        tracker.set_tags(run_id, {"latentstudy.best_of_size": "true"})
+        if have.get(mm.digest(path, data), (None, None))[1] != run_id:
+            mm.log(tracker.client, plan.experiment_id, run_id, path, data, x_val[: mm.EXAMPLE_ROWS],
+                   {mm.STUDY_TAG: plan.prefix})
+        if rank == r == 0:
+            model, _ = models.load_checkpoint(path)
+            strip = scratch / f"reconstructions-k{k}-{arm}.png"
+            figures.reconstruction_strip(model, x_val, prepared.summary["image_shape"], strip)
+            tracker.log_artifact(run_id, strip, "figures")
+            tracker.set_tags(run_id, {"latentstudy.best_of_size": "true"})
     for unit, trials in snap:
         for t in trials if unit.phase != GRID else []:
             if t._trial_id in run_of:
