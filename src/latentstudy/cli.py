@@ -14,7 +14,7 @@ import os
 import sys
 from pathlib import Path
 
-from latentstudy.config import StudyError
+from latentstudy.config import ARMS, StudyError
 from latentstudy.stages import run_stage
 from latentstudy.tracking import require_reachable
 
@@ -142,11 +142,12 @@ def export(args: argparse.Namespace) -> None:
 
 
 def _export_args(p: argparse.ArgumentParser) -> None:
+    from latentstudy.experiment import PURPOSES
+
     p.add_argument("--to", type=Path, required=True, help="folder to write into (created)")
-    p.add_argument("--purpose", choices=PURPOSES,
-                   help="whose chosen model (default: the headline answer)")
+    p.add_argument("--purpose", choices=PURPOSES, help="whose chosen model (default: the headline answer)")
     p.add_argument("--k", type=int, help="a latent size instead of an answer")
-    p.add_argument("--arm", choices=["vae", "ae"], default="vae", help="with --k: the VAE or the autoencoder")
+    p.add_argument("--arm", choices=ARMS, default="vae", help="with --k: the VAE or the autoencoder")
     p.add_argument("--uri", help="an MLflow model URI instead, e.g. models:/latentstudy-digits@generation")
     p.add_argument("--project", type=Path, default=Path("."), help="the study's folder (default: here)")
 
