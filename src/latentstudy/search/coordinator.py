@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -316,7 +316,8 @@ class SearchRun:
     rule: object  # validation.Rule: the report's rule, applied on validation
     paths: SearchPaths
     data: Prepared
-    store: Path  # .latentstudy: the journal, checkpoints, scratch
+    store: Path  # .latentstudy: the journal, checkpoints
+    scratch: Path  # this run's own temporary folder (fetched and retrained weights, figures)
     url: str  # the Optuna storage's
     storage: object
     tracker: object | None
@@ -340,8 +341,11 @@ def run(study: StudyConfig, search: SearchConfig, paths: SearchPaths, root: Path
         plan = runs.open_study_run(plan, tracker, params)
     create_studies(plan, storage)
     runs.tidy_earlier(plan, storage, tracker, tracking, url.startswith("journal:"))
-    ctx = SearchRun(study, search, rule, paths, prepared, store, url, storage, tracker)
-    with runs.parent_run_ends(tracker, plan.parent_run_id) if tracker else contextlib.nullcontext():
+    # Private to this run: queued DVC experiments run side by side on one store, and each
+    # removes its scratch folder when it ends.
+    with (runs.parent_run_ends(tracker, plan.parent_run_id) if tracker else contextlib.nullcontext(),
+          tempfile.TemporaryDirectory(prefix="latentstudy-scratch-") as scratch):
+        ctx = SearchRun(study, search, rule, paths, prepared, store, Path(scratch), url, storage, tracker)
         if tracker:
             runs.restore(plan, snapshot(plan, storage), tracker)
         plan = search_and_write(ctx, plan)
@@ -355,8 +359,7 @@ def search_and_write(ctx: SearchRun, plan: Plan) -> Plan:
 
     search, storage, tracker = ctx.search, ctx.storage, ctx.tracker
     slots = devices.worker_slots(search.device, search.workers_per_device, search.cpu_workers)
-    checkpoints = ctx.store / "checkpoints"
-    scratch = ctx.store / "scratch"
+    checkpoints, scratch = ctx.store / "checkpoints", ctx.scratch
 
     def run_phase(plan: Plan, enqueue: dict[str, list]) -> None:
         import optuna
@@ -400,14 +403,14 @@ def search_and_write(ctx: SearchRun, plan: Plan) -> Plan:
         return replicate(plan, search.replicates, storage, run_phase, validation if by_answer else None)
 
     plan = refine(settle(plan), search, ctx.study.refine_max, validation, run_phase, settle)
-    write_stage_outputs(ctx, plan, scratch)
+    write_stage_outputs(ctx, plan)
     return plan
 
 
-def write_stage_outputs(ctx: SearchRun, plan: Plan, scratch: Path) -> None:
+def write_stage_outputs(ctx: SearchRun, plan: Plan) -> None:
     """The kept models, trials.csv, metrics.json and study.json; in MLflow the kept models and the
     runs in step with the storage."""
-    storage, tracker = ctx.storage, ctx.tracker
+    storage, tracker, scratch = ctx.storage, ctx.tracker, ctx.scratch
     snap = snapshot(plan, storage)
     for line in shortfalls(snap):  # once, after the last phase
         print(line, flush=True)
@@ -418,6 +421,5 @@ def write_stage_outputs(ctx: SearchRun, plan: Plan, scratch: Path) -> None:
     if tracker:
         runs.log_models(tracker, snap, best, run_of, ctx.data, scratch)
         runs.reconcile(tracker, plan.experiment_id, plan.prefix, snap)
-    shutil.rmtree(scratch, ignore_errors=True)
     for name in missing:
         print(f"[search] warning: {name} has no finished trial; it is left out of the models", flush=True)
