@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,9 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", result.stdout + result.stderr))
 
 
-def new_project(repo: Path, params: dict, message: str) -> subprocess.CompletedProcess:
+def new_project(repo: Path, params: dict, message: str, *targets: str) -> subprocess.CompletedProcess:
     """The project's pipeline and code with these params in a new git + DVC repository (whatever
-    else is in `repo` is committed too), then its first `dvc repro`."""
+    else is in `repo` is committed too), then its first `dvc repro` (of targets, if given)."""
     for item in ("dvc.yaml", "pipeline", "src/latentstudy", ".dvcignore", ".gitignore"):
         src, dst = ROOT / item, repo / item
         if src.is_dir():
@@ -65,7 +66,7 @@ def new_project(repo: Path, params: dict, message: str) -> subprocess.CompletedP
     sh(repo, "dvc", "config", "core.analytics", "false")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", message)
-    return sh(repo, "dvc", "repro")
+    return sh(repo, "dvc", "repro", *targets)
 
 
 def set_param(repo: Path, dotted: str, value) -> None:
@@ -186,6 +187,43 @@ def test_dvc_experiment_with_a_new_grid(repo):
     assert "grid25" in blob and "recommended_latent_dim" in blob
     table = pd.read_csv(repo / "reports" / "table.csv")
     assert {2, 5} <= set(table["latent_dim"]) and len(table) <= 3
+
+
+def experiment_metrics(repo: Path) -> dict[str, dict]:
+    """{experiment name: every metrics file's values} from `dvc exp show`."""
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    return {rev["name"]: rev["data"]["metrics"] for base in shown for exp in base.get("experiments") or []
+            for rev in exp["revs"]}
+
+
+@pytest.mark.e2e
+def test_queued_experiments_run_in_parallel_and_equal_their_serial_runs(tmp_path):
+    """`dvc queue start -j 2`: two searches at once on the project's one store, each in its own
+    copy of the workspace; each must finish with the answers its serial run gives."""
+    params = tiny_params()
+    params["study"] = {"latent_dims": [2], "seed": 0, "refine_max": 0}
+    params["search"] = dict(TINY_SEARCH, trials_per_dim=1, reinforce=False)
+    parallel, serial = tmp_path / "parallel", tmp_path / "serial"
+    parallel.mkdir()
+    new_project(parallel, params, "tiny study", "pca")
+    sh(parallel, "git", "add", "-A")
+    sh(parallel, "git", "commit", "-qm", "prepared")
+    shutil.copytree(parallel, serial, symlinks=True)  # the same commit and DVC cache, its own stores
+
+    seeds = {"seed1": 1, "seed2": 2}
+    for name, seed in seeds.items():
+        sh(parallel, "dvc", "exp", "run", "--queue", "-S", f"study.seed={seed}", "-n", name)
+    sh(parallel, "dvc", "queue", "start", "-j", "2")
+    while re.search(r"\b(Queued|Running)\b", sh(parallel, "dvc", "queue", "status").stdout):
+        time.sleep(2)
+    status = sh(parallel, "dvc", "queue", "status").stdout
+    assert len(re.findall(r"\bSuccess\b", status)) == 2, status
+    for name, seed in seeds.items():
+        sh(serial, "dvc", "exp", "run", "-S", f"study.seed={seed}", "-n", name)
+
+    together, alone = experiment_metrics(parallel), experiment_metrics(serial)
+    assert set(together) == set(seeds)
+    assert together == alone
 
 
 @pytest.mark.e2e

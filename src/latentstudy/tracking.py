@@ -121,6 +121,18 @@ def _flat(params: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
+def _created(client: type, uri: str, sqlite: Path | None):
+    """client(tracking_uri=uri), which creates or upgrades a SQLite store's tables: one process at
+    a time (queued DVC experiments start side by side on the project's one mlflow.db)."""
+    if sqlite is None:
+        return client(tracking_uri=uri)
+    import fcntl
+
+    with open(sqlite, "ab") as lock:  # an empty file is a new SQLite database
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return client(tracking_uri=uri)
+
+
 def _below_error(record: logging.LogRecord) -> bool:
     return record.levelno < logging.ERROR
 
@@ -136,7 +148,8 @@ class _StoreFaults:
         # MLflow logs a database error with its traceback, then raises it: raised, it reaches us
         # (one line for a store fault, the traceback for anything else), so the log is a repeat.
         logging.getLogger("mlflow.store.db.utils").addFilter(_below_error)  # once: the same function
-        self._client = self._call(MlflowClient, tracking_uri=uri)  # a new SQLite store: its tables
+        sqlite = Path(self._where) if uri.startswith("sqlite:///") else None
+        self._client = self._call(_created, MlflowClient, uri, sqlite)
 
     def __getattr__(self, name: str):
         attr = getattr(self._client, name)
@@ -170,10 +183,17 @@ class Tracker:
     def experiment(self, name: str) -> str:
         """The experiment's id, created (with its artifact location) when missing; tagged so the
         UI opens it on its runs table (experiments made by older versions get the tag too)."""
+        from mlflow.exceptions import MlflowException
+
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
-            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri),
-                                                 tags=KIND_OF_EXPERIMENT)
+            try:
+                return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri),
+                                                     tags=KIND_OF_EXPERIMENT)
+            except MlflowException as exc:  # another run (a queued experiment beside this one) made it first
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = self.client.get_experiment_by_name(name)
         for key, value in KIND_OF_EXPERIMENT.items():
             if exp.tags.get(key) != value:
                 self.client.set_experiment_tag(exp.experiment_id, key, value)
