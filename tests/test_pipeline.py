@@ -189,6 +189,31 @@ def test_dvc_experiment_with_a_new_grid(repo):
     assert {2, 5} <= set(table["latent_dim"]) and len(table) <= 3
 
 
+@pytest.mark.e2e
+@pytest.mark.parametrize("path, stage, restore", [
+    ("models/search/k2-vae.pt", "evaluate", "dvc checkout --force models/search"),
+    ("data/prepared/test.npz", "evaluate", "dvc checkout --force data/prepared/test.npz"),
+    ("reports/evaluate/per_example.npz", "report", "dvc checkout --force reports/evaluate/per_example.npz"),
+])
+def test_a_damaged_file_is_one_line_naming_the_command_that_gives_it_back(repo, path, stage, restore):
+    file = repo / path
+    good = file.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF  # a flipped bit in the data (the npz: a bad CRC) ...
+    if path.endswith(".pt"):
+        damaged = damaged[: len(good) // 2]  # ... or a file cut short
+    file.unlink()  # not through a link into DVC's cache
+    file.write_bytes(bytes(damaged))
+
+    res = sh(repo, "python", f"pipeline/{stage}.py", check=False)  # the stage as `dvc repro` runs it
+    assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr, res.stderr[-3000:]
+    [line] = [line for line in res.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"error: {path}: not a readable ") and f"`{restore}`" in line
+
+    sh(repo, *restore.split())  # do what it says
+    assert file.read_bytes() == good
+
+
 def experiment_metrics(repo: Path) -> dict[str, dict]:
     """{experiment name: every metrics file's values} from `dvc exp show`."""
     shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)

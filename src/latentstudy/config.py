@@ -329,7 +329,9 @@ Purpose = Literal["auto", "generation", "reconstruction", "representation"]
 class ReportConfig:
     purpose: Purpose = "auto"  # the headline answer; auto: generation when a VAE finished
     tolerance: float = field(default=0.0, metadata=_bounds(ge=0, lt=1))  # margin on top of one SE
-    bootstrap: int = field(default=1000, metadata=_bounds(ge=100))  # resamples of the test examples
+    # Resamples of the test examples. The cap keeps a typo from a silent stall: the report's time
+    # grows with it, and past 1,000 the intervals barely move.
+    bootstrap: int = field(default=1000, metadata=_bounds(ge=100, le=100_000))
     title: str = "How big should the latent space be?"
     recon_examples: int = field(default=8, metadata=_bounds(ge=1, le=32))
     sample_dims: int = field(default=3, metadata=_bounds(ge=1, le=12))

@@ -345,7 +345,7 @@ class DamagedCheckpoint(StudyError):
     """A checkpoint file that is there but does not load (truncated, overwritten, another format)."""
 
     def __init__(self, path: Path, why: str):
-        super().__init__(f"{path}: not a readable checkpoint ({why}); restore it with `dvc checkout "
+        super().__init__(f"{path}: not a readable checkpoint ({why}); restore it with `dvc checkout --force "
                          f"{Path(path).parent}`, or write it again from the search's store with "
                          "`dvc repro -f -s search`")
         self.why = why

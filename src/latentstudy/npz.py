@@ -85,5 +85,5 @@ def load(path: Path, stage: str) -> dict[str, np.ndarray]:
         raise
     # A damaged zip fails in the zip reader, the decompressor or the array header, each its own way.
     except Exception as exc:  # noqa: BLE001
-        raise StudyError(f"{path}: not a readable .npz file ({first_line(exc)}); restore it with `dvc checkout {path}`, "
-                         f"or rebuild it with `dvc repro -f -s {stage}`") from None
+        raise StudyError(f"{path}: not a readable .npz file ({first_line(exc)}); restore it with "
+                         f"`dvc checkout --force {path}`, or rebuild it with `dvc repro -f -s {stage}`") from None

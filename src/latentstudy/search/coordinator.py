@@ -85,6 +85,18 @@ def progress_line(plan: Plan, snap: list, started: float, done_before: int, fina
             f"elapsed {_dur(elapsed)}" + ("" if final else f" ETA {eta}"))
 
 
+MANY_TRIALS = 300  # a grid past this many trials says what it costs before it starts
+
+
+def planned_line(plan: Plan, planned: int, workers: int) -> str:
+    """What a large grid costs: its trials and trial-epochs, and where the time estimate comes from."""
+    train = plan.config.train
+    return (f"[search] planned: {planned} trials ({len(plan.units)} Optuna studies), each up to {train.epochs} epochs "
+            f"(to {train.ceiling} while improving): up to {planned * train.ceiling} trial-epochs on {workers} "
+            f"worker(s). A time estimate follows from the first trials' pace; fewer sizes in study.latent_dims or "
+            f"a smaller search.trials_per_dim costs less")
+
+
 def shortfalls(snap: list) -> list[str]:
     """One line per unit that stopped below its budget because max_trials_per_dim trials had started
     (or, for replicates, because a replicate failed)."""
@@ -138,6 +150,10 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
     print(f"[search] study {plan.prefix}: {len(plan.units)} Optuna studies ({len(sizes(plan))} latent sizes"
           f"{f', {reps} replicate units' if reps else ''}), {len(slots)} worker(s) on {', '.join(devices)}, "
           f"trials trained in stacks (search.stack {plan.config.stack})", flush=True)
+    planned = sum(u.budget for u in plan.units)
+    if planned > MANY_TRIALS:
+        print(planned_line(plan, planned, len(slots)), flush=True)
+    estimated = planned <= MANY_TRIALS  # else: once, from the first trials' pace
     procs: list[subprocess.Popen] = []
     last, last_time = "", 0.0
     try:
@@ -153,6 +169,10 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
                 if any(needs_work(u, counts(t)) for u, t in snap):
                     procs = launch_workers(slots, args, "w", url, tracking)
             line = progress_line(plan, snap, started, done_before)
+            if not estimated and "ETA -" not in line:
+                print(f"[search] estimate for the {planned} planned trials, at the first trials' pace: "
+                      f"{line.rsplit('ETA ', 1)[1]} more", flush=True)
+                estimated = True
             key = line.split(" finished")[0] + line.split("|")[1]  # finished count and bests, not pruned ticks
             if key != last or time.monotonic() - last_time > 30:
                 print(line, flush=True)
