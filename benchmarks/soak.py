@@ -5,9 +5,10 @@ and compare the end with an uninterrupted run of the same params.
     .venv/bin/python benchmarks/soak.py --kills 3 --tiny    # minutes
 
 One CPU worker (search.cpu_workers 1, device cpu), so both runs are deterministic. It prints each
-kill moment (seconds into that attempt, finished trials at the kill) and every difference in the
-kept trials (study, trial number, state, value, parameters, seed) and in the search's answers
-(reports/search/metrics.json); exit status 1 on any difference.
+kill moment (seconds into that attempt, finished trials at the kill) and every difference: a
+finished trial (by study, beta, lr and seed) only one run has, a finished trial that measured
+another value or ran other epochs, and the search's answers (reports/search/metrics.json); exit
+status 1 on any difference.
 """
 
 from __future__ import annotations
@@ -29,16 +30,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 OUTS = ["--data", "data/prepared", "--models", "models/search", "--trials", "reports/search/trials.csv",
         "--metrics", "reports/search/metrics.json", "--study", "reports/search/study.json"]
-# What a rerun must give again for every finished trial. Trial numbers are not compared: a killed
-# trial is failed and retried under a new number, with the same parameters and seed.
-KEPT_COLUMNS = ["study", "beta", "lr", "seed", "objective_value", "epochs_run"]
-TINY = {"data": {"name": "digits", "limit": 300, "intrinsic_max_points": 300},
-        "study": {"latent_dims": [2, 4], "seed": 0, "refine_max": 0},
-        "search": {"trials_per_dim": 3, "ae_trials_per_dim": 1, "max_trials_per_dim": 8, "pruner": "none",
-                   "stack": 1, "model": {"arch": "mlp", "hidden": [32]}, "replicates": 0, "reinforce": False,
-                   "train": {"epochs": 20, "max_epochs": 20, "batch_size": 64, "patience": 20}}}
-
-
+# Every finished trial by what it is (a killed trial is failed and retried under a new number, with
+# the same parameters and seed), and what it measured.
+IDENTITY = ["study", "beta", "lr", "seed"]
+MEASURED = ["objective_value", "epochs_run"]
 def project(folder: Path, params: dict) -> Path:
     """A project folder with these params (one CPU worker) and its prepared data."""
     folder.mkdir(parents=True)
@@ -75,27 +70,30 @@ def finished_trials(folder: Path) -> int:
     return sum('"state":1' in line for line in journal.read_text(errors="replace").splitlines())
 
 
-def kept(folder: Path) -> list[tuple]:
-    """Every finished trial as (study, beta, lr, seed, value, epochs), sorted."""
+def kept(folder: Path) -> dict[tuple, tuple]:
+    """{(study, beta, lr, seed): (value, epochs)} of every finished trial, numbers as %.10g."""
     trials = pd.read_csv(folder / "reports/search/trials.csv")
-    done = trials[trials["state"] == "COMPLETE"][KEPT_COLUMNS].astype(str)
-    return sorted(map(tuple, done.to_numpy()))
+    done = trials[trials["state"] == "COMPLETE"]
+    text = lambda row, cols: tuple("-" if pd.isna(row[c]) else  # noqa: E731
+                                   (f"{row[c]:.10g}" if isinstance(row[c], float) else str(row[c])) for c in cols)
+    return {text(row, IDENTITY): text(row, MEASURED) for _, row in done.iterrows()}
 
 
-def differences(reference: Path, soaked: Path) -> list[str]:
+def differences(reference: Path, soaked: Path) -> tuple[list[str], list[str]]:
+    """(trials lost or added by the kills, finished trials that measured another value)."""
     a, b = kept(reference), kept(soaked)
-    diffs = [f"only uninterrupted: {row}" for row in sorted(set(a) - set(b))]
-    diffs += [f"only soaked: {row}" for row in sorted(set(b) - set(a))]
-    if len(a) != len(b):
-        diffs.append(f"finished trials: {len(a)} uninterrupted, {len(b)} soaked")
+    lost = [f"only uninterrupted: {key}" for key in sorted(a.keys() - b.keys())]
+    lost += [f"only soaked: {key}" for key in sorted(b.keys() - a.keys())]
+    changed = [f"{key}: {a[key]} uninterrupted, {b[key]} soaked" for key in sorted(a.keys() & b.keys())
+               if a[key] != b[key]]
     answers = [json.loads((f / "reports/search/metrics.json").read_text()) for f in (reference, soaked)]
     if answers[0] != answers[1]:
-        diffs.append("reports/search/metrics.json differs")
-    return diffs
+        changed.append("reports/search/metrics.json differs")
+    return lost, changed
 
 
-def soak(workdir: Path, params: dict, kills: int, seed: int) -> list[str]:
-    """The differences between an uninterrupted run and one killed `kills` times (printed as it goes)."""
+def soak(workdir: Path, params: dict, kills: int, seed: int) -> tuple[list[str], list[str]]:
+    """differences() between an uninterrupted run and one killed `kills` times (printed as it goes)."""
     reference = project(workdir / "uninterrupted", params)
     code, whole = search(reference)
     assert code == 0, f"the uninterrupted search failed ({code})"
@@ -104,16 +102,19 @@ def soak(workdir: Path, params: dict, kills: int, seed: int) -> list[str]:
     rng = random.Random(seed)
     for i in range(1, kills + 1):
         # Spread over the whole run: each attempt resumes, so the moments sum to about its length.
-        moment = rng.uniform(1.0, 2.0 * whole / kills)
+        moment = rng.uniform(0.2, 1.0) * whole / kills
         code, _ = search(soaked, kill_after=moment)
         print(f"kill {i}/{kills}: at {moment:.1f} s into attempt {i}, {finished_trials(soaked)} finished trials"
               + ("" if code is None else f" (the search had already ended, exit {code})"), flush=True)
     code, last = search(soaked)
     assert code == 0, f"the resumed search failed ({code})"
     print(f"resumed to the end: {last:.0f} s", flush=True)
-    diffs = differences(reference, soaked)
-    print("\n".join(diffs) if diffs else "no differences: kept trials and answers equal the uninterrupted run")
-    return diffs
+    lost, changed = differences(reference, soaked)
+    for line in lost + changed:
+        print(line)
+    if not lost + changed:
+        print("no differences: kept trials and answers equal the uninterrupted run")
+    return lost, changed
 
 
 def main() -> None:
@@ -125,7 +126,8 @@ def main() -> None:
     args = p.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     params = TINY if args.tiny else yaml.safe_load((ROOT / "params.yaml").read_text())
-    sys.exit(1 if soak(args.workdir, params, args.kills, args.seed) else 0)
+    lost, changed = soak(args.workdir, params, args.kills, args.seed)
+    sys.exit(1 if lost or changed else 0)
 
 
 if __name__ == "__main__":
