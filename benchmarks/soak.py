@@ -34,6 +34,11 @@ OUTS = ["--data", "data/prepared", "--models", "models/search", "--trials", "rep
 # the same parameters and seed), and what it measured.
 IDENTITY = ["study", "beta", "lr", "seed"]
 MEASURED = ["objective_value", "epochs_run"]
+TINY = {"data": {"name": "digits", "limit": 300, "intrinsic_max_points": 300},
+        "study": {"latent_dims": [2, 4], "seed": 0, "refine_max": 0},
+        "search": {"trials_per_dim": 3, "ae_trials_per_dim": 1, "max_trials_per_dim": 8, "pruner": "none",
+                   "stack": 1, "model": {"arch": "mlp", "hidden": [32]}, "replicates": 0, "reinforce": False,
+                   "train": {"epochs": 20, "max_epochs": 20, "batch_size": 64, "patience": 20}}}
 def project(folder: Path, params: dict) -> Path:
     """A project folder with these params (one CPU worker) and its prepared data."""
     folder.mkdir(parents=True)

@@ -76,13 +76,23 @@ def progress_line(plan: Plan, snap: list, started: float, done_before: int, fina
         if values and unit.arm == "vae" and unit.phase != REPLICATE:
             best[unit.latent_dim] = min(values)
     elapsed = time.monotonic() - started
-    new = complete - done_before
-    eta = f"{_dur(elapsed / new * (total - complete))}" if new > 0 and complete < total else "-"
+    eta = remaining(plan, snap, started, done_before) or "-"
     bests = " ".join(f"k={k}:{v:.2f}" for k, v in sorted(best.items()))
     head = "[search] done: trials" if final else "[search] trials"
     return (f"{head} {complete}/{total} finished ({agg['RUNNING']} running, {agg['FAIL']} failed, "
             f"{agg['PRUNED']} pruned) | best VAE val objective {bests or '-'} | "
             f"elapsed {_dur(elapsed)}" + ("" if final else f" ETA {eta}"))
+
+
+def remaining(plan: Plan, snap: list, started: float, done_before: int) -> str | None:
+    """The time the unfinished trials take at the pace of those finished since `started`; None
+    before any finished."""
+    total = sum(u.budget for u in plan.units)
+    complete = sum(min(examined(u, counts(t)), u.budget) for u, t in snap)
+    new = complete - done_before
+    if new <= 0 or complete >= total:
+        return None
+    return _dur((time.monotonic() - started) / new * (total - complete))
 
 
 MANY_TRIALS = 300  # a grid past this many trials says what it costs before it starts
@@ -132,7 +142,8 @@ def reap_all(plan: Plan, storage, tracking: str | None, single_host: bool) -> No
 
 
 # Eight parameters on purpose: what a worker process is started with (it is another process, so no
-# shared object), and the poll interval tests shorten.
+# shared object), and the poll interval tests shorten. Past 50 lines by the lines that say what a
+# large grid costs, which need the loop's first finished trials.
 def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Path, checkpoints: Path,
                slots: list[tuple[str, dict]], poll: float = 2.0) -> None:
     """Run local workers and print progress until every unit is done.
@@ -168,11 +179,11 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
                     break
                 if any(needs_work(u, counts(t)) for u, t in snap):
                     procs = launch_workers(slots, args, "w", url, tracking)
-            line = progress_line(plan, snap, started, done_before)
-            if not estimated and "ETA -" not in line:
-                print(f"[search] estimate for the {planned} planned trials, at the first trials' pace: "
-                      f"{line.rsplit('ETA ', 1)[1]} more", flush=True)
+            if not estimated and (eta := remaining(plan, snap, started, done_before)):
+                print(f"[search] estimate for the {planned} planned trials, at the first trials' pace: {eta} more",
+                      flush=True)
                 estimated = True
+            line = progress_line(plan, snap, started, done_before)
             key = line.split(" finished")[0] + line.split("|")[1]  # finished count and bests, not pruned ticks
             if key != last or time.monotonic() - last_time > 30:
                 print(line, flush=True)
