@@ -5,10 +5,10 @@ and compare the end with an uninterrupted run of the same params.
     .venv/bin/python benchmarks/soak.py --kills 3 --tiny    # minutes
 
 One CPU worker (search.cpu_workers 1, device cpu), so both runs are deterministic. It prints each
-kill moment (seconds into that attempt, finished trials at the kill) and every difference: a
-finished trial (by study, beta, lr and seed) only one run has, a finished trial that measured
-another value or ran other epochs, and the search's answers (reports/search/metrics.json); exit
-status 1 on any difference.
+kill moment (seconds into that attempt, finished trials at the kill), any finished trial a kill
+lost (gone or changed at the end), and every difference from the uninterrupted run: a finished
+trial (by study, beta, lr and seed) only one run has, one that measured another value or ran other
+epochs, and the search's answers (reports/search/metrics.json); exit status 1 on any.
 """
 
 from __future__ import annotations
@@ -68,11 +68,19 @@ def search(folder: Path, kill_after: float | None = None) -> tuple[int | None, f
     return code, time.monotonic() - started
 
 
-def finished_trials(folder: Path) -> int:
-    journal = folder / ".latentstudy" / "optuna.journal"
-    if not journal.is_file():
-        return 0
-    return sum('"state":1' in line for line in journal.read_text(errors="replace").splitlines())
+def finished_trials(folder: Path) -> dict[tuple[str, int], float]:
+    """{(study, trial number): value} of every finished trial in the folder's journal (a record torn
+    by the kill is cut first, as the next run does)."""
+    import optuna
+
+    from latentstudy.search.journal import CheckedJournal
+
+    path = folder / ".latentstudy" / "optuna.journal"
+    if not path.is_file():
+        return {}
+    storage = optuna.storages.JournalStorage(CheckedJournal(path))
+    return {(s.study_name, t.number): t.value for s in storage.get_all_studies()
+            for t in storage.get_all_trials(s._study_id, deepcopy=False) if t.state.name == "COMPLETE"}
 
 
 def kept(folder: Path) -> dict[tuple, tuple]:
@@ -84,42 +92,49 @@ def kept(folder: Path) -> dict[tuple, tuple]:
     return {text(row, IDENTITY): text(row, MEASURED) for _, row in done.iterrows()}
 
 
-def differences(reference: Path, soaked: Path) -> tuple[list[str], list[str]]:
-    """(trials lost or added by the kills, finished trials that measured another value)."""
+def differences(reference: Path, soaked: Path) -> list[str]:
+    """Finished trials only one run has (by study, beta, lr and seed), finished trials that measured
+    another value or ran other epochs, and the search's answers."""
     a, b = kept(reference), kept(soaked)
-    lost = [f"only uninterrupted: {key}" for key in sorted(a.keys() - b.keys())]
-    lost += [f"only soaked: {key}" for key in sorted(b.keys() - a.keys())]
-    changed = [f"{key}: {a[key]} uninterrupted, {b[key]} soaked" for key in sorted(a.keys() & b.keys())
-               if a[key] != b[key]]
+    diffs = [f"only uninterrupted: {key}" for key in sorted(a.keys() - b.keys())]
+    diffs += [f"only soaked: {key}" for key in sorted(b.keys() - a.keys())]
+    diffs += [f"{key}: {a[key]} uninterrupted, {b[key]} soaked" for key in sorted(a.keys() & b.keys())
+              if a[key] != b[key]]
     answers = [json.loads((f / "reports/search/metrics.json").read_text()) for f in (reference, soaked)]
     if answers[0] != answers[1]:
-        changed.append("reports/search/metrics.json differs")
-    return lost, changed
+        diffs.append("reports/search/metrics.json differs")
+    return diffs
 
 
 def soak(workdir: Path, params: dict, kills: int, seed: int) -> tuple[list[str], list[str]]:
-    """differences() between an uninterrupted run and one killed `kills` times (printed as it goes)."""
+    """(finished trials a kill lost: gone or changed at the end; differences() from an uninterrupted
+    run), printed as it goes."""
     reference = project(workdir / "uninterrupted", params)
     code, whole = search(reference)
     assert code == 0, f"the uninterrupted search failed ({code})"
-    print(f"uninterrupted: {whole:.0f} s, {finished_trials(reference)} finished trials", flush=True)
+    print(f"uninterrupted: {whole:.0f} s, {len(finished_trials(reference))} finished trials", flush=True)
     soaked = project(workdir / "soaked", params)
     rng = random.Random(seed)
+    seen: dict[tuple[str, int], float] = {}
     for i in range(1, kills + 1):
         # Spread over the whole run: each attempt resumes, so the moments sum to about its length.
         moment = rng.uniform(0.2, 1.0) * whole / kills
         code, _ = search(soaked, kill_after=moment)
-        print(f"kill {i}/{kills}: at {moment:.1f} s into attempt {i}, {finished_trials(soaked)} finished trials"
+        seen.update(finished_trials(soaked))
+        print(f"kill {i}/{kills}: at {moment:.1f} s into attempt {i}, {len(seen)} finished trials"
               + ("" if code is None else f" (the search had already ended, exit {code})"), flush=True)
     code, last = search(soaked)
     assert code == 0, f"the resumed search failed ({code})"
     print(f"resumed to the end: {last:.0f} s", flush=True)
-    lost, changed = differences(reference, soaked)
-    for line in lost + changed:
+    end = finished_trials(soaked)
+    lost = [f"lost: {key} finished with {value} before a kill, {end.get(key)} at the end"
+            for key, value in sorted(seen.items()) if end.get(key) != value]
+    diffs = differences(reference, soaked)
+    for line in lost + diffs:
         print(line)
-    if not lost + changed:
+    if not lost + diffs:
         print("no differences: kept trials and answers equal the uninterrupted run")
-    return lost, changed
+    return lost, diffs
 
 
 def main() -> None:
@@ -131,8 +146,8 @@ def main() -> None:
     args = p.parse_args()
     shutil.rmtree(args.workdir, ignore_errors=True)
     params = TINY if args.tiny else yaml.safe_load((ROOT / "params.yaml").read_text())
-    lost, changed = soak(args.workdir, params, args.kills, args.seed)
-    sys.exit(1 if lost or changed else 0)
+    lost, diffs = soak(args.workdir, params, args.kills, args.seed)
+    sys.exit(1 if lost or diffs else 0)
 
 
 if __name__ == "__main__":
