@@ -74,6 +74,8 @@ def load(tmp_path, text: str, section: str):
         ("report:\n  purpose: compression\n", "report",
          "report.purpose = 'compression' is not allowed; expected one of auto | generation | reconstruction | representation"),
         ("report:\n  bootstrap: 50\n", "report", "report.bootstrap = 50 is out of range; allowed: >= 100"),
+        ("report:\n  bootstrap: 10000000\n", "report",
+         "report.bootstrap = 10000000 is out of range; allowed: >= 100 and <= 100000"),
         ("search:\n  replicates: -1\n", "search", "search.replicates = -1 is out of range; allowed: >= 0"),
         ("study:\n  refine_max: -2\n", "study", "study.refine_max = -2 is out of range; allowed: >= 0"),
         ("serach:\n  trials_per_dim: 3\n", "search", "unknown section 'serach'"),

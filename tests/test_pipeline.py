@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -49,9 +50,11 @@ def ran(result: subprocess.CompletedProcess) -> set[str]:
     return set(re.findall(r"Running stage '(\w+)'", result.stdout + result.stderr))
 
 
-def new_project(repo: Path, params: dict, message: str, repro: bool = True) -> subprocess.CompletedProcess | None:
+def new_project(repo: Path, params: dict, message: str, *targets: str,
+                repro: bool = True) -> subprocess.CompletedProcess | None:
     """The project's pipeline and code with these params in a new git + DVC repository (whatever
-    else is in `repo` is committed too), then its first `dvc repro` (unless repro is False)."""
+    else is in `repo` is committed too), then its first `dvc repro` (of targets, if given; none if
+    repro is False)."""
     for item in ("dvc.yaml", "pipeline", "src/latentstudy", ".dvcignore", ".gitignore"):
         src, dst = ROOT / item, repo / item
         if src.is_dir():
@@ -65,7 +68,7 @@ def new_project(repo: Path, params: dict, message: str, repro: bool = True) -> s
     sh(repo, "dvc", "config", "core.analytics", "false")
     sh(repo, "git", "add", "-A")
     sh(repo, "git", "commit", "-qm", message)
-    return sh(repo, "dvc", "repro") if repro else None
+    return sh(repo, "dvc", "repro", *targets) if repro else None
 
 
 def set_param(repo: Path, dotted: str, value) -> None:
@@ -264,6 +267,71 @@ def test_dvc_experiment_with_a_new_grid(repo):
     assert "grid25" in blob and "recommended_latent_dim" in blob
     table = pd.read_csv(repo / "reports" / "table.csv")
     assert {2, 5} <= set(table["latent_dim"]) and len(table) <= 3
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("path, stage, restore", [
+    ("models/search/k2-vae.pt", "evaluate", "dvc checkout --force models/search"),
+    ("data/prepared/test.npz", "evaluate", "dvc checkout --force data/prepared/test.npz"),
+    ("reports/evaluate/per_example.npz", "report", "dvc checkout --force reports/evaluate/per_example.npz"),
+])
+def test_a_damaged_file_is_one_line_naming_the_command_that_gives_it_back(repo, tmp_path, path, stage, restore):
+    shutil.copytree(repo / "reports", tmp_path / "reports")  # the metrics DVC does not cache, for the other tests
+    file = repo / path
+    good = file.read_bytes()
+    damaged = bytearray(good)
+    damaged[len(good) // 2] ^= 0xFF  # a flipped bit in the data (the npz: a bad CRC) ...
+    if path.endswith(".pt"):
+        damaged = damaged[: len(good) // 2]  # ... or a file cut short
+    file.unlink()  # not through a link into DVC's cache
+    file.write_bytes(bytes(damaged))
+
+    res = sh(repo, "python", f"pipeline/{stage}.py", check=False)  # the stage as `dvc repro` runs it
+    assert res.returncode == 2 and "Traceback" not in res.stdout + res.stderr, res.stderr[-3000:]
+    [line] = [line for line in res.stderr.splitlines() if line.strip()]
+    assert line.startswith(f"error: {path}: not a readable ") and f"`{restore}`" in line
+
+    sh(repo, *restore.split())  # do what it says
+    assert file.read_bytes() == good
+    shutil.rmtree(repo / "reports")  # what the failed stage removed, back for the other tests
+    shutil.copytree(tmp_path / "reports", repo / "reports")
+
+
+def experiment_metrics(repo: Path) -> dict[str, dict]:
+    """{experiment name: every metrics file's values} from `dvc exp show`."""
+    shown = json.loads(sh(repo, "dvc", "exp", "show", "--json").stdout)
+    return {rev["name"]: rev["data"]["metrics"] for base in shown for exp in base.get("experiments") or []
+            for rev in exp["revs"]}
+
+
+@pytest.mark.e2e
+def test_queued_experiments_run_in_parallel_and_equal_their_serial_runs(tmp_path):
+    """`dvc queue start -j 2`: two searches at once on the project's one store, each in its own
+    copy of the workspace; each must finish with the answers its serial run gives."""
+    params = tiny_params()
+    params["study"] = {"latent_dims": [2], "seed": 0, "refine_max": 0}
+    params["search"] = dict(TINY_SEARCH, trials_per_dim=1, reinforce=False)
+    parallel, serial = tmp_path / "parallel", tmp_path / "serial"
+    parallel.mkdir()
+    new_project(parallel, params, "tiny study", "pca")
+    sh(parallel, "git", "add", "-A")
+    sh(parallel, "git", "commit", "-qm", "prepared")
+    shutil.copytree(parallel, serial, symlinks=True)  # the same commit and DVC cache, its own stores
+
+    seeds = {"seed1": 1, "seed2": 2}
+    for name, seed in seeds.items():
+        sh(parallel, "dvc", "exp", "run", "--queue", "-S", f"study.seed={seed}", "-n", name)
+    sh(parallel, "dvc", "queue", "start", "-j", "2")
+    while re.search(r"\b(Queued|Running)\b", sh(parallel, "dvc", "queue", "status").stdout):
+        time.sleep(2)
+    status = sh(parallel, "dvc", "queue", "status").stdout
+    assert len(re.findall(r"\bSuccess\b", status)) == 2, status
+    for name, seed in seeds.items():
+        sh(serial, "dvc", "exp", "run", "-S", f"study.seed={seed}", "-n", name)
+
+    together, alone = experiment_metrics(parallel), experiment_metrics(serial)
+    assert set(together) == set(seeds)
+    assert together == alone
 
 
 @pytest.mark.e2e

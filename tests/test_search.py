@@ -64,6 +64,17 @@ def test_a_batch_above_the_training_split_is_clamped_with_one_line(prepared, cap
     assert fits.config.train.batch_size == 64 and "batch_size" not in capsys.readouterr().out
 
 
+def test_a_grid_of_hundreds_of_trials_says_what_it_costs(prepared):
+    summary = data.load_summary(prepared)  # D = 64: sizes 1..128 are allowed
+    plan = planning.make_plan(config.StudyConfig(latent_dims=list(range(1, 129))), config.SearchConfig(), summary, "x")
+    planned = sum(u.budget for u in plan.units)
+    assert planned == 128 * (4 + 2) > coordinator.MANY_TRIALS
+    assert coordinator.planned_line(plan, planned, 2) == (
+        "[search] planned: 768 trials (256 Optuna studies), each up to 150 epochs (to 450 while improving): up to "
+        "345600 trial-epochs on 2 worker(s). A time estimate follows from the first trials' pace; fewer sizes in "
+        "study.latent_dims or a smaller search.trials_per_dim costs less")
+
+
 def test_standardised_data_gets_a_gaussian_decoder_and_bernoulli_is_refused(prepared):
     from latentstudy.search.plan import unit_spec
 

@@ -5,6 +5,7 @@ against these classes is paramfile.py's.
 
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -12,6 +13,36 @@ from typing import Literal
 
 class StudyError(Exception):
     """A problem the user can fix (bad params, bad data, missing files). Printed as one line."""
+
+
+_FULL = (errno.ENOSPC, errno.EDQUOT)
+_READ_ONLY = (errno.EROFS, errno.EACCES, errno.EPERM)
+
+
+def store_fault(path: Path | str, exc: BaseException) -> StudyError | None:
+    """A full disk or a place that cannot be written (an OSError, or SQLite's own words for either,
+    however MLflow or SQLAlchemy wrapped them) as the one line naming the path and the fix; None
+    for any other error."""
+    chain, cause = [], exc
+    while cause is not None and len(chain) < 8:
+        chain.append(cause)
+        cause = cause.__cause__ or cause.__context__
+    codes = {getattr(e, "errno", None) for e in chain}
+    text = " ".join(str(e) for e in chain)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
+    if codes & set(_FULL) or "database or disk is full" in text:
+        return StudyError(f"{path}: no space left on its disk; free space there (df -h {folder}), then rerun: "
+                          "the finished trials are kept")
+    if codes & set(_READ_ONLY) or "readonly database" in text:
+        return StudyError(f"{path}: cannot be written (read-only or permission denied); make {folder} writable "
+                          "(or run from a writable copy of the project), then rerun: the finished trials are kept")
+    return None
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception as `Type: the first line of its message`, for a StudyError's one line."""
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
 
 
 def _bounds(**kw: float) -> dict:
@@ -314,7 +345,9 @@ Purpose = Literal["auto", "generation", "reconstruction", "representation"]
 class ReportConfig:
     purpose: Purpose = "auto"  # the headline answer; auto: generation when a VAE finished
     tolerance: float = field(default=0.0, metadata=_bounds(ge=0, lt=1))  # margin on top of one SE
-    bootstrap: int = field(default=1000, metadata=_bounds(ge=100))  # resamples of the test examples
+    # Resamples of the test examples. The cap keeps a typo from a silent stall: the report's time
+    # grows with it, and past 1,000 the intervals barely move.
+    bootstrap: int = field(default=1000, metadata=_bounds(ge=100, le=100_000))
     title: str = "How big should the latent space be?"
     recon_examples: int = field(default=8, metadata=_bounds(ge=1, le=32))
     sample_dims: int = field(default=3, metadata=_bounds(ge=1, le=12))

@@ -399,5 +399,4 @@ def save_per_example(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 
 def load_per_example(path: Path) -> dict[str, np.ndarray]:
-    with np.load(path) as f:
-        return {key: f[key] for key in f.files}
+    return npz.load(path, "evaluate")

@@ -7,7 +7,9 @@ dimension D; the latent size k is free (k > D is allowed).
 
 from __future__ import annotations
 
+import io
 import math
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from latentstudy.config import StudyError
+from latentstudy.config import StudyError, first_line, store_fault
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -325,16 +327,42 @@ def best_path(models_dir: Path, latent_dim: int, arm: str) -> Path:
 def save_checkpoint(path: Path, model: AutoEncoder, meta: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save({"spec": asdict(model.spec), "state_dict": state, "meta": meta}, tmp)
-    tmp.replace(path)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # two runs may write one trial's file at once
+    blob = io.BytesIO()  # written by Python, not torch's C++ writer: a full disk keeps its errno
+    torch.save({"spec": asdict(model.spec), "state_dict": state, "meta": meta}, blob)
+    try:
+        tmp.write_bytes(blob.getvalue())
+        tmp.replace(path)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        fault = store_fault(path, exc)
+        if fault is None:
+            raise
+        raise fault from None
+
+
+class DamagedCheckpoint(StudyError):
+    """A checkpoint file that is there but does not load (truncated, overwritten, another format)."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: not a readable checkpoint ({why}); restore it with `dvc checkout --force "
+                         f"{Path(path).parent}`, or write it again from the search's store with "
+                         "`dvc repro -f -s search`")
+        self.why = why
 
 
 def load_checkpoint(path: Path, device: str | torch.device = "cpu") -> tuple[AutoEncoder, dict]:
+    """(the model in eval mode, its meta). A damaged file names itself and the commands that give
+    a kept model back: the DVC cache's copy, or the search stage, which writes it from its store."""
     try:
         blob = torch.load(path, map_location=device, weights_only=True)
+        model = AutoEncoder(NetSpec(**blob["spec"]))
+        model.load_state_dict(blob["state_dict"])
+        meta = blob["meta"]
     except FileNotFoundError:
         raise StudyError(f"{path}: checkpoint not found; run the search stage first (dvc repro)") from None
-    model = AutoEncoder(NetSpec(**blob["spec"]))
-    model.load_state_dict(blob["state_dict"])
-    return model.to(device).eval(), blob["meta"]
+    # A damaged file fails anywhere from the zip reader to the unpickler to the state dict.
+    except Exception as exc:  # noqa: BLE001
+        raise DamagedCheckpoint(path, first_line(exc)) from None
+    return model.to(device).eval(), meta
+

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from latentstudy.config import StudyError, first_line
+
 EPOCH = (1980, 1, 1, 0, 0, 0)
 
 
@@ -70,3 +72,18 @@ def save(path: Path, **arrays: np.ndarray) -> None:
     with Writer(path) as out:
         for name in sorted(arrays):
             out.add(name, np.asarray(arrays[name]))
+
+
+def load(path: Path, stage: str) -> dict[str, np.ndarray]:
+    """Every array of a stage's .npz output, read whole. A damaged file (truncated, garbage, a bad
+    CRC) is one line naming it and the commands that give it back: the DVC cache's copy, or the
+    stage that writes it."""
+    try:
+        with np.load(path) as archive:
+            return {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise
+    # A damaged zip fails in the zip reader, the decompressor or the array header, each its own way.
+    except Exception as exc:  # noqa: BLE001
+        raise StudyError(f"{path}: not a readable .npz file ({first_line(exc)}); restore it with "
+                         f"`dvc checkout --force {path}`, or rebuild it with `dvc repro -f -s {stage}`") from None

@@ -123,5 +123,5 @@ def save(basis: PCABasis, path: Path) -> None:
 
 
 def load(path: Path) -> PCABasis:
-    with np.load(path) as f:
-        return PCABasis(f["mean"], f["components"], f["explained_variance"], float(f["total_variance"]))
+    f = npz.load(path, "pca")
+    return PCABasis(f["mean"], f["components"], f["explained_variance"], float(f["total_variance"]))

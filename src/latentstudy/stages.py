@@ -16,7 +16,7 @@ from dataclasses import fields
 from pathlib import Path
 
 from latentstudy import paramfile
-from latentstudy.config import StudyError
+from latentstudy.config import StudyError, store_fault
 from latentstudy.contracts import (
     EvaluatePaths,
     Inputs,
@@ -31,11 +31,19 @@ from latentstudy.contracts import (
 
 
 def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's main: a user error prints one line and exits 2, with no traceback."""
+    """Run a stage's main: a user error, a full disk or a place it cannot write prints one line and
+    exits 2, with no traceback."""
     try:
         main()
     except StudyError as exc:
         print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as exc:
+        # A write without a file name (a full disk mid-write) names the folder the stage runs in.
+        fault = store_fault(exc.filename or Path.cwd(), exc)
+        if fault is None:
+            raise
+        print(f"error: {fault}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -9,6 +9,7 @@ rather than its GenAI view.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 import urllib.error
@@ -16,7 +17,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from latentstudy.config import StudyError
+from latentstudy.config import StudyError, store_fault
 
 STUDY_TAG = "latentstudy.study"
 KIND_TAG = "latentstudy.kind"  # study | trial | report
@@ -120,18 +121,60 @@ def _flat(params: dict, prefix: str = "") -> dict[str, str]:
     return out
 
 
-class Tracker:
-    """A thin MlflowClient wrapper; run ids are passed explicitly, so workers share no state."""
+def _created(client: type, uri: str, sqlite: Path | None):
+    """client(tracking_uri=uri), which creates or upgrades a SQLite store's tables: one process at
+    a time (queued DVC experiments start side by side on the project's one mlflow.db)."""
+    if sqlite is None:
+        return client(tracking_uri=uri)
+    import fcntl
+
+    with open(sqlite, "ab") as lock:  # an empty file is a new SQLite database
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return client(tracking_uri=uri)
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
+
+
+class _StoreFaults:
+    """An MlflowClient whose calls end in one line (config.store_fault) when its store is full or
+    read-only, however deep in MLflow or SQLAlchemy SQLite said so."""
 
     def __init__(self, uri: str):
         from mlflow.tracking import MlflowClient
 
+        self._where = uri.removeprefix("sqlite:///") if uri.startswith("sqlite:///") else uri
+        # MLflow logs a database error with its traceback, then raises it: raised, it reaches us
+        # (one line for a store fault, the traceback for anything else), so the log is a repeat.
+        logging.getLogger("mlflow.store.db.utils").addFilter(_below_error)  # once: the same function
+        sqlite = Path(self._where) if uri.startswith("sqlite:///") else None
+        self._client = self._call(_created, MlflowClient, uri, sqlite)
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        return (lambda *args, **kwargs: self._call(attr, *args, **kwargs)) if callable(attr) else attr
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            fault = store_fault(getattr(exc, "filename", None) or self._where, exc)
+            if fault is None:
+                raise
+            raise fault from None
+
+
+class Tracker:
+    """A thin MlflowClient wrapper; run ids are passed explicitly, so workers share no state."""
+
+    def __init__(self, uri: str):
         # With an `mlflow server` URI, MLflow prints a "View run" link per run and a progress bar
         # per artifact download: hundreds of lines between the search's progress lines.
         os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         self.uri = uri
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = _StoreFaults(uri)
         self._pending: dict[str, list] = {}
         self._last_flush: dict[str, float] = {}
 
@@ -140,10 +183,17 @@ class Tracker:
     def experiment(self, name: str) -> str:
         """The experiment's id, created (with its artifact location) when missing; tagged so the
         UI opens it on its runs table (experiments made by older versions get the tag too)."""
+        from mlflow.exceptions import MlflowException
+
         exp = self.client.get_experiment_by_name(name)
         if exp is None:
-            return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri),
-                                                 tags=KIND_OF_EXPERIMENT)
+            try:
+                return self.client.create_experiment(name, artifact_location=_artifact_location(self.uri),
+                                                     tags=KIND_OF_EXPERIMENT)
+            except MlflowException as exc:  # another run (a queued experiment beside this one) made it first
+                if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                    raise
+                exp = self.client.get_experiment_by_name(name)
         for key, value in KIND_OF_EXPERIMENT.items():
             if exp.tags.get(key) != value:
                 self.client.set_experiment_tag(exp.experiment_id, key, value)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latentstudy import npz
 from latentstudy.config import StudyError
 
 SPLITS = ("train", "val", "test")
@@ -24,8 +25,8 @@ def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray | Non
     path = Path(prepared) / f"{split}.npz"
     if not path.is_file():
         raise StudyError(f"{path}: not found; run the prepare stage first (dvc repro)")
-    with np.load(path) as archive:
-        return archive["x"], (archive["y"] if "y" in archive else None)
+    arrays = npz.load(path, "prepare")
+    return arrays["x"], arrays.get("y")
 
 
 def load_summary(prepared: Path) -> dict:

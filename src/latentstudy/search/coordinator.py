@@ -15,9 +15,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -76,13 +76,35 @@ def progress_line(plan: Plan, snap: list, started: float, done_before: int, fina
         if values and unit.arm == "vae" and unit.phase != REPLICATE:
             best[unit.latent_dim] = min(values)
     elapsed = time.monotonic() - started
-    new = complete - done_before
-    eta = f"{_dur(elapsed / new * (total - complete))}" if new > 0 and complete < total else "-"
+    eta = remaining(plan, snap, started, done_before) or "-"
     bests = " ".join(f"k={k}:{v:.2f}" for k, v in sorted(best.items()))
     head = "[search] done: trials" if final else "[search] trials"
     return (f"{head} {complete}/{total} finished ({agg['RUNNING']} running, {agg['FAIL']} failed, "
             f"{agg['PRUNED']} pruned) | best VAE val objective {bests or '-'} | "
             f"elapsed {_dur(elapsed)}" + ("" if final else f" ETA {eta}"))
+
+
+def remaining(plan: Plan, snap: list, started: float, done_before: int) -> str | None:
+    """The time the unfinished trials take at the pace of those finished since `started`; None
+    before any finished."""
+    total = sum(u.budget for u in plan.units)
+    complete = sum(min(examined(u, counts(t)), u.budget) for u, t in snap)
+    new = complete - done_before
+    if new <= 0 or complete >= total:
+        return None
+    return _dur((time.monotonic() - started) / new * (total - complete))
+
+
+MANY_TRIALS = 300  # a grid past this many trials says what it costs before it starts
+
+
+def planned_line(plan: Plan, planned: int, workers: int) -> str:
+    """What a large grid costs: its trials and trial-epochs, and where the time estimate comes from."""
+    train = plan.config.train
+    return (f"[search] planned: {planned} trials ({len(plan.units)} Optuna studies), each up to {train.epochs} epochs "
+            f"(to {train.ceiling} while improving): up to {planned * train.ceiling} trial-epochs on {workers} "
+            f"worker(s). A time estimate follows from the first trials' pace; fewer sizes in study.latent_dims or "
+            f"a smaller search.trials_per_dim costs less")
 
 
 def shortfalls(snap: list) -> list[str]:
@@ -120,7 +142,8 @@ def reap_all(plan: Plan, storage, tracking: str | None, single_host: bool) -> No
 
 
 # Eight parameters on purpose: what a worker process is started with (it is another process, so no
-# shared object), and the poll interval tests shorten.
+# shared object), and the poll interval tests shorten. Past 50 lines by the lines that say what a
+# large grid costs, which need the loop's first finished trials.
 def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Path, checkpoints: Path,
                slots: list[tuple[str, dict]], poll: float = 2.0) -> None:
     """Run local workers and print progress until every unit is done.
@@ -138,6 +161,10 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
     print(f"[search] study {plan.prefix}: {len(plan.units)} Optuna studies ({len(sizes(plan))} latent sizes"
           f"{f', {reps} replicate units' if reps else ''}), {len(slots)} worker(s) on {', '.join(devices)}, "
           f"trials trained in stacks (search.stack {plan.config.stack})", flush=True)
+    planned = sum(u.budget for u in plan.units)
+    if planned > MANY_TRIALS:
+        print(planned_line(plan, planned, len(slots)), flush=True)
+    estimated = planned <= MANY_TRIALS  # else: once, from the first trials' pace
     procs: list[subprocess.Popen] = []
     last, last_time = "", 0.0
     try:
@@ -152,6 +179,10 @@ def coordinate(plan: Plan, storage, url: str, tracking: str | None, prepared: Pa
                     break
                 if any(needs_work(u, counts(t)) for u, t in snap):
                     procs = launch_workers(slots, args, "w", url, tracking)
+            if not estimated and (eta := remaining(plan, snap, started, done_before)):
+                print(f"[search] estimate for the {planned} planned trials, at the first trials' pace: {eta} more",
+                      flush=True)
+                estimated = True
             line = progress_line(plan, snap, started, done_before)
             key = line.split(" finished")[0] + line.split("|")[1]  # finished count and bests, not pruned ticks
             if key != last or time.monotonic() - last_time > 30:
@@ -316,7 +347,8 @@ class SearchRun:
     rule: object  # validation.Rule: the report's rule, applied on validation
     paths: SearchPaths
     data: Prepared
-    store: Path  # .latentstudy: the journal, checkpoints, scratch
+    store: Path  # .latentstudy: the journal, checkpoints
+    scratch: Path  # this run's own temporary folder (fetched and retrained weights, figures)
     url: str  # the Optuna storage's
     storage: object
     tracker: object | None
@@ -340,8 +372,11 @@ def run(study: StudyConfig, search: SearchConfig, paths: SearchPaths, root: Path
         plan = runs.open_study_run(plan, tracker, params)
     create_studies(plan, storage)
     runs.tidy_earlier(plan, storage, tracker, tracking, url.startswith("journal:"))
-    ctx = SearchRun(study, search, rule, paths, prepared, store, url, storage, tracker)
-    with runs.parent_run_ends(tracker, plan.parent_run_id) if tracker else contextlib.nullcontext():
+    # Private to this run: queued DVC experiments run side by side on one store, and each
+    # removes its scratch folder when it ends.
+    with (runs.parent_run_ends(tracker, plan.parent_run_id) if tracker else contextlib.nullcontext(),
+          tempfile.TemporaryDirectory(prefix="latentstudy-scratch-") as scratch):
+        ctx = SearchRun(study, search, rule, paths, prepared, store, Path(scratch), url, storage, tracker)
         if tracker:
             runs.restore(plan, snapshot(plan, storage), tracker)
         plan = search_and_write(ctx, plan)
@@ -355,8 +390,7 @@ def search_and_write(ctx: SearchRun, plan: Plan) -> Plan:
 
     search, storage, tracker = ctx.search, ctx.storage, ctx.tracker
     slots = devices.worker_slots(search.device, search.workers_per_device, search.cpu_workers)
-    checkpoints = ctx.store / "checkpoints"
-    scratch = ctx.store / "scratch"
+    checkpoints, scratch = ctx.store / "checkpoints", ctx.scratch
 
     def run_phase(plan: Plan, enqueue: dict[str, list]) -> None:
         import optuna
@@ -400,14 +434,14 @@ def search_and_write(ctx: SearchRun, plan: Plan) -> Plan:
         return replicate(plan, search.replicates, storage, run_phase, validation if by_answer else None)
 
     plan = refine(settle(plan), search, ctx.study.refine_max, validation, run_phase, settle)
-    write_stage_outputs(ctx, plan, scratch)
+    write_stage_outputs(ctx, plan)
     return plan
 
 
-def write_stage_outputs(ctx: SearchRun, plan: Plan, scratch: Path) -> None:
+def write_stage_outputs(ctx: SearchRun, plan: Plan) -> None:
     """The kept models, trials.csv, metrics.json and study.json; in MLflow the kept models and the
     runs in step with the storage."""
-    storage, tracker = ctx.storage, ctx.tracker
+    storage, tracker, scratch = ctx.storage, ctx.tracker, ctx.scratch
     snap = snapshot(plan, storage)
     for line in shortfalls(snap):  # once, after the last phase
         print(line, flush=True)
@@ -418,6 +452,5 @@ def write_stage_outputs(ctx: SearchRun, plan: Plan, scratch: Path) -> None:
     if tracker:
         runs.log_models(tracker, plan, snap, kept, run_of, ctx.data, scratch)
         runs.reconcile(tracker, plan.experiment_id, plan.prefix, snap)
-    shutil.rmtree(scratch, ignore_errors=True)
     for name in missing:
         print(f"[search] warning: {name} has no finished trial; it is left out of the models", flush=True)

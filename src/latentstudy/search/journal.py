@@ -21,7 +21,7 @@ from typing import Any
 
 from optuna.storages.journal import JournalFileBackend, JournalFileSymlinkLock
 
-from latentstudy.config import StudyError
+from latentstudy.config import StudyError, store_fault
 
 TORN_SUFFIX = ".torn"  # where cut-off fragments are kept, for inspection
 _BLOCK = 1 << 16
@@ -57,6 +57,11 @@ class CheckedJournal(JournalFileBackend):
                 f.write(text)
                 f.flush()
                 os.fsync(f.fileno())
+        except OSError as exc:  # a part written stays a torn line, cut by the next writer
+            fault = store_fault(self.path, exc)
+            if fault is None:
+                raise
+            raise fault from None
         finally:
             self.lock.release()
 

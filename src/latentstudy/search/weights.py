@@ -9,6 +9,7 @@ trial's MLflow run), so the next run finds them.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -41,13 +42,32 @@ def gather(plan: Plan, kept: dict[tuple, tuple[Unit, object]], runs: dict[int, s
 
 
 def find(trial, run_id: str | None, tracker, scratch: Path) -> Path | None:
-    """The trial's checkpoint: on this disk when its worker shared it, else from its MLflow run."""
+    """The trial's checkpoint: on this disk when its worker shared it, else from its MLflow run.
+    A copy that does not load counts as missing."""
     path = Path(trial.user_attrs[keys.CHECKPOINT])
-    if path.is_file():
+    if path.is_file() and readable(path):
         return path
     if tracker is None or run_id is None:
         return None
-    return tracker.download(run_id, f"checkpoint/{path.name}", scratch)
+    copy = tracker.download(run_id, f"checkpoint/{path.name}", scratch)
+    return copy if copy is not None and readable(copy) else None
+
+
+def readable(path: Path) -> bool:
+    """Whether the checkpoint loads; a damaged one is moved aside to <name>.damaged with one line,
+    so the next run sees a missing file (restored or retrained) rather than the damage again."""
+    from latentstudy.models import DamagedCheckpoint, load_checkpoint
+
+    try:
+        load_checkpoint(path)
+        return True
+    except DamagedCheckpoint as exc:
+        aside = path.with_name(path.name + ".damaged")
+        with contextlib.suppress(OSError):  # a read-only store: the next run says it again
+            path.replace(aside)
+        print(f"[search] {path}: not a readable checkpoint ({exc.why}); moved to {aside.name}, and its trial's "
+              "weights are restored from MLflow or retrained from its recorded seed", flush=True)
+        return False
 
 
 def retrain(plan: Plan, unit: Unit, trial, splits: dict, scratch: Path, tracker, run_id: str | None) -> Path:

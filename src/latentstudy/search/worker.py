@@ -135,6 +135,8 @@ def run_stack(ctx: WorkerContext, unit: Unit, study) -> int:
             train.train_stack(spec, ctx.x_train, ctx.x_val, cfg.train, objective=arm_objective(cfg, unit.arm),
                               size=size, next_member=trials.ask, on_epoch=trials.epoch, on_done=trials.tell,
                               judge=judge)
+        except StudyError:  # a full or read-only store: the trials stay open, retried on the rerun
+            raise
         except Exception as exc:  # out of memory, a CUDA fault: this stack's trials fail, the study goes on
             if isinstance(exc, torch.cuda.OutOfMemoryError):
                 ctx.max_stack = max(1, size // 2)
