@@ -150,7 +150,7 @@ def log_models(tracker, snap: list, best: dict[tuple[int, str], tuple[object, Pa
     from latentstudy import figures, models
     from latentstudy.search.plan import GRID
 
-    image_shape = prepared.summary["image_shape"]
+    image_shape = prepared.summary.image_shape
     x_val = prepared.split("val")[0][:8]
     for (k, arm), (trial, path) in sorted(best.items()):
         run_id = run_of.get(trial._trial_id)
