@@ -77,6 +77,7 @@ def test_linear_probe_reads_labels_from_the_code(trained_vae):
     assert correct.shape == (100,) and correct.mean() > 0.9  # three well separated clusters
     basis = pca.fit(x[:300])
     row, values = evaluate.evaluate_pca(basis, x[300:], 2, (x[:300], labels[:300], labels[300:]), 0)
+    row = row.to_json()  # as evaluation.json holds it
     assert row["probe_accuracy"] > 0.9 and values["probe_correct"].mean() == row["probe_accuracy"]
     assert values["sse_per_image"].mean() == pytest.approx(row["sse_per_image"])
 

@@ -98,8 +98,11 @@ class Summary:
     def classes(self) -> int:
         return len(self.class_names)
 
+    def to_json(self) -> dict:
+        return asdict(self)
+
     def save(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: Path) -> Summary:
