@@ -41,13 +41,15 @@ def arm(vae: bool, labels: bool) -> dict:
 @pytest.mark.parametrize("labels", [False, True])
 def test_evaluation_json_reads_back_to_the_same_bytes(tmp_path, labels):
     pca = {"latent_dim": 2, "components_used": 2, "exact": False, "explained_variance_ratio": 0.25,
-           "sse_per_image": 7.0, "mse_per_pixel": 0.109375, "bce_nats": 33.0} | ({"probe_accuracy": 0.5} if labels else {})
+           "sse_per_image": 7.0, "mse_per_pixel": 0.109375, "bce_nats": 33.0}
+    pca |= {"probe_accuracy": 0.5} if labels else {}
     with_ae = {"code": "ae", "pca_val_sse_per_image": 7.5, "pca_exact": False, "undertrained": False,
                "ae_val_sse_per_image": 5.0, "diff_val_sse_per_image": -2.5, "diff_se": 0.125}
     rows = [{"latent_dim": 2, "compression_ratio": 32.0, "phase": "grid", "reason": "", "pca": pca,
              "vae": arm(True, labels), "ae": arm(False, labels), "code": with_ae},
             {"latent_dim": 4, "compression_ratio": 16.0, "phase": "added", "reason": "why", "pca": pca, "vae": None,
-             "ae": None, "code": {"code": "pca", "pca_val_sse_per_image": 7.5, "pca_exact": True, "undertrained": False}}]
+             "ae": None,
+             "code": {"code": "pca", "pca_val_sse_per_image": 7.5, "pca_exact": True, "undertrained": False}}]
     raw = {"input_dim": 64, "n_test": 60, "has_labels": labels, "rows": rows,
            "baseline": {"sse_per_image": 9.0, "bernoulli_nll_nats": 40.0, "gaussian_nll_nats": 50.0, "input_dim": 64}}
     raw = {key: raw[key] for key in ("input_dim", "n_test", "has_labels", "baseline", "rows")}
