@@ -13,7 +13,7 @@ the reason: diverged or broken training. It is shown, never averaged in and neve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +28,7 @@ from latentstudy.evaluation import (
     CodeChoice,
     Evaluation,
     EvaluationRow,
+    Means,
     ModelMeans,
     PcaValues,
     PerExample,
@@ -303,7 +304,7 @@ def evaluate_size(entries: list[KeptModel], models_dir: Path, test: Evaluator,
             best, best_meta, best_mu, best_kl = model, meta, mu, per_unit
     pick = means[0]
     models, others = [m for m in means if m.rank == 0], [m for m in means if m.rank > 0]
-    row = ArmResult(**{name: getattr(pick, name) for name in ArmResult.FROM_PICK},
+    row = ArmResult(**{f.name: getattr(pick, f.name) for f in fields(Means)}, flag=pick.flag,
                     latent_dim=best.spec.latent_dim, n_params=n_params(best), beta=best_meta.get("beta"),
                     lr=best_meta.get("lr"), train_seconds=best_meta.get("seconds"), trial=best_meta.get("trial"),
                     study=best_meta.get("study"), epochs_run=best_meta.get("epochs_run"),

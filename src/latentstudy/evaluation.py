@@ -51,16 +51,11 @@ a row's phase and reason and an arm's models and trials."""
 
 
 @dataclass(frozen=True)
-class ModelMeans(Record):
-    """One model's test means and facts: an arm's "models" (the pick and its seed replicates) and
-    "trials" (the size's other finished trials) in evaluation.json."""
+class Means(Record):
+    """A model's means over the test examples: its errors, a VAE's bounds, the probe's accuracy."""
 
-    OPTIONAL = ("rate_nats", "iwae_nll_nats", "neg_elbo_mc_nats", "probe_accuracy", "neg_elbo_nats", "active_units")
+    OPTIONAL = ("rate_nats", "iwae_nll_nats", "neg_elbo_mc_nats", "probe_accuracy", "neg_elbo_nats")
 
-    seed: int | None = None
-    trial: int | None = None
-    study: str | None = None
-    still_improving: bool | None = None  # stopped at the epoch ceiling still improving
     sse_per_image: float | None = None
     bce_nats: float | None = None
     distortion_nats: float | None = None
@@ -69,6 +64,27 @@ class ModelMeans(Record):
     neg_elbo_mc_nats: float | None = None
     probe_accuracy: float | None = None
     neg_elbo_nats: float | None = None
+
+
+@dataclass(frozen=True)
+class Trained(Record):
+    """Where a model comes from, and whether it stopped still improving. ModelMeans names it after
+    Means among its bases: a dataclass takes the last base's fields first, and the file has these
+    keys before the means."""
+
+    seed: int | None = None
+    trial: int | None = None
+    study: str | None = None
+    still_improving: bool | None = None  # stopped at the epoch ceiling still improving
+
+
+@dataclass(frozen=True)
+class ModelMeans(Means, Trained):
+    """One model's test means and facts: an arm's "models" (the pick and its seed replicates) and
+    "trials" (the size's other finished trials) in evaluation.json."""
+
+    OPTIONAL = (*Means.OPTIONAL, "active_units")
+
     active_units: int | None = None
     flag: str | None = None  # why it is flagged as diverged; None for a sane model
     replicate: int | None = None
@@ -77,24 +93,13 @@ class ModelMeans(Record):
 
 
 @dataclass(frozen=True)
-class ArmResult(Record):
+class ArmResult(Means):
     """One size's entry of an arm (vae, ae): the search's pick's means and flag, its training facts,
     every model behind it, and (VAE) its units."""
 
-    OPTIONAL = ("rate_nats", "iwae_nll_nats", "neg_elbo_mc_nats", "probe_accuracy", "neg_elbo_nats",
-                "active_units", "mu_variance", "collapsed_units", "kl_per_dim_nats", "iwae_samples")
+    OPTIONAL = (*Means.OPTIONAL, "active_units", "mu_variance", "collapsed_units", "kl_per_dim_nats", "iwae_samples")
     NESTED = {"models": ModelMeans, "trials": ModelMeans}
-    FROM_PICK = ("sse_per_image", "bce_nats", "distortion_nats", "rate_nats", "iwae_nll_nats", "neg_elbo_mc_nats",
-                 "probe_accuracy", "neg_elbo_nats", "flag")  # the pick's (ModelMeans) values the entry repeats
 
-    sse_per_image: float | None = None
-    bce_nats: float | None = None
-    distortion_nats: float | None = None
-    rate_nats: float | None = None
-    iwae_nll_nats: float | None = None
-    neg_elbo_mc_nats: float | None = None
-    probe_accuracy: float | None = None
-    neg_elbo_nats: float | None = None
     flag: str | None = None
     latent_dim: int | None = None
     n_params: int | None = None
