@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -139,17 +141,28 @@ def metric_leaves(repo: Path) -> dict[str, float]:
 
 
 def prepare_data(folder: Path, **data) -> tuple[dict, dict[str, dict[str, np.ndarray]]]:
-    """Run prepare on the data section given as keywords into folder/prepared: (summary, splits read back)."""
+    """Run prepare on the data section given as keywords into folder/prepared: (summary.json and
+    the splits, read back)."""
     from latentstudy.config import DataConfig
     from latentstudy.paramfile import build
     from latentstudy.data import SPLITS, load_split, prepare
 
-    summary = prepare.run(build(DataConfig, data, "params.yaml: data"), folder, folder / "prepared")
+    prepare.run(build(DataConfig, data, "params.yaml: data"), folder, folder / "prepared")
     splits = {}
     for s in SPLITS:
         x, y = load_split(folder / "prepared", s)
         splits[s] = {"x": x} if y is None else {"x": x, "y": y}
-    return summary, splits
+    return json.loads((folder / "prepared" / "summary.json").read_text()), splits
+
+
+def prepared_summary(**changes):
+    """The prepare stage's summary of 180 unlabelled 8x8 images (60 a split); changes: fields to set."""
+    from latentstudy.contracts import Summary
+
+    summary = Summary(dataset="digits", source="test", n_examples=180, input_dim=64, image_shape=[8, 8],
+                      counts={"train": 60, "val": 60, "test": 60}, has_labels=False, class_names=[],
+                      class_counts=None, scaling={}, intrinsic_dim={}, split_seed=0, fingerprint="f" * 16)
+    return dataclasses.replace(summary, **changes)
 
 
 @pytest.fixture

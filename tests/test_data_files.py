@@ -285,7 +285,7 @@ def test_a_relative_path_inside_a_dvc_temp_experiment_is_read_from_the_project(t
     monkeypatch.chdir(copy)
     root = project_root(copy)
     summary = prepare.run(prepare_cfg(name="file", path="mine.npy"), root, copy / "prepared")
-    assert summary["n_examples"] == 80
+    assert summary.n_examples == 80
     assert f"data.path mine.npy is not in this working copy; reading {root / 'mine.npy'}" in capsys.readouterr().out
     with pytest.raises(StudyError, match=r"data.path: other.npy: file not found \(neither here, in .*tmpabc, nor in the project root"):
         prepare.run(prepare_cfg(name="file", path="other.npy"), root, copy / "prepared")

@@ -5,6 +5,7 @@ import torch
 from latentstudy import evaluate, models, pca, train
 from latentstudy.config import EvaluateConfig, TrainConfig
 from latentstudy.contracts import KeptModel, SearchedSize
+from latentstudy.evaluation import PerExample
 
 
 @pytest.fixture(scope="module")
@@ -76,6 +77,7 @@ def test_linear_probe_reads_labels_from_the_code(trained_vae):
     assert correct.shape == (100,) and correct.mean() > 0.9  # three well separated clusters
     basis = pca.fit(x[:300])
     row, values = evaluate.evaluate_pca(basis, x[300:], 2, (x[:300], labels[:300], labels[300:]), 0)
+    row = row.to_json()  # as evaluation.json holds it
     assert row["probe_accuracy"] > 0.9 and values["probe_correct"].mean() == row["probe_accuracy"]
     assert values["sse_per_image"].mean() == pytest.approx(row["sse_per_image"])
 
@@ -111,6 +113,7 @@ def test_a_model_far_worse_than_the_mean_is_flagged(trained_vae, tmp_path):
     models.save_checkpoint(dead, model, meta)
     entry = KeptModel(4, "vae", "k4-vae.pt", rank=0, replicate=0, objective=1.0)
     row, _, flags = evaluate.evaluate_size([entry], tmp_path, evaluate.Evaluator(x[300:], base, 4, 0), 1.0)
+    row = row.to_json()  # as evaluation.json holds it
     assert flags[0] and flags[0].startswith("far worse than trivial") and row["flag"] == flags[0]
 
 
@@ -125,7 +128,8 @@ def test_run_keeps_every_model_per_example_and_averages_the_sane_replicates(trai
             KeptModel(4, "vae", "k4-vae.pt", rank=0, replicate=0, objective=29.0)]
     basis, cfg = pca.fit(x[:300]), EvaluateConfig(iwae_samples=4, probe_max_train=100, seed=0)
     test = evaluate.on_split(basis, x[:300], labels[:300], x[300:], labels[300:], cfg)
-    result, arrays = evaluate.run(sizes, kept, tmp_path, basis, test, x[300:], log=lambda line: None)
+    evaluation, per_example = evaluate.run(sizes, kept, tmp_path, basis, test, x[300:], log=lambda line: None)
+    result, arrays = evaluation.to_json(), per_example.arrays()  # as evaluation.json and per_example.npz hold them
     rows = {r["latent_dim"]: r for r in result["rows"]}
     assert rows[2]["vae"] is None and rows[2]["ae"] is None and rows[2]["pca"]["sse_per_image"] > 0
     assert rows[2]["code"]["code"] == "pca" and "ae_val_sse_per_image" not in rows[2]["code"]  # no autoencoder
@@ -139,8 +143,8 @@ def test_run_keeps_every_model_per_example_and_averages_the_sane_replicates(trai
     assert arrays["vae_rank"].tolist() == [0, 0, 1]
     assert arrays["vae_probe_correct"].shape == (3, 100) and arrays["pca_latent_dim"].tolist() == [2, 4]
     assert vae["iwae_nll_nats"] == pytest.approx(arrays["vae_iwae_nll_nats"].mean(), rel=1e-5)
-    evaluate.save_per_example(tmp_path / "out" / "per_example.npz", arrays)
-    back = evaluate.load_per_example(tmp_path / "out" / "per_example.npz")
+    per_example.save(tmp_path / "out" / "per_example.npz")
+    back = PerExample.load(tmp_path / "out" / "per_example.npz").arrays()
     assert set(back) == set(arrays) and np.array_equal(back["vae_flagged"], arrays["vae_flagged"])
 
 
@@ -149,13 +153,14 @@ def test_the_better_code_of_a_size_is_chosen_on_validation_and_a_losing_autoenco
     pca_sse = rng.gamma(4.0, 0.5, size=500)
     worse = np.stack([pca_sse + 0.3 + rng.normal(0, 0.1, 500) for _ in range(3)])  # pick and two replicates
     better = np.stack([0.5 * pca_sse + rng.normal(0, 0.1, 500) for _ in range(3)])
-    lost = evaluate.code_choice(worse, pca_sse, pca_exact=False)
+    lost = evaluate.code_choice(worse, pca_sse, pca_exact=False).to_json()
     assert lost["code"] == "pca" and lost["undertrained"] and lost["diff_val_sse_per_image"] > lost["diff_se"] > 0
-    exact = evaluate.code_choice(worse, np.zeros(500), pca_exact=True)  # k >= PCA's components: no AE can match
+    # k >= PCA's components: no AE can match
+    exact = evaluate.code_choice(worse, np.zeros(500), pca_exact=True).to_json()
     assert exact["code"] == "pca" and not exact["undertrained"]
-    won = evaluate.code_choice(better, pca_sse, pca_exact=False)
+    won = evaluate.code_choice(better, pca_sse, pca_exact=False).to_json()
     assert won["code"] == "ae" and not won["undertrained"]
     assert won["ae_val_sse_per_image"] == pytest.approx(better.mean())
     # Within one SE of the paired difference, whichever wins: the autoencoder is not undertrained.
-    close = evaluate.code_choice(pca_sse[None] + rng.normal(0.001, 0.5, (1, 500)), pca_sse, pca_exact=False)
+    close = evaluate.code_choice(pca_sse[None] + rng.normal(0.001, 0.5, (1, 500)), pca_sse, pca_exact=False).to_json()
     assert not close["undertrained"] and close["diff_val_sse_per_image"] < close["diff_se"]

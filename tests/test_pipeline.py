@@ -88,12 +88,12 @@ def run_stages(tmp_path: Path, params: Path) -> tuple[Path, Path, dict]:
     stages.pca(contracts.PcaPaths(params, prepared, out / "pca.json", out / "curve.csv", tmp_path / "pca.npz"))
     stages.search(contracts.SearchPaths(params, prepared, tmp_path / "models", out / "trials.csv", out / "search.json",
                                      out / "study.json"), tmp_path, None)
-    result = stages.evaluate(contracts.EvaluatePaths(params, prepared, tmp_path / "models", out / "study.json",
-                                                  tmp_path / "pca.npz", out / "evaluation.json", out / "per_example.npz"))
+    stages.evaluate(contracts.EvaluatePaths(params, prepared, tmp_path / "models", out / "study.json",
+                                         tmp_path / "pca.npz", out / "evaluation.json", out / "per_example.npz"))
     stages.report(contracts.ReportPaths(params, prepared, out / "evaluation.json", out / "per_example.npz",
                                      out / "trials.csv", out / "pca.json", out / "study.json", tmp_path / "models",
                                      tmp_path / "pca.npz", out), None)
-    return prepared, out, result
+    return prepared, out, json.loads((out / "evaluation.json").read_text())
 
 
 @pytest.fixture(scope="module")

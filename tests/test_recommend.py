@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from conftest import prepared_summary
 
 from latentstudy import checks, recommend
 from latentstudy.config import StudyError
@@ -68,7 +69,7 @@ def test_labels_of_one_class_make_representation_not_applicable():
     assert recommend.unavailable("representation", True, True, 1) == "not applicable: the labels have one class"
     assert recommend.unavailable("representation", True, True, 2) is None
     assert recommend.unavailable("generation", True, True, 1) is None
-    assert recommend.label_classes({"class_names": ["a"]}) == 1 and recommend.label_classes({}) is None
+    assert prepared_summary(has_labels=True, class_names=["a"]).classes == 1
     with pytest.raises(StudyError, match="report.purpose = representation but the labels have one class"):
         recommend.check_purpose("representation", True, 1)
     recommend.check_purpose("auto", True, 1)

@@ -4,10 +4,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import prepared_summary
 
 from latentstudy import config, figures, page, pca, recommend, report
 from latentstudy.config import StudyError
 from latentstudy.contracts import Inputs, Searched, report_outputs
+from latentstudy.evaluation import Evaluation, PerExample
 
 N = 60  # test examples
 
@@ -53,16 +55,15 @@ def per_example(ks=(2, 4, 8), flagged=()) -> dict[str, np.ndarray]:
 def inputs(tmp_path: Path, ev=None, arrays=None) -> Inputs:
     rng = np.random.default_rng(1)
     x = rng.uniform(size=(N, 64)).astype(np.float32)
-    summary = {"dataset": "digits", "source": "test", "n_examples": 3 * N, "input_dim": 64, "image_shape": [8, 8],
-               "counts": {"train": N, "val": N, "test": N}, "scaling": {}, "intrinsic_dim": {"twonn": 5.0}}
+    summary = prepared_summary(n_examples=3 * N, counts={"train": N, "val": N, "test": N}, intrinsic_dim={"twonn": 5.0})
     trials = pd.DataFrame(columns=["arm", "state", "phase", "latent_dim", "number", "objective_value"])
     study = Searched("t", "journal:x", "e", None, None, [], "neg_elbo", [2, 4, 8], [], {"vae": [4]}, [], [], 0)
-    return Inputs(ev or evaluation(), arrays or per_example(), trials, summary,
-                  {"components_for_variance": {"0.9": 40}}, study, x, None, tmp_path, pca.fit(x))
+    return Inputs(Evaluation.from_json(ev or evaluation()), PerExample.from_arrays(arrays or per_example()), trials,
+                  summary, {"components_for_variance": {"0.9": 40}}, study, x, None, tmp_path, pca.fit(x))
 
 
 def test_table_has_one_row_per_size_the_ratios_and_what_the_search_added():
-    table = report.build_table(evaluation())
+    table = report.build_table(Evaluation.from_json(evaluation()))
     assert table["latent_dim"].tolist() == [2, 4, 8]
     assert table.loc[0, "pca_over_vae_sse"] == pytest.approx(1.2)
     assert table.loc[0, "pca_over_ae_sse"] == pytest.approx(1.5)
@@ -71,7 +72,7 @@ def test_table_has_one_row_per_size_the_ratios_and_what_the_search_added():
 
 
 def test_html_table_marks_the_answer_the_added_size_and_flagged_models():
-    table = report.build_table(evaluation(flag="far worse than trivial: planted"))
+    table = report.build_table(Evaluation.from_json(evaluation(flag="far worse than trivial: planted")))
     html = page.table_html(table, 4)
     assert html.count("<tr") == 2 + 3 and html.count('class="chosen"') == 1
     chosen = html.split('class="chosen">')[1].split("</tr>")[0]
@@ -87,24 +88,25 @@ def test_answers_come_from_the_per_example_values(tmp_path):
     assert rec.answers["reconstruction"].k == 4  # the autoencoder's error still falls: its best size
     assert rec.answers["representation"].choice is None  # no labels
     assert "Sizes added by the search: 4" in rec.text and rec.checks.pca_components["0.9"][0] > 0
-    table = report.build_table(evaluation())
+    table = report.build_table(Evaluation.from_json(evaluation()))
     metrics = report.headline_metrics(table, rec)
     assert metrics["answers"]["generation"]["latent_dim"] == 4 and metrics["added_sizes"] == 1
     # Each size's values are in the table (table.csv), not in the metrics
     assert "latent_dims" not in metrics
     by_k = table.set_index("latent_dim")
     assert by_k.loc[4, "phase"] == "added" and pd.isna(by_k.loc[8, "ae_sse_per_image"])
-    assert set(report.mlflow_metrics(report.build_table(evaluation()), rec)) >= {
+    assert set(report.mlflow_metrics(report.build_table(Evaluation.from_json(evaluation())), rec)) >= {
         "generation_latent_dim", "generation_interval_low", "generation_interval_high", "generation_stability",
         "generation_ci95_low", "reconstruction_latent_dim"}
 
 
 def test_one_class_labels_say_representation_does_not_apply(tmp_path):
     inp = inputs(tmp_path, ev={**evaluation(), "has_labels": True})
-    inp = dataclasses.replace(inp, summary={**inp.summary, "has_labels": True, "class_names": ["only"]})
+    inp = dataclasses.replace(inp, summary=dataclasses.replace(inp.summary, has_labels=True, class_names=["only"]))
     rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inp)
     assert rec.answers["representation"].missing == "not applicable: the labels have one class"
-    assert "no answer: not applicable: the labels have one class" in page.answers_html(rec, report.build_table(evaluation()))
+    table = report.build_table(Evaluation.from_json(evaluation()))
+    assert "no answer: not applicable: the labels have one class" in page.answers_html(rec, table)
 
 
 def test_other_trials_are_resampled_with_the_search_and_a_flagged_one_is_left_out(tmp_path):
@@ -190,7 +192,7 @@ def test_the_page_lists_sizes_the_search_extended_with_their_reason(tmp_path):
                                                "still improves at k = 4, the largest searched; k = 8 doubles it")
     for row in ev["rows"]:
         row["vae"]["iwae_samples"] = 8
-    table = report.build_table(ev)
+    table = report.build_table(Evaluation.from_json(ev))
     rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
     html = page.page(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev), table, rec, [], "")
     listed = html.split("Sizes the search added or extended")[1].split("</ul>")[0]
@@ -212,7 +214,7 @@ def test_reconstruction_takes_pca_where_it_is_the_better_code_on_validation(tmp_
     assert a.choice.ks == [2, 4, 8] and a.at(8)[0] == pytest.approx(arrays["pca_sse_per_image"][2].mean())
     assert a.at(4)[0] == pytest.approx(arrays["ae_sse_per_image"][1].mean())
     ev["rows"][1]["code"] = {"code": "pca", "undertrained": True}  # an undertrained AE at k = 4: PCA stands in
-    table = report.build_table(ev)
+    table = report.build_table(Evaluation.from_json(ev))
     assert table.recon_code.tolist() == ["ae", "pca", "pca"] and table.ae_undertrained.tolist() == [False, True, False]
     assert "PCA!</td>" in page.table_html(table, 4)
     rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev, arrays))
@@ -229,7 +231,7 @@ def test_sizes_the_data_cannot_tell_apart_are_said_in_plain_words(tmp_path):
     assert a.k == 2 and a.choice.indistinguishable == [2, 4, 8] and a.cannot_tell
     assert a.plain_words().startswith("this data cannot tell k = 2 from k = 8 on the NLL bound (3 of 3 sizes")
     assert "chosen by parsimony" in a.summary() and "indistinguishable from the best {2, 4, 8}" in a.summary()
-    box = page.answers_html(rec, report.build_table(evaluation()))
+    box = page.answers_html(rec, report.build_table(Evaluation.from_json(evaluation())))
     assert "cannot tell k = 2 from k = 8" in box and "chosen by parsimony" in box
     assert rec.to_dict()["answers"]["generation"]["indistinguishable"] == [2, 4, 8]
     arrays["vae_iwae_nll_nats"] = np.stack([30.0 - 6 * i + rng.normal(0, 0.3, N) for i in range(3)])  # steep
@@ -249,7 +251,8 @@ def test_a_vae_that_ignores_its_code_at_every_size_says_so_with_the_remedies(tmp
     (note,) = rec.answers["generation"].notes
     assert note.startswith("the VAE ignores its code: at most one active unit at every size (posterior collapse")
     assert "search.train.free_bits" in note and "search.train.kl_warmup_epochs" in note
-    assert "posterior collapse at every size" in page.answers_html(rec, report.build_table(evaluation()))
+    table = report.build_table(Evaluation.from_json(evaluation()))
+    assert "posterior collapse at every size" in page.answers_html(rec, table)
     assert recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path)).answers["generation"].notes == ()
 
 
@@ -259,7 +262,7 @@ def test_undertrained_sizes_are_counted_and_named_on_the_page(tmp_path):
     ev["rows"][1]["vae"]["still_improving"] = 1
     for row in ev["rows"]:
         row["code"] = {"code": "pca" if row["latent_dim"] == 4 else "ae", "undertrained": row["latent_dim"] == 4}
-    table = report.build_table(ev)
+    table = report.build_table(Evaluation.from_json(ev))
     assert table.ae_still_improving[0] == 2 and table.vae_still_improving[1] == 1
     notes = page.training_notes(table)
     assert notes[0] == ("autoencoder trainings still improving at the epoch ceiling, per size: k = 2 (2); their "
@@ -268,7 +271,7 @@ def test_undertrained_sizes_are_counted_and_named_on_the_page(tmp_path):
     assert notes[2].startswith("reconstruction: at k = 4 the autoencoder is worse than PCA by more than one SE")
     rec = recommend.recommendation(config.ReportConfig(bootstrap=200), inputs(tmp_path, ev))
     assert "k = 2 (2)" in page.answers_html(rec, table)
-    assert page.training_notes(report.build_table(evaluation())) == []
+    assert page.training_notes(report.build_table(Evaluation.from_json(evaluation()))) == []
 
 
 def test_a_vae_worse_than_a_smaller_latent_beyond_noise_is_marked(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -51,7 +52,7 @@ def studies_of(tmp_path: Path, params: Path, prepared: Path):
 
 def test_a_batch_above_the_training_split_is_clamped_with_one_line(prepared, capsys):
     summary = data.load_summary(prepared)
-    n = summary["counts"]["train"]
+    n = summary.counts["train"]
     big = paramfile.build(config.SearchConfig, {"train": {"batch_size": 100000}}, "x")
     plan = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), big, summary, "latentstudy-digits")
     assert plan.config.train.batch_size == n
@@ -60,7 +61,7 @@ def test_a_batch_above_the_training_split_is_clamped_with_one_line(prepared, cap
                      f"clamped to {n}: one step per epoch, so models may stay undertrained (a batch of 32 to 256 "
                      "is usual)"]
     fits = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), config.SearchConfig(), summary, "x")
-    assert fits.prefix == planning.study_prefix("digits", config.SearchConfig(), 0, summary["fingerprint"])
+    assert fits.prefix == planning.study_prefix("digits", config.SearchConfig(), 0, summary.fingerprint)
     assert fits.config.train.batch_size == 64 and "batch_size" not in capsys.readouterr().out
 
 
@@ -78,7 +79,7 @@ def test_a_grid_of_hundreds_of_trials_says_what_it_costs(prepared):
 def test_standardised_data_gets_a_gaussian_decoder_and_bernoulli_is_refused(prepared):
     from latentstudy.search.plan import unit_spec
 
-    summary = {**data.load_summary(prepared), "scaling": {"method": "standard"}}
+    summary = dataclasses.replace(data.load_summary(prepared), scaling={"method": "standard"})
     plan = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), config.SearchConfig(), summary, "x")
     assert not plan.unit_interval and unit_spec(plan, plan.units[0]).likelihood == "gaussian"
     assert planning.Plan.from_json(plan.to_json()) == plan
@@ -93,14 +94,14 @@ def test_standardised_data_gets_a_gaussian_decoder_and_bernoulli_is_refused(prep
 def test_study_name_hashes_what_changes_results(prepared, tmp_path):
     summary = data.load_summary(prepared)
     base = config.SearchConfig()
-    prefix = planning.study_prefix("digits", base, 0, summary["fingerprint"])
+    prefix = planning.study_prefix("digits", base, 0, summary.fingerprint)
     same = [paramfile.build(config.SearchConfig, {"trials_per_dim": 9, "device": "cpu", "cpu_workers": 3,
                                                "storage": "postgresql://h/db"}, "x")]
     different = [paramfile.build(config.SearchConfig, {"beta": {"low": 0.1, "high": 4.0}}, "x"),
                  paramfile.build(config.SearchConfig, {"train": {"epochs": 7}}, "x")]
-    assert all(planning.study_prefix("digits", s, 0, summary["fingerprint"]) == prefix for s in same)
-    assert all(planning.study_prefix("digits", s, 0, summary["fingerprint"]) != prefix for s in different)
-    assert planning.study_prefix("digits", base, 1, summary["fingerprint"]) != prefix
+    assert all(planning.study_prefix("digits", s, 0, summary.fingerprint) == prefix for s in same)
+    assert all(planning.study_prefix("digits", s, 0, summary.fingerprint) != prefix for s in different)
+    assert planning.study_prefix("digits", base, 1, summary.fingerprint) != prefix
     assert planning.study_prefix("digits", base, 0, "otherdata") != prefix
 
 

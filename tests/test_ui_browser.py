@@ -21,6 +21,7 @@ import pytest
 from browser import chromium
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+from conftest import prepared_summary
 from servers import free_port, stop_group, tail
 
 from latentstudy import config, paramfile, tracking
@@ -117,8 +118,7 @@ def logged_and_registered(tracker, experiment: str, run: str, folder: Path) -> s
 
 def test_make_dashboard_lists_the_studys_optuna_studies(browser, tmp_path):
     (tmp_path / "params.yaml").write_text("search: {trials_per_dim: 2}\n")
-    summary = {"dataset": "digits", "fingerprint": "f" * 16, "input_dim": 64, "image_shape": None,
-               "scaling": {"method": "divide", "divisor": 16.0}, "counts": {"train": 1257}}
+    summary = prepared_summary(image_shape=None, scaling={"method": "divide", "divisor": 16.0}, counts={"train": 1257})
     plan = planning.make_plan(config.StudyConfig(latent_dims=[2, 4]), paramfile.load_section(
         tmp_path / "params.yaml", "search"), summary, "latentstudy-digits")
     storage = store.open_storage(store.storage_url(plan.config, tmp_path / ".latentstudy"), 20)

@@ -81,11 +81,11 @@ class Checks:
 def cross_checks(cfg, inp: Inputs, main, seed: int) -> Checks:
     """The checks of the headline answer main (recommend.Answer) on the test split; cfg: the report section."""
     knee_k, knee_shares, knee_likely = knee_stability(main.choice)
-    vae_rows = {row["latent_dim"]: row["vae"] for row in inp.evaluation["rows"] if row["vae"]}
-    at = vae_rows.get(main.k) or {}
-    active = [m["active_units"] for m in at.get("models", []) if m.get("flag") is None and "active_units" in m]
-    sane = [r["active_units"] for r in vae_rows.values() if r.get("flag") is None and "active_units" in r]
+    vae_rows = {row.latent_dim: row.vae for row in inp.evaluation.rows if row.vae}
+    at = vae_rows[main.k].models if main.k in vae_rows else []
+    active = [m.active_units for m in at if m.flag is None and m.active_units is not None]
+    sane = [r.active_units for r in vae_rows.values() if r.flag is None and r.active_units is not None]
     residuals, total = pca.residuals(inp.pca_basis, inp.x_test)
     targets = [float(t) for t in inp.pca_metrics["components_for_variance"]]
     return Checks(knee_k, knee_shares, knee_likely, active, max(sane) if sane else None,
-                  inp.summary.get("intrinsic_dim") or {}, pca_components(residuals, total, targets, cfg.bootstrap, seed))
+                  inp.summary.intrinsic_dim or {}, pca_components(residuals, total, targets, cfg.bootstrap, seed))

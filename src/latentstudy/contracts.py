@@ -1,7 +1,8 @@
 """What crosses a stage boundary, typed: each stage's paths (as dvc.yaml's cmd gives them), the
-search's searched sizes and kept models (reports/search/study.json, with its load and save), and
-everything the report reads (Inputs). The JSON files keep their content: `dvc metrics`, the tests
-and users' scripts read them as they were.
+prepared data's summary (data/prepared/summary.json), the search's searched sizes and kept models
+(reports/search/study.json), each with its load and save, and everything the report reads
+(Inputs). The evaluate stage's outputs are typed beside this module, in latentstudy.evaluation.
+The files keep their content: `dvc metrics`, the tests and users' scripts read them as they were.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from latentstudy.config import StudyError
+from latentstudy.evaluation import Evaluation, PerExample, read_json
 
 if TYPE_CHECKING:  # annotations only: the stages that need no arrays do not import them
     import numpy as np
@@ -72,6 +74,49 @@ class ReportPaths:
 
 
 RECOMMENDATION_FILE = "recommendation.json"  # in the report's folder: every answer (latentstudy.answers reads it)
+
+
+# --- what the prepare stage hands on (data/prepared/summary.json) ---------------------------------
+
+
+@dataclass(frozen=True)
+class Summary:
+    """data/prepared/summary.json: the data every later stage reads about, as prepare wrote it."""
+
+    dataset: str
+    source: str
+    n_examples: int
+    input_dim: int
+    image_shape: list[int] | None  # [h, w] or [c, h, w]; None for vector data
+    counts: dict[str, int]  # split -> examples
+    has_labels: bool
+    class_names: list[str]  # [] without labels
+    class_counts: dict[str, list[int]] | None  # split -> examples per class
+    scaling: dict  # the fitted scaler (latentstudy.data.scaling)
+    intrinsic_dim: dict  # the estimates with their intervals and rejections (latentstudy.intrinsic)
+    split_seed: int
+    fingerprint: str
+
+    @property
+    def classes(self) -> int:
+        return len(self.class_names)
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: Path) -> Summary:
+        if not path.is_file():
+            raise StudyError(f"{path}: not found; run the prepare stage first (dvc repro)")
+        raw = json.loads(path.read_text())
+        missing = [f.name for f in fields(cls) if f.name not in raw]
+        if missing:
+            raise StudyError(f"{path}: has no {missing[0]!r} (written by an older version); rerun the prepare "
+                             "stage: dvc repro -f prepare")
+        return cls(**{f.name: raw[f.name] for f in fields(cls)})
 
 
 # --- what the search hands on (reports/search/study.json) and what the report reads ---------------
@@ -147,10 +192,10 @@ class Searched:
 class Inputs:
     """Everything the report reads from the stages before it."""
 
-    evaluation: dict
-    per_example: dict[str, np.ndarray]
+    evaluation: Evaluation
+    per_example: PerExample
     trials: pd.DataFrame
-    summary: dict
+    summary: Summary
     pca_metrics: dict
     study: Searched
     x_test: np.ndarray
@@ -166,8 +211,3 @@ def report_outputs(out_dir: Path) -> dict[str, Path]:
             "table": out_dir / "table.csv", "metrics": out_dir / "metrics.json",
             "recommendation": out_dir / RECOMMENDATION_FILE, "html": out_dir / "index.html"}
 
-
-def read_json(path: Path) -> dict:
-    if not path.is_file():
-        raise StudyError(f"{path}: not found; run the stages before it (dvc repro)")
-    return json.loads(path.read_text())

@@ -13,16 +13,26 @@ the reason: diverged or broken training. It is shown, never averaged in and neve
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from latentstudy import npz
 from latentstudy import pca as pca_mod
 from latentstudy.config import ARMS
 from latentstudy.contracts import KeptModel, SearchedSize
+from latentstudy.evaluation import (
+    ArmExamples,
+    ArmResult,
+    CodeChoice,
+    Evaluation,
+    EvaluationRow,
+    Means,
+    ModelMeans,
+    PcaValues,
+    PerExample,
+)
 from latentstudy.models import AutoEncoder, kl_per_dim, load_checkpoint, n_params, reconstruct
 
 ACTIVE_THRESHOLD = 0.01  # Burda et al. 2016: Cov_x(E_q[z_u | x]) > 0.01
@@ -49,11 +59,16 @@ def reconstructions(model: AutoEncoder, x: np.ndarray) -> np.ndarray:
     return torch.cat([reconstruct(model, xt[i : i + CHUNK]) for i in range(0, len(xt), CHUNK)]).numpy()
 
 
+def squared_errors(x: np.ndarray, x_hat: np.ndarray) -> np.ndarray:
+    """The squared error of each example's reconstruction (n,)."""
+    return ((np.asarray(x, dtype=np.float64) - x_hat) ** 2).sum(axis=1)
+
+
 def example_errors(x: np.ndarray, x_hat: np.ndarray) -> dict[str, np.ndarray]:
     """Squared error and Bernoulli cross-entropy of each example's reconstruction (n,)."""
     x = np.asarray(x, dtype=np.float64)
     p = np.clip(x_hat, pca_mod.BCE_EPS, 1 - pca_mod.BCE_EPS)
-    return {"sse_per_image": ((x - x_hat) ** 2).sum(axis=1),
+    return {"sse_per_image": squared_errors(x, x_hat),
             "bce_nats": -(x * np.log(p) + (1 - x) * np.log(1 - p)).sum(axis=1)}
 
 
@@ -230,21 +245,20 @@ def on_split(basis: pca_mod.PCABasis, x_train: np.ndarray, y_train: np.ndarray |
 # --- the better code at each size -----------------------------------------------------------------
 
 
-def code_choice(ae_sse: np.ndarray | None, pca_sse: np.ndarray, pca_exact: bool) -> dict:
+def code_choice(ae_sse: np.ndarray | None, pca_sse: np.ndarray, pca_exact: bool) -> CodeChoice:
     """The better code of one size on validation: the autoencoder (ae_sse: (models, n) squared
     errors of its pick and seed replicates; None when none finished) or PCA (pca_sse: (n,)), the
     best linear code of that size. An autoencoder worse than PCA by more than one standard error of
     the paired difference is undertrained (or overfit): its value says nothing about the size. Where
     PCA is exact (k >= its components), no autoencoder can match it and none is called undertrained."""
-    out = {"code": "pca", "pca_val_sse_per_image": float(pca_sse.mean()), "pca_exact": pca_exact,
-           "undertrained": False}
+    out = CodeChoice("pca", float(pca_sse.mean()), pca_exact, undertrained=False)
     if ae_sse is None:
         return out
     diff = np.asarray(ae_sse, dtype=np.float64).mean(axis=0) - pca_sse
     se = float(diff.std(ddof=1) / math.sqrt(len(diff))) if len(diff) > 1 else 0.0
-    return {**out, "code": "ae" if diff.mean() < 0 else "pca", "ae_val_sse_per_image": float(ae_sse.mean()),
-            "diff_val_sse_per_image": float(diff.mean()), "diff_se": se,
-            "undertrained": bool(diff.mean() > se) and not pca_exact}
+    return replace(out, code="ae" if diff.mean() < 0 else "pca", ae_val_sse_per_image=float(ae_sse.mean()),
+                   diff_val_sse_per_image=float(diff.mean()), diff_se=se,
+                   undertrained=bool(diff.mean() > se) and not pca_exact)
 
 
 def val_sse(entries: list[KeptModel], models_dir: Path, x_val: np.ndarray) -> np.ndarray | None:
@@ -252,68 +266,63 @@ def val_sse(entries: list[KeptModel], models_dir: Path, x_val: np.ndarray) -> np
     picks = [e for e in entries if e.rank == 0]
     if not picks:
         return None
-    return np.stack([example_errors(x_val, reconstructions(load_checkpoint(models_dir / e.file)[0], x_val))[
-        "sse_per_image"] for e in picks])
+    return np.stack([squared_errors(x_val, reconstructions(load_checkpoint(models_dir / e.file)[0], x_val))
+                     for e in picks])
 
 
 # --- the stage ----------------------------------------------------------------------------------
 
 
-def model_summary(model: AutoEncoder, meta: dict, values: dict[str, np.ndarray], mu: np.ndarray) -> dict:
-    """One model's means and facts for evaluation.json."""
-    out = {"seed": meta.get("seed"), "trial": meta.get("trial"), "study": meta.get("study"),
-           "still_improving": bool(meta.get("still_improving", False)),
-           **{key: float(v.mean()) for key, v in values.items() if key != "probe_correct"}}
-    if "probe_correct" in values:
-        out["probe_accuracy"] = float(values["probe_correct"].mean())
-    if model.spec.variational:
-        out["neg_elbo_nats"] = out["distortion_nats"] + out["rate_nats"]
-        out["active_units"] = active_units(mu)[0]
-    return out
+def model_means(model: AutoEncoder, meta: dict, entry: KeptModel, values: dict[str, np.ndarray], mu: np.ndarray,
+                flag: str | None) -> ModelMeans:
+    """One model's means and facts for evaluation.json; entry: the search's, flag: Evaluator.measure's."""
+    means = {key: float(v.mean()) for key, v in values.items()}
+    vae = model.spec.variational
+    return ModelMeans(meta.get("seed"), meta.get("trial"), meta.get("study"), bool(meta.get("still_improving", False)),
+                      **{key: v for key, v in means.items() if key != "probe_correct"},
+                      probe_accuracy=means.get("probe_correct"),
+                      neg_elbo_nats=means["distortion_nats"] + means["rate_nats"] if vae else None,
+                      active_units=active_units(mu)[0] if vae else None, flag=flag, replicate=entry.replicate,
+                      rank=entry.rank, objective=entry.objective)
 
 
 def evaluate_size(entries: list[KeptModel], models_dir: Path, test: Evaluator,
-                  pca_sse: float) -> tuple[dict | None, dict[str, np.ndarray], list[str | None]]:
+                  pca_sse: float) -> tuple[ArmResult | None, dict[str, np.ndarray], list[str | None]]:
     """The models of one size and arm (the search's best first, then its replicates, then the
     size's other trials): the row's entry (the best model's values and flag; the best's and its
-    replicates' in "models", the other trials' in "trials"), stacked per-example arrays, flags."""
+    replicates' in models, the other trials' in trials), stacked per-example arrays, flags."""
     if not entries:
         return None, {}, []
-    models, arrays, flags = [], {}, []
+    means, arrays = [], {}
     for entry in entries:
         model, meta = load_checkpoint(models_dir / entry.file)
         values, mu, per_unit, why = test.measure(model, pca_sse=pca_sse)
-        summary = model_summary(model, meta, values, mu)
-        summary["flag"] = why
-        summary["replicate"], summary["rank"], summary["objective"] = entry.replicate, entry.rank, entry.objective
-        models.append(summary)
-        flags.append(summary["flag"])
+        means.append(model_means(model, meta, entry, values, mu, why))
         for key, v in values.items():
             arrays.setdefault(key, []).append(v)
         if entry is entries[0]:  # the search's best; replicates follow it
             best, best_meta, best_mu, best_kl = model, meta, mu, per_unit
-    row = {key: v for key, v in models[0].items()
-           if key not in ("seed", "trial", "study", "replicate", "rank", "objective", "active_units", "still_improving")}
-    models, others = [m for m in models if m["rank"] == 0], [m for m in models if m["rank"] > 0]
-    row.update({"latent_dim": best.spec.latent_dim, "n_params": n_params(best), "beta": best_meta.get("beta"),
-                "lr": best_meta.get("lr"), "train_seconds": best_meta.get("seconds"), "trial": best_meta.get("trial"),
-                "study": best_meta.get("study"), "epochs_run": best_meta.get("epochs_run"),
-                "mse_per_pixel": row["sse_per_image"] / test.x.shape[1], "models": models, "trials": others,
-                "n_sane": sum(m["flag"] is None for m in models),
-                # trainings of this size (pick, replicates, other trials) stopped at the ceiling still improving
-                "still_improving": sum(m["still_improving"] for m in [*models, *others])})
+    pick = means[0]
+    models, others = [m for m in means if m.rank == 0], [m for m in means if m.rank > 0]
+    row = ArmResult(**{f.name: getattr(pick, f.name) for f in fields(Means)}, flag=pick.flag,
+                    latent_dim=best.spec.latent_dim, n_params=n_params(best), beta=best_meta.get("beta"),
+                    lr=best_meta.get("lr"), train_seconds=best_meta.get("seconds"), trial=best_meta.get("trial"),
+                    study=best_meta.get("study"), epochs_run=best_meta.get("epochs_run"),
+                    mse_per_pixel=pick.sse_per_image / test.x.shape[1], models=models, trials=others,
+                    n_sane=sum(m.flag is None for m in models),
+                    # trainings of this size (pick, replicates, other trials) stopped at the ceiling still improving
+                    still_improving=sum(m.still_improving for m in means))
     if best.spec.variational:
-        row["active_units"], row["mu_variance"] = active_units(best_mu)
-        row["collapsed_units"] = best.spec.latent_dim - row["active_units"]
-        row["kl_per_dim_nats"] = best_kl.tolist()
-        row["iwae_samples"] = test.samples
-    return row, {k: np.stack(v) for k, v in arrays.items()}, flags
+        active, variance = active_units(best_mu)
+        row = replace(row, active_units=active, mu_variance=variance, collapsed_units=best.spec.latent_dim - active,
+                      kl_per_dim_nats=best_kl.tolist(), iwae_samples=test.samples)
+    return row, {k: np.stack(v) for k, v in arrays.items()}, [m.flag for m in means]
 
 
 def evaluate_pca(basis: pca_mod.PCABasis, x_test: np.ndarray, k: int, probe: tuple | None,
-                 seed: int) -> tuple[dict, dict[str, np.ndarray]]:
+                 seed: int) -> tuple[PcaValues, dict[str, np.ndarray]]:
     values = example_errors(x_test, pca_mod.reconstruct(basis, x_test, k))
-    out = pca_mod.metrics_at(basis, x_test, k)
+    out = PcaValues(**pca_mod.metrics_at(basis, x_test, k))
     if probe is not None:
         x_train, y_train, y_test = probe
         used = min(k, basis.n_components)
@@ -321,44 +330,41 @@ def evaluate_pca(basis: pca_mod.PCABasis, x_test: np.ndarray, k: int, probe: tup
                                 y_test, seed)
         if correct is not None:
             values["probe_correct"] = correct
-            out["probe_accuracy"] = float(correct.mean())
+            out = replace(out, probe_accuracy=float(correct.mean()))
     return out, values
 
 
 def run(sizes: list[SearchedSize], models: list[KeptModel], models_dir: Path, basis: pca_mod.PCABasis,
-        test: Evaluator, x_val: np.ndarray, log=print) -> tuple[dict, dict[str, np.ndarray]]:
+        test: Evaluator, x_val: np.ndarray, log=print) -> tuple[Evaluation, PerExample]:
     """Evaluate every searched size (sizes: the search's, with why each was searched) and every
     model (models: the search's list of checkpoints) on the test split (test: on_split's), and pick
     each size's better code (autoencoder or PCA) on the validation split x_val. Returns
-    evaluation.json and the npz arrays."""
-    x_test, probe, seed, base = test.x, test.probe, test.seed, test.base
-    rows, arrays = [], {"baseline_sse_per_image": example_errors(x_test, np.broadcast_to(basis.mean, x_test.shape))[
-        "sse_per_image"]}
+    evaluation.json and per_example.npz."""
+    x_test, probe, seed = test.x, test.probe, test.seed
+    rows = []
     stacks: dict[str, dict[str, list]] = {arm: {} for arm in ("pca", *ARMS)}
     for size in sizes:
         k = size.latent_dim
         pca_row, pca_values = evaluate_pca(basis, x_test, k, probe, seed)
-        row = {"latent_dim": k, "compression_ratio": x_test.shape[1] / k, "phase": size.phase,
-               "reason": size.reason, "pca": pca_row}
         _append(stacks["pca"], k, 0, 0, False, pca_values)
+        arms, sane = {}, {}
         for arm in ARMS:
             entries = sorted((m for m in models if m.latent_dim == k and m.arm == arm),
                              key=lambda m: (m.rank, m.replicate))
-            row[arm], values, flags = evaluate_size(entries, models_dir, test, pca_row["sse_per_image"])
+            arms[arm], values, flags = evaluate_size(entries, models_dir, test, pca_row.sse_per_image)
             for i, entry in enumerate(entries):
                 _append(stacks[arm], k, entry.rank, entry.replicate, flags[i] is not None,
                         {key: v[i] for key, v in values.items()})
-            if arm == "ae":
-                sane = [e for e, f in zip(entries, flags) if f is None]
-                pca_val = example_errors(x_val, pca_mod.reconstruct(basis, x_val, k))["sse_per_image"]
-                row["code"] = code_choice(val_sse(sane, models_dir, x_val), pca_val, k >= basis.n_components)
+            sane[arm] = [e for e, f in zip(entries, flags) if f is None]
+        pca_val = squared_errors(x_val, pca_mod.reconstruct(basis, x_val, k))
+        row = EvaluationRow(k, x_test.shape[1] / k, size.phase, size.reason, pca_row, **arms,
+                            code=code_choice(val_sse(sane["ae"], models_dir, x_val), pca_val, k >= basis.n_components))
         rows.append(row)
         log(line(row))
-    for arm, stack in stacks.items():
-        for key, items in stack.items():
-            arrays[f"{arm}_{key}"] = np.array(items)
-    return {"input_dim": int(x_test.shape[1]), "n_test": int(len(x_test)), "has_labels": probe is not None,
-            "baseline": base, "rows": rows}, arrays
+    baseline_sse = squared_errors(x_test, np.broadcast_to(basis.mean, x_test.shape))
+    per_example = PerExample({arm: ArmExamples(**{key: np.array(items) for key, items in stack.items()})
+                              for arm, stack in stacks.items() if stack}, baseline_sse)
+    return Evaluation(int(x_test.shape[1]), int(len(x_test)), probe is not None, test.base, rows), per_example
 
 
 def _append(stack: dict[str, list], k: int, rank: int, replicate: int, flagged: bool,
@@ -369,34 +375,24 @@ def _append(stack: dict[str, list], k: int, rank: int, replicate: int, flagged: 
         stack.setdefault(key, []).append(np.asarray(v, dtype=np.float32))
 
 
-def line(row: dict) -> str:
-    k, vae, ae = row["latent_dim"], row["vae"], row["ae"]
-    added = " (added)" if row["phase"] == "added" else ""
-    parts = [f"[evaluate] k={k:<4}{added} PCA sse {row['pca']['sse_per_image']:.3f}"]
-    code = row["code"]
-    better = f", {code['code'].upper()} the better code on validation" + (
-        " (AE undertrained: worse than PCA by more than one SE)" if code["undertrained"] else
-        " (PCA is exact at this size)" if code["pca_exact"] else "")
-    parts.append(f"AE sse {ae['sse_per_image']:.3f} {_count(ae)}{better}" if ae else f"AE missing{better}")
-    parts.append(f"VAE sse {vae['sse_per_image']:.3f} D {vae['distortion_nats']:.2f} R {vae['rate_nats']:.2f} "
-                 f"IWAE {vae['iwae_nll_nats']:.2f} AU {vae['active_units']}/{k} {_count(vae)}" if vae else "VAE missing")
-    flags = [f"{arm} {_name(m)}: {m['flag']}" for arm in ARMS
-             for m in [*(row[arm] or {}).get("models", []), *(row[arm] or {}).get("trials", [])] if m["flag"]]
+def line(row: EvaluationRow) -> str:
+    k, vae, ae, code = row.latent_dim, row.vae, row.ae, row.code
+    added = " (added)" if row.phase == "added" else ""
+    parts = [f"[evaluate] k={k:<4}{added} PCA sse {row.pca.sse_per_image:.3f}"]
+    better = f", {code.code.upper()} the better code on validation" + (
+        " (AE undertrained: worse than PCA by more than one SE)" if code.undertrained else
+        " (PCA is exact at this size)" if code.pca_exact else "")
+    parts.append(f"AE sse {ae.sse_per_image:.3f} {_count(ae)}{better}" if ae else f"AE missing{better}")
+    parts.append(f"VAE sse {vae.sse_per_image:.3f} D {vae.distortion_nats:.2f} R {vae.rate_nats:.2f} "
+                 f"IWAE {vae.iwae_nll_nats:.2f} AU {vae.active_units}/{k} {_count(vae)}" if vae else "VAE missing")
+    flags = [f"{arm} {_name(m)}: {m.flag}" for arm in ARMS if row.arm(arm)
+             for m in [*row.arm(arm).models, *row.arm(arm).trials] if m.flag]
     return " | ".join(parts) + "".join(f"\n[evaluate] k={k} FLAGGED {f}" for f in flags)
 
 
-def _count(entry: dict) -> str:
-    return f"({len(entry['models'])} models, {len(entry['trials'])} other trials)"
+def _count(entry: ArmResult) -> str:
+    return f"({len(entry.models)} models, {len(entry.trials)} other trials)"
 
 
-def _name(model: dict) -> str:
-    return f"other trial {model['trial']}" if model["rank"] else f"replicate {model['replicate']}"
-
-
-def save_per_example(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    npz.save(path, **arrays)
-
-
-def load_per_example(path: Path) -> dict[str, np.ndarray]:
-    return npz.load(path, "evaluate")
+def _name(model: ModelMeans) -> str:
+    return f"other trial {model.trial}" if model.rank else f"replicate {model.replicate}"

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 
 from latentstudy.config import StudyError
-from latentstudy.contracts import read_json, report_outputs
+from latentstudy.contracts import report_outputs
+from latentstudy.evaluation import read_json
 
 PURPOSES = ("auto", "generation", "reconstruction", "representation")
 

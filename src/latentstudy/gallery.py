@@ -69,7 +69,7 @@ def draw(inp: Inputs, table: pd.DataFrame, k: int, cfg, fig_dir: Path, add) -> d
     (for the explorer). Image figures become line plots for vector data."""
     from latentstudy import pca as pca_mod
 
-    shape = inp.summary["image_shape"]
+    shape = inp.summary.image_shape
     ks = table["latent_dim"].tolist()
     vae, ae = best_models(inp.models_dir, ks, "vae"), best_models(inp.models_dir, ks, "ae")
     rng = np.random.default_rng(0)
@@ -106,7 +106,7 @@ def draw(inp: Inputs, table: pd.DataFrame, k: int, cfg, fig_dir: Path, add) -> d
         figures.image_grid(interpolation_rows(best, inp.x_test, pairs), [f"pair {i + 1}" for i in range(3)], shape,
                            fig_dir / "interpolations.png")
         add("interpolations.png", k=k)
-        kl = evaluation_kl(inp.evaluation, k)
+        kl = next((row.vae.kl_per_dim_nats for row in inp.evaluation.rows if row.latent_dim == k and row.vae), None)
         units = [int(u) for u in np.argsort(kl)[::-1][:6]] if kl else list(range(min(6, k)))
         figures.image_grid(traversal_rows(best, x[0], units), [f"unit {u}" for u in units], shape,
                            fig_dir / "traversals.png")
@@ -143,10 +143,3 @@ def sample_dims(available: list[int], recommended: int, count: int) -> list[int]
         if k is not None and k in available and k not in chosen:
             chosen.append(k)
     return sorted(chosen[:count])
-
-
-def evaluation_kl(evaluation: dict, k: int) -> list[float] | None:
-    for row in evaluation["rows"]:
-        if row["latent_dim"] == k and row["vae"]:
-            return row["vae"].get("kl_per_dim_nats")
-    return None

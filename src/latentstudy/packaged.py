@@ -22,6 +22,7 @@ from torch import nn
 
 from latentstudy import evaluate
 from latentstudy.config import EvaluateConfig, StudyError
+from latentstudy.contracts import Summary
 from latentstudy.data import scaling
 from latentstudy.models import AutoEncoder, best_path, load_checkpoint
 
@@ -30,10 +31,10 @@ SCRIPT_FILE = "model.torchscript.pt"
 IWAE_SAMPLES = EvaluateConfig().iwae_samples  # the report's K, unless evaluate.iwae_samples changed it
 
 
-def carried(summary: dict) -> dict:
+def carried(summary: Summary) -> dict:
     """What a model carries of the prepared data's summary.json: the fitted scaler and what the
     rows are. The one place a model reads the summary."""
-    return {key: summary.get(key) for key in ("dataset", "source", "input_dim", "image_shape", "scaling")}
+    return {key: getattr(summary, key) for key in ("dataset", "source", "input_dim", "image_shape", "scaling")}
 
 
 def chosen_file(models_dir: Path, purpose: str, k: int) -> Path:

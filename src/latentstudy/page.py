@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from latentstudy.contracts import Inputs, Searched
+from latentstudy.contracts import Inputs, Searched, Summary
 from latentstudy.data.scaling import in_unit_interval, settings as scaling_settings
 from latentstudy.models import choose_likelihood
 from latentstudy.recommend import Recommendation, fmt
@@ -95,16 +95,16 @@ def table_html(table: pd.DataFrame, chosen: int | None) -> str:
             f"<tbody>{''.join(body)}</tbody></table></div>")
 
 
-def likelihood_html(study: Searched, summary: dict) -> str:
+def likelihood_html(study: Searched, summary: Summary) -> str:
     """Which scaling and decoder likelihoods the models trained with, and why."""
     model = study.search.get("model", {})
-    chosen, why = choose_likelihood(model.get("likelihood", "auto"), summary["image_shape"],
-                                    in_unit_interval(summary["scaling"]))
+    chosen, why = choose_likelihood(model.get("likelihood", "auto"), summary.image_shape,
+                                    in_unit_interval(summary.scaling))
     scale = (f", {model['gaussian_scale'].replace('_', '-')} scale"
              if chosen == "gaussian" and "gaussian_scale" in model else "")
     ae = ("the autoencoder trains on its squared error (a Gaussian with one shared scale)"
           + (", with a linear path started at PCA" if model.get("ae_pca_path") else ""))
-    scaling = summary["scaling"]
+    scaling = summary.scaling
     said = f' Data scaling: <b>{html.escape(scaling["method"])}</b> ({html.escape(scaling["why"])}).' \
         if "why" in scaling else ""
     return (f'<p id="likelihood">VAE decoder likelihood: <b>{chosen}</b>{scale} ({html.escape(why)}); '
@@ -195,8 +195,9 @@ def settings_html(settings: dict) -> str:
 
 
 def settings_of(cfg, inp: Inputs) -> dict:
-    return {"data": {**{k: inp.summary[k] for k in ("dataset", "source", "counts")},
-                     "scaling": scaling_settings(inp.summary["scaling"])},
+    s = inp.summary
+    return {"data": {"dataset": s.dataset, "source": s.source, "counts": s.counts,
+                     "scaling": scaling_settings(s.scaling)},
             "study": {"searched sizes": inp.study.latent_dims, "seed": inp.study.seed},
             "search": inp.study.search,
             "report": {"purpose": cfg.purpose, "tolerance": cfg.tolerance, "bootstrap": cfg.bootstrap}}
@@ -206,12 +207,12 @@ def settings_of(cfg, inp: Inputs) -> dict:
 def page(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, figs: list, explorer: str) -> str:
     s = inp.summary
     date = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    shape = "x".join(map(str, s["image_shape"])) if s["image_shape"] else "vector data"
+    shape = "x".join(map(str, s.image_shape)) if s.image_shape else "vector data"
     missing = [int(k) for k, v, a in zip(table.latent_dim, table.vae_sse_per_image, table.ae_sse_per_image)
                if pd.isna(v) or pd.isna(a)]
     warn = (f'<p class="warn">No finished trial at k = {", ".join(map(str, missing))} for at least one arm; '
             "see reports/search/trials.csv for the failure reasons.</p>") if missing else ""
-    iwae_k = next((r["vae"]["iwae_samples"] for r in inp.evaluation["rows"] if r["vae"]), "K")
+    iwae_k = next((r.vae.iwae_samples for r in inp.evaluation.rows if r.vae), "K")
     added = table[table.phase == "added"]
     added_html = "".join(f"<li>k = {int(r.latent_dim)}: {html.escape(str(r.reason))}</li>" for _, r in added.iterrows())
     reps = inp.study.replicates
@@ -223,11 +224,11 @@ def page(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, figs: list,
     figs_html = "".join(figure_html(p, t, c) for p, t, c in figs)
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<title>{html.escape(cfg.title)} – {html.escape(s['dataset'])}</title><style>{CSS}</style></head>
+<title>{html.escape(cfg.title)} – {html.escape(s.dataset)}</title><style>{CSS}</style></head>
 <body><main>
 <h1>{html.escape(cfg.title)}</h1>
-<p class="meta">Dataset <b>{html.escape(s['dataset'])}</b> ({html.escape(s['source'])}): {s['n_examples']} examples,
-D = {s['input_dim']} ({shape}), split {s['counts']['train']} / {s['counts']['val']} / {s['counts']['test']}.
+<p class="meta">Dataset <b>{html.escape(s.dataset)}</b> ({html.escape(s.source)}): {s.n_examples} examples,
+D = {s.input_dim} ({shape}), split {s.counts['train']} / {s.counts['val']} / {s.counts['test']}.
 Study <code>{html.escape(inp.study.prefix)}</code>, latent sizes {', '.join(map(str, table.latent_dim))}
 ({len(added)} added by the search). Generated {date}.</p>
 <h2>The answer</h2>
@@ -245,7 +246,7 @@ of the nearest size with them.</p>
 {f"<p>Sizes the search added or extended (above the grid while the criterion still improved at its largest size, "
    f"then between grid points):</p><ul>{added_html}</ul>" if added_html else ""}
 <h2>Reconstruction against compression</h2>
-<p>Test split; squared errors are summed over the {s['input_dim']} inputs and decoded from z = mu(x); nats are per
+<p>Test split; squared errors are summed over the {s.input_dim} inputs and decoded from z = mu(x); nats are per
 example (D distortion, R rate, D+R the negative ELBO, IWAE the {iwae_k}-sample importance-weighted bound, never
 above D+R). Each value is the search's best model at that size (every model's values are in
 <code>reports/evaluate/evaluation.json</code>). The highlighted row is the headline answer; k+ marks a size the

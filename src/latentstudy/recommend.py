@@ -62,12 +62,6 @@ def unavailable(purpose: str, has_model: bool, has_labels: bool, classes: int | 
     return None
 
 
-def label_classes(summary: dict) -> int | None:
-    """How many classes summary.json's labels have; None when it does not say."""
-    names = summary.get("class_names")
-    return None if names is None else len(names)
-
-
 def check_purpose(requested: str, has_labels: bool, classes: int | None = None) -> None:
     """A purpose the data cannot serve is a user error, caught before any work."""
     if requested == "representation" and not has_labels:
@@ -348,21 +342,20 @@ def curves(purpose: Purpose, inp: Inputs) -> tuple[dict[int, np.ndarray], dict[i
     pick first, then its replicates); the size's other sane trials, best objective first; and the
     sizes left out with the reason (no model; the pick and its replicates all flagged)."""
     excluded = {}
-    for row in inp.evaluation["rows"]:
-        entry = row[purpose.arm]
+    for row in inp.evaluation.rows:
+        entry = row.arm(purpose.arm)
         if entry is None:
-            excluded[row["latent_dim"]] = "no finished trial"
-        elif all(m["flag"] for m in entry["models"]):
-            excluded[row["latent_dim"]] = entry["models"][0]["flag"]
-    key, arrays = f"{purpose.arm}_{purpose.quantity}", inp.per_example
-    if key not in arrays:
+            excluded[row.latent_dim] = "no finished trial"
+        elif all(m.flag for m in entry.models):
+            excluded[row.latent_dim] = entry.models[0].flag
+    arm = inp.per_example.arms.get(purpose.arm)
+    if arm is None or arm.values(purpose.quantity) is None:
         return {}, {}, excluded
-    arm = purpose.arm
-    picks, others = by_size(arrays[f"{arm}_latent_dim"], arrays[f"{arm}_rank"], ~arrays[f"{arm}_flagged"].astype(bool),
-                            arrays[key])
-    codes = {row["latent_dim"]: row["code"]["code"] for row in inp.evaluation["rows"] if "code" in row}
+    picks, others = by_size(arm.latent_dim, arm.rank, ~arm.flagged.astype(bool), arm.values(purpose.quantity))
+    codes = {row.latent_dim: row.code.code for row in inp.evaluation.rows if row.code}
     if purpose.name == "reconstruction" and "pca" in codes.values():  # the better code, chosen on validation
-        pca_sse = dict(zip(arrays["pca_latent_dim"].tolist(), arrays["pca_sse_per_image"]))
+        pca = inp.per_example.arms["pca"]
+        pca_sse = dict(zip(pca.latent_dim.tolist(), pca.sse_per_image))
         picks, others = with_better_code(picks, others, pca_sse, codes)
         excluded = {k: why for k, why in excluded.items() if codes.get(k) != "pca"}
     return picks, others, excluded
@@ -374,10 +367,10 @@ def recommendation(cfg, inp: Inputs) -> Recommendation:
     answers: dict[str, Answer] = {}
     for name, purpose in PURPOSES.items():
         values, others, excluded = curves(purpose, inp)
-        has_model = any(row[purpose.arm] for row in inp.evaluation["rows"])
+        has_model = any(row.arm(purpose.arm) for row in inp.evaluation.rows)
         answers[name] = answer(purpose, values, excluded, cfg.bootstrap, seed, cfg.tolerance,
-                               unavailable(name, has_model, inp.evaluation["has_labels"], label_classes(inp.summary)),
-                               inp.evaluation["input_dim"], others)
+                               unavailable(name, has_model, inp.evaluation.has_labels, inp.summary.classes),
+                               inp.evaluation.input_dim, others)
     if answers["generation"].choice is not None:
         answers["generation"] = replace(answers["generation"], notes=generation_notes(inp))
     name, why = headline(cfg.purpose, answers["generation"].choice is not None)
@@ -388,22 +381,18 @@ def recommendation(cfg, inp: Inputs) -> Recommendation:
                          "nothing is recommended. Retrain with a narrower search.lr or search.beta range, "
                          "or pick another report.purpose")
     rec = Recommendation(answers, name, why, cross_checks(cfg, inp, main, seed))
-    return replace(rec, text=explain(rec, inp.study.replicates, added_sizes(inp.evaluation)))
+    return replace(rec, text=explain(rec, inp.study.replicates, inp.evaluation.added_sizes))
 
 
 def generation_notes(inp: Inputs) -> tuple[str, ...]:
     """What the generation answer's reader must know: a VAE that ignores its code at every size, and
     sizes whose NLL bound is worse than a smaller size's beyond noise (undertrained, even after the
     search's extra trials)."""
-    active = {row["latent_dim"]: row["vae"]["active_units"] for row in inp.evaluation["rows"]
-              if row["vae"] and row["vae"].get("flag") is None and "active_units" in row["vae"]}
+    active = {row.latent_dim: row.vae.active_units for row in inp.evaluation.rows
+              if row.vae and row.vae.flag is None and row.vae.active_units is not None}
     notes = [collapse_note(active)]
     picks, _, _ = curves(PURPOSES["generation"], inp)
     notes += [f"k = {k}'s NLL bound is {gap:.2f} nats worse than k = {ref}'s (SE of the difference {se:.2f}): a larger "
               "latent can switch its extra units off, so this points at training, not at the data"
               for k, (ref, gap, se) in worse_than_smaller(picks).items()]
     return tuple(n for n in notes if n)
-
-
-def added_sizes(evaluation: dict) -> list[int]:
-    return [row["latent_dim"] for row in evaluation["rows"] if row.get("phase") == "added"]

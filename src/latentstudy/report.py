@@ -19,9 +19,10 @@ import pandas as pd
 from latentstudy import figures, gallery, page, text
 from latentstudy.config import ARMS
 from latentstudy.contracts import Inputs, report_outputs
-from latentstudy.recommend import Recommendation, added_sizes
+from latentstudy.evaluation import Evaluation
+from latentstudy.recommend import Recommendation
 
-# (table column, evaluation arm, evaluation key)
+# (table column, the row's part (an arm, pca or code; None: the row itself), its field)
 COLUMNS = [
     ("compression_ratio", None, "compression_ratio"),
     ("pca_sse_per_image", "pca", "sse_per_image"),
@@ -60,17 +61,16 @@ COLUMNS = [
 ]
 
 
-def build_table(evaluation: dict) -> pd.DataFrame:
+def build_table(evaluation: Evaluation) -> pd.DataFrame:
     """One row per searched size: PCA and the search's best autoencoder and VAE side by side, how
     many models (seeds) stand behind each, error ratios, and flags."""
     rows = []
-    for r in evaluation["rows"]:
-        row = {"latent_dim": r["latent_dim"], "phase": r.get("phase", "grid"), "reason": r.get("reason", "")}
-        for col, arm, key in COLUMNS:
-            source = r if arm is None else (r.get(arm) or {})
-            row[col] = source.get(key)
+    for r in evaluation.rows:
+        row = {"latent_dim": r.latent_dim, "phase": r.phase, "reason": r.reason}
+        for col, part, name in COLUMNS:
+            row[col] = getattr(r if part is None else getattr(r, part), name, None)
         for arm in ARMS:
-            row[f"{arm}_models"] = len((r[arm] or {}).get("models", [])) or None
+            row[f"{arm}_models"] = (len(r.arm(arm).models) if r.arm(arm) else 0) or None
         rows.append(row)
     table = pd.DataFrame(rows)
     table["pca_over_ae_sse"] = table["pca_sse_per_image"] / table["ae_sse_per_image"]
@@ -131,7 +131,7 @@ def explorer_section(vae: dict, k: int | None, inp: Inputs) -> str:
     model = vae.get(2) or vae.get(k)
     if model is None:
         return ""
-    return explorer.explorer_html(model, inp.x_test, inp.y_test, inp.summary["image_shape"],
+    return explorer.explorer_html(model, inp.x_test, inp.y_test, inp.summary.image_shape,
                                   f"Explore the latent space (VAE, k = {model.spec.latent_dim})")
 
 
@@ -147,7 +147,7 @@ def write(cfg, inp: Inputs, table: pd.DataFrame, rec: Recommendation, paths: dic
     def add(name: str, **values) -> None:
         figs.append((fig_dir / name, *text.figure(name, **values)))
 
-    main_figure(rec, table, added_sizes(inp.evaluation), fig_dir / "answers.png")
+    main_figure(rec, table, inp.evaluation.added_sizes, fig_dir / "answers.png")
     add("answers.png")
     figures.distortion_curves(table, rec.latent_dim, fig_dir / "distortion.png")
     add("distortion.png")

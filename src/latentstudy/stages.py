@@ -25,9 +25,10 @@ from latentstudy.contracts import (
     ReportPaths,
     Searched,
     SearchPaths,
-    read_json,
+    Summary,
     report_outputs,
 )
+from latentstudy.evaluation import Evaluation, PerExample, read_json
 
 
 def run_stage(main: Callable[[], None]) -> None:
@@ -101,14 +102,14 @@ def write_json(path: Path, obj: object) -> None:
     path.write_text(json.dumps(obj, indent=2) + "\n")
 
 
-def prepare(paths: PreparePaths, root: Path) -> dict:
+def prepare(paths: PreparePaths, root: Path) -> Summary:
     from latentstudy.data import prepare as prep
 
     cfg = paramfile.load_section(paths.params, "data")
     with outputs(paths.out):
         summary = prep.run(cfg, root, paths.out)
-    counts, ids = summary["counts"], summary["intrinsic_dim"]
-    print(f"[prepare] {summary['source']}: {summary['n_examples']} examples x {summary['input_dim']} features "
+    counts, ids = summary.counts, summary.intrinsic_dim
+    print(f"[prepare] {summary.source}: {summary.n_examples} examples x {summary.input_dim} features "
           f"-> train {counts['train']} / val {counts['val']} / test {counts['test']}; intrinsic dimension "
           + ", ".join(f"{label} {ids[key]} (95% {ids[f'{key}_interval']})" for key, label in
                       (("twonn", "TwoNN"), ("mle", "MLE")) if ids.get(key) is not None))
@@ -167,14 +168,14 @@ def search(paths: SearchPaths, root: Path, tracking: str | None) -> None:
     if tracking:
         require_reachable(tracking)  # before anything is read or written
     summary = data.load_summary(prepared)
-    recommend.check_purpose(rep.purpose, summary["has_labels"], recommend.label_classes(summary))
+    recommend.check_purpose(rep.purpose, summary.has_labels, summary.classes)
     # The search decides which sizes to add with the report's rule, on validation.
     rule = Rule(rep.purpose, rep.tolerance, rep.bootstrap, study.seed, ev.iwae_samples, ev.probe_max_train)
     with outputs(paths.models, paths.trials, paths.metrics, paths.study):
         coordinator.run(study, cfg, paths, root, tracking, rule)
 
 
-def evaluate(paths: EvaluatePaths) -> dict:
+def evaluate(paths: EvaluatePaths) -> Evaluation:
     from latentstudy import data
     from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
@@ -187,9 +188,9 @@ def evaluate(paths: EvaluatePaths) -> dict:
     basis = pca_mod.load(paths.basis)
     with outputs(paths.out, paths.per_example):
         test = evaluate_mod.on_split(basis, x_train, y_train, x_test, y_test, cfg)
-        result, arrays = evaluate_mod.run(searched.sizes, searched.models, paths.models, basis, test, x_val)
-        write_json(paths.out, result)
-        evaluate_mod.save_per_example(paths.per_example, arrays)
+        result, per_example = evaluate_mod.run(searched.sizes, searched.models, paths.models, basis, test, x_val)
+        result.save(paths.out)
+        per_example.save(paths.per_example)
     return result
 
 
@@ -197,7 +198,6 @@ def report(paths: ReportPaths, tracking: str | None) -> None:
     import pandas as pd
 
     from latentstudy import data, recommend, report as rep
-    from latentstudy import evaluate as evaluate_mod
     from latentstudy import pca as pca_mod
     from latentstudy.tracking import require_reachable
 
@@ -206,10 +206,8 @@ def report(paths: ReportPaths, tracking: str | None) -> None:
         require_reachable(tracking)  # now, not after the report's work
     x_test, y_test = data.load_split(paths.data, "test")
     summary = data.load_summary(paths.data)
-    recommend.check_purpose(cfg.purpose, summary["has_labels"], recommend.label_classes(summary))
-    if not paths.per_example.is_file():
-        raise StudyError(f"{paths.per_example}: not found; run the stages before the report (dvc repro)")
-    inp = Inputs(read_json(paths.evaluation), evaluate_mod.load_per_example(paths.per_example),
+    recommend.check_purpose(cfg.purpose, summary.has_labels, summary.classes)
+    inp = Inputs(Evaluation.load(paths.evaluation), PerExample.load(paths.per_example),
                  pd.read_csv(paths.trials), summary, read_json(paths.pca_metrics), Searched.load(paths.study), x_test,
                  y_test, paths.models, pca_mod.load(paths.basis))
     table = rep.build_table(inp.evaluation)

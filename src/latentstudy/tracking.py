@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from latentstudy.config import StudyError, store_fault
+from latentstudy.contracts import Summary
 
 STUDY_TAG = "latentstudy.study"
 KIND_TAG = "latentstudy.kind"  # study | trial | report
@@ -97,10 +98,10 @@ def _missing(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
-def experiment_name(summary: dict) -> str:
-    source = summary["dataset"]
+def experiment_name(summary: Summary) -> str:
+    source = summary.dataset
     if source == "file":
-        source += "-" + Path(summary["source"].removeprefix("file ")).stem
+        source += "-" + Path(summary.source.removeprefix("file ")).stem
     return f"latentstudy-{source}"
 
 

@@ -10,13 +10,13 @@ import only this module.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from latentstudy import npz
 from latentstudy.config import StudyError
+from latentstudy.contracts import Summary
 
 SPLITS = ("train", "val", "test")
 
@@ -29,11 +29,8 @@ def load_split(prepared: Path, split: str) -> tuple[np.ndarray, np.ndarray | Non
     return arrays["x"], arrays.get("y")
 
 
-def load_summary(prepared: Path) -> dict:
-    path = Path(prepared) / "summary.json"
-    if not path.is_file():
-        raise StudyError(f"{path}: not found; run the prepare stage first (dvc repro)")
-    return json.loads(path.read_text())
+def load_summary(prepared: Path) -> Summary:
+    return Summary.load(Path(prepared) / "summary.json")
 
 
 class Prepared:
@@ -43,11 +40,11 @@ class Prepared:
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self._summary: dict | None = None
+        self._summary: Summary | None = None
         self._splits: dict[str, tuple[np.ndarray, np.ndarray | None]] = {}
 
     @property
-    def summary(self) -> dict:
+    def summary(self) -> Summary:
         if self._summary is None:
             self._summary = load_summary(self.path)
         return self._summary

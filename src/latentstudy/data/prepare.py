@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import math
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,6 +18,7 @@ import numpy as np
 
 from latentstudy import intrinsic, npz
 from latentstudy.config import MIN_PER_SPLIT, DataConfig, Split, StudyError
+from latentstudy.contracts import Summary
 from latentstudy.data import SPLITS, arrays, layout
 from latentstudy.data import scaling as scaler
 from latentstudy.data.raw import Progress, Raw, say
@@ -28,7 +28,7 @@ BLOCK_BYTES = 1 << 24  # float64 bytes per block of rows
 ROUGHNESS_ROWS = 256  # rows that show whether flat rows of images are channel-first
 
 
-def run(cfg: DataConfig, root: Path, out_dir: Path) -> dict:
+def run(cfg: DataConfig, root: Path, out_dir: Path) -> Summary:
     """Write out_dir/{train,val,test}.npz and return the summary (also written, as summary.json)."""
     raw = read(cfg, root)
     x = check_array(raw)
@@ -53,23 +53,23 @@ def run(cfg: DataConfig, root: Path, out_dir: Path) -> dict:
         scaling["extreme"] = scaler.extreme(extreme_rows, scaling)
         if line := scaler.extreme_line(scaling["extreme"]):
             say(line)
-    summary = {
-        "dataset": cfg.name,
-        "source": raw.source,
-        "n_examples": int(len(keep)),
-        "input_dim": len(extreme_rows),
-        "image_shape": lay.image_shape,
-        "counts": {s: int(len(parts[s])) for s in SPLITS},
-        "has_labels": y is not None,
-        "class_names": names,
-        "class_counts": {s: np.bincount(y[parts[s]], minlength=len(names)).tolist() for s in SPLITS}
+    summary = Summary(
+        dataset=cfg.name,
+        source=raw.source,
+        n_examples=int(len(keep)),
+        input_dim=len(extreme_rows),
+        image_shape=lay.image_shape,
+        counts={s: int(len(parts[s])) for s in SPLITS},
+        has_labels=y is not None,
+        class_names=names,
+        class_counts={s: np.bincount(y[parts[s]], minlength=len(names)).tolist() for s in SPLITS}
         if y is not None else None,
-        "scaling": scaling,
-        "intrinsic_dim": intrinsic_dim(raw, lay, keep[parts["train"]], scaling, cfg),
-        "split_seed": cfg.seed,
-        "fingerprint": fingerprint(out_dir, y is not None),
-    }
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        scaling=scaling,
+        intrinsic_dim=intrinsic_dim(raw, lay, keep[parts["train"]], scaling, cfg),
+        split_seed=cfg.seed,
+        fingerprint=fingerprint(out_dir, y is not None),
+    )
+    summary.save(out_dir / "summary.json")
     return summary
 
 

@@ -22,9 +22,9 @@ def lagging(plan: Plan, validation) -> dict[tuple[int, str], str]:
     ae, *_ = validation.curves(plan, recommend.PURPOSES["reconstruction"])
     for k, values in ae.items():
         code = evaluate.code_choice(values, validation.pca_sse(k), k >= validation.basis.n_components)
-        if code["undertrained"]:
-            out[(k, "ae")] = (f"validation squared error {code['ae_val_sse_per_image']:.3f}, worse than PCA's "
-                              f"{code['pca_val_sse_per_image']:.3f} by more than one SE ({code['diff_se']:.3f})")
+        if code.undertrained:
+            out[(k, "ae")] = (f"validation squared error {code.ae_val_sse_per_image:.3f}, worse than PCA's "
+                              f"{code.pca_val_sse_per_image:.3f} by more than one SE ({code.diff_se:.3f})")
     vae, *_ = validation.curves(plan, recommend.PURPOSES["generation"])
     for k, (ref, gap, se) in recommend.worse_than_smaller(vae).items():
         out[(k, "vae")] = f"validation NLL bound {gap:.2f} nats worse than k = {ref}'s (SE {se:.2f})"

@@ -23,6 +23,7 @@ import zlib
 from dataclasses import asdict, dataclass, replace
 
 from latentstudy.config import ARMS, SearchConfig, StudyConfig
+from latentstudy.contracts import Summary
 from latentstudy.paramfile import build
 
 # Everything in SearchConfig changes results except these: budgets, devices, storage.
@@ -82,20 +83,20 @@ def study_prefix(dataset: str, search: SearchConfig, seed: int, fingerprint: str
     return f"{dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:10]}"
 
 
-def make_plan(study: StudyConfig, search: SearchConfig, summary: dict, experiment: str) -> Plan:
+def make_plan(study: StudyConfig, search: SearchConfig, summary: Summary, experiment: str) -> Plan:
     from latentstudy.data.scaling import in_unit_interval
     from latentstudy.intrinsic import upper
     from latentstudy.models import choose_arch, choose_likelihood
 
-    grid = study.sizes(summary["input_dim"], upper(summary["intrinsic_dim"]))
+    grid = study.sizes(summary.input_dim, upper(summary.intrinsic_dim))
     # Fail now, not in every worker.
-    choose_arch(search.model.arch, summary["image_shape"], len(search.model.channels))
-    unit_interval = in_unit_interval(summary["scaling"])
-    choose_likelihood(search.model.likelihood, summary["image_shape"], unit_interval)
-    search = fit_batch(search, summary["counts"]["train"])
-    prefix = study_prefix(summary["dataset"], search, study.seed, summary["fingerprint"])
+    choose_arch(search.model.arch, summary.image_shape, len(search.model.channels))
+    unit_interval = in_unit_interval(summary.scaling)
+    choose_likelihood(search.model.likelihood, summary.image_shape, unit_interval)
+    search = fit_batch(search, summary.counts["train"])
+    prefix = study_prefix(summary.dataset, search, study.seed, summary.fingerprint)
     return Plan(prefix, grid_units(prefix, grid, search), asdict(search), study.seed,
-                summary["input_dim"], summary["image_shape"], summary["fingerprint"], experiment,
+                summary.input_dim, summary.image_shape, summary.fingerprint, experiment,
                 unit_interval=unit_interval)
 
 

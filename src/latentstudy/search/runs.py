@@ -170,7 +170,7 @@ def log_models(tracker, plan: Plan, snap: list, kept: dict[tuple[int, str, int, 
         if rank == r == 0:
             model, _ = models.load_checkpoint(path)
             strip = scratch / f"reconstructions-k{k}-{arm}.png"
-            figures.reconstruction_strip(model, x_val, prepared.summary["image_shape"], strip)
+            figures.reconstruction_strip(model, x_val, prepared.summary.image_shape, strip)
             tracker.log_artifact(run_id, strip, "figures")
             tracker.set_tags(run_id, {"latentstudy.best_of_size": "true"})
     for unit, trials in snap:

@@ -101,7 +101,7 @@ class Validation:
         return curves, others, excluded, picked
 
     def pca_sse(self, k: int) -> np.ndarray:
-        return evaluate.example_errors(self.x_val, pca.reconstruct(self.basis, self.x_val, k))["sse_per_image"]
+        return evaluate.squared_errors(self.x_val, pca.reconstruct(self.basis, self.x_val, k))
 
     def better_code(self, curves: dict[int, np.ndarray], others: dict[int, np.ndarray],
                     ks: list[int]) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
@@ -109,7 +109,7 @@ class Validation:
         chooses it (evaluate.code_choice), here on the validation values themselves."""
         ks = sorted(set(ks))
         pca_sse = {k: self.pca_sse(k) for k in ks}
-        codes = {k: evaluate.code_choice(curves.get(k), pca_sse[k], k >= self.basis.n_components)["code"] for k in ks}
+        codes = {k: evaluate.code_choice(curves.get(k), pca_sse[k], k >= self.basis.n_components).code for k in ks}
         return recommend.with_better_code(curves, others, pca_sse, codes)
 
     def choices(self, plan: Plan, leave_out: frozenset = frozenset()) -> dict[str, tuple[str, object]]:

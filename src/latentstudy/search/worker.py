@@ -324,8 +324,8 @@ def worker_main(plan: Plan, storage, tracking: str | None, prepared: Path, devic
 
     dev = devices.configure(device)
     summary = data.load_summary(prepared)
-    if summary["fingerprint"] != plan.fingerprint:
-        raise StudyError(f"{prepared}: data fingerprint {summary['fingerprint']} differs from the study's "
+    if summary.fingerprint != plan.fingerprint:
+        raise StudyError(f"{prepared}: data fingerprint {summary.fingerprint} differs from the study's "
                          f"{plan.fingerprint}; run this worker on the same prepared data")
     splits, basis = [], None
     for name in ("train", "val"):
