@@ -129,7 +129,7 @@ def pca(paths: PcaPaths) -> dict:
     cfg = paramfile.load_section(paths.params, "pca")
     x_train, _ = data.load_split(paths.data, "train")
     x_test, _ = data.load_split(paths.data, "test")
-    ks = study.sizes(x_train.shape[1], intrinsic.upper(data.load_summary(paths.data)["intrinsic_dim"]))
+    ks = study.sizes(x_train.shape[1], intrinsic.upper(data.load_summary(paths.data).intrinsic_dim))
     metrics_json, curve_csv, basis_path = paths.metrics, paths.curve, paths.basis
     with outputs(metrics_json, curve_csv, basis_path):
         basis = pca_mod.fit(x_train)
