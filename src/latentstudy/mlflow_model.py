@@ -153,7 +153,7 @@ def register_answers(tracker, experiment_id: str, study: str, chosen: dict[str, 
     store lost it (or the search ran without MLflow), the same file logged in the report run
     (example: prepared rows for its input example). Returns {purpose: registered version}."""
     have = logged_models(tracker.client, experiment_id, study)
-    name, out = experiment_name(data), {}
+    name, out = experiment_name(data["dataset"], data["source"]), {}
     for purpose, path in sorted(chosen.items()):
         key = digest(path, data)
         if key not in have:

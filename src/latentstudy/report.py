@@ -224,7 +224,7 @@ def register_answers(tracking: str, inp: Inputs, rec: Recommendation, report_run
     data = packaged.carried(inp.summary)
     versions = mlflow_model.register_answers(tracker, tracker.experiment(inp.study.experiment), inp.study.prefix,
                                              chosen, data, report_run, inp.x_test[: mlflow_model.EXAMPLE_ROWS])
-    name = experiment_name(data)
+    name = experiment_name(data["dataset"], data["source"])
     for purpose, version in versions.items():
         print(f"[report] MLflow registry: {name}@{purpose} is version {version} ({chosen[purpose].name}); "
               f'load it with latentstudy.load("models:/{name}@{purpose}")')

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from latentstudy.config import StudyError, store_fault
-from latentstudy.contracts import Summary
 
 STUDY_TAG = "latentstudy.study"
 KIND_TAG = "latentstudy.kind"  # study | trial | report
@@ -98,11 +97,12 @@ def _missing(exc: Exception) -> bool:
     return getattr(exc, "error_code", None) == "RESOURCE_DOES_NOT_EXIST"
 
 
-def experiment_name(summary: Summary) -> str:
-    source = summary.dataset
-    if source == "file":
-        source += "-" + Path(summary.source.removeprefix("file ")).stem
-    return f"latentstudy-{source}"
+def experiment_name(dataset: str, source: str) -> str:
+    """The MLflow experiment (and registered model) of a study on this data (summary.json's dataset
+    and source): latentstudy-digits, or latentstudy-file-<stem> for a user's file."""
+    if dataset == "file":
+        dataset += "-" + Path(source.removeprefix("file ")).stem
+    return f"latentstudy-{dataset}"
 
 
 def _artifact_location(uri: str) -> str | None:

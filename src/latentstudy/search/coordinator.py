@@ -363,7 +363,8 @@ def run(study: StudyConfig, search: SearchConfig, paths: SearchPaths, root: Path
 
     prepared = Prepared(paths.data)
     store = root / ".latentstudy"
-    plan = make_plan(study, search, prepared.summary, experiment_name(prepared.summary))
+    summary = prepared.summary
+    plan = make_plan(study, search, summary, experiment_name(summary.dataset, summary.source))
     url = storage_url(search, store)
     storage = open_storage(url, search.heartbeat_seconds, tracking)
     tracker = Tracker(tracking) if tracking else None
