@@ -17,7 +17,7 @@ import pytest
 from conftest import ROOT, TINY_DATA, TINY_SEARCH, kill_mid_search, overridden, write_params
 
 from latentstudy import config, contracts, data, paramfile, pca, stages, stats
-from latentstudy.search import coordinator, plan as planning, store, validation
+from latentstudy.search import coordinator, plan as planning, progress, store, validation
 from latentstudy.tracking import Tracker
 
 
@@ -69,8 +69,8 @@ def test_a_grid_of_hundreds_of_trials_says_what_it_costs(prepared):
     summary = data.load_summary(prepared)  # D = 64: sizes 1..128 are allowed
     plan = planning.make_plan(config.StudyConfig(latent_dims=list(range(1, 129))), config.SearchConfig(), summary, "x")
     planned = sum(u.budget for u in plan.units)
-    assert planned == 128 * (4 + 2) > coordinator.MANY_TRIALS
-    assert coordinator.planned_line(plan, planned, 2) == (
+    assert planned == 128 * (4 + 2) > progress.MANY_TRIALS
+    assert progress.planned_line(plan, planned, 2) == (
         "[search] planned: 768 trials (256 Optuna studies), each up to 150 epochs (to 450 while improving): up to "
         "345600 trial-epochs on 2 worker(s). A time estimate follows from the first trials' pace; fewer sizes in "
         "study.latent_dims or a smaller search.trials_per_dim costs less")
@@ -165,8 +165,8 @@ def test_a_unit_capped_below_its_budget_is_named_at_the_end():
 
     full = (planning.Unit(2, "ae", "s-k2-ae", 1, 4), trials("COMPLETE", "PRUNED"))
     capped = (planning.Unit(96, "vae", "s-k96-vae", 3, 4), trials("COMPLETE", "PRUNED", "PRUNED", "FAIL"))
-    assert coordinator.shortfalls([full]) == []
-    [line] = coordinator.shortfalls([full, capped])
+    assert progress.shortfalls([full]) == []
+    [line] = progress.shortfalls([full, capped])
     assert line.startswith("[search] k=96 vae: 1 of 3 trials finished; search.max_trials_per_dim = 4 ")
     assert "(2 pruned, 1 failed)" in line
 
