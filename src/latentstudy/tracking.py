@@ -9,6 +9,8 @@ rather than its GenAI view.
 
 from __future__ import annotations
 
+import contextlib
+
 import logging
 import os
 import time
@@ -124,14 +126,28 @@ def _flat(params: dict, prefix: str = "") -> dict[str, str]:
 
 def _created(client: type, uri: str, sqlite: Path | None):
     """client(tracking_uri=uri), which creates or upgrades a SQLite store's tables: one process at
-    a time (queued DVC experiments start side by side on the project's one mlflow.db)."""
+    a time while the tables are missing (queued DVC experiments start side by side on the project's
+    one mlflow.db), side by side once they are there (a search's workers start together)."""
     if sqlite is None:
         return client(tracking_uri=uri)
     import fcntl
 
     with open(sqlite, "ab") as lock:  # an empty file is a new SQLite database
-        fcntl.flock(lock, fcntl.LOCK_EX)
+        fcntl.flock(lock, fcntl.LOCK_SH)  # waits while another process creates the tables
+        if not _has_tables(sqlite):
+            fcntl.flock(lock, fcntl.LOCK_EX)  # flock converts by releasing first: no deadlock
         return client(tracking_uri=uri)
+
+
+def _has_tables(sqlite: Path) -> bool:
+    """Whether MLflow has created its tables there (its migrations record their version last)."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{sqlite}?mode=ro", uri=True)) as db:
+            return db.execute("SELECT version_num FROM alembic_version").fetchone() is not None
+    except sqlite3.Error:
+        return False
 
 
 def _below_error(record: logging.LogRecord) -> bool:
