@@ -12,6 +12,7 @@ from pathlib import Path
 from latentstudy.config import ARMS, StudyError
 from latentstudy.contracts import RECOMMENDATION_FILE
 from latentstudy.models import best_path
+from latentstudy.recommend import PURPOSES
 from latentstudy.packaged import LatentModel
 
 
@@ -45,7 +46,7 @@ class Answers:
     source: Path  # the file they were read from
 
     def __getitem__(self, purpose: str) -> PurposeAnswer:
-        if purpose not in ("generation", "reconstruction", "representation"):
+        if purpose not in PURPOSES:
             raise StudyError(f"purpose = {purpose!r}; allowed: generation, reconstruction, representation")
         return getattr(self, purpose)
 
@@ -62,7 +63,7 @@ def answers(project: str | Path = ".") -> Answers:
         raise StudyError(f"{path}: not found; run the study first (make study, or dvc repro)")
     rec = json.loads(path.read_text())
     each = {name: _answer(name, rec["answers"].get(name) or {"missing": "not in this report"})
-            for name in ("generation", "reconstruction", "representation")}
+            for name in PURPOSES}
     return Answers(rec["headline"], rec["latent_dim"], **each, source=path)
 
 
